@@ -1,0 +1,162 @@
+//! Key material of a repository and the primitives built on it.
+//!
+//! One random 32-byte master key per repository. Three independent keys are derived from it with
+//! BLAKE3's key derivation: the AES-256-GCM data key, the BLAKE3 key for chunk ids, and the key
+//! that authenticates recovery points. The master key itself is stored only wrapped (see `keys`),
+//! or in the clear in the config of a repository created with `--no-encryption`.
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+
+/// Length of every symmetric key used here.
+pub const KEY_LEN: usize = 32;
+/// Length of an AES-GCM nonce.
+pub const NONCE_LEN: usize = 12;
+/// Length of an AES-GCM tag.
+pub const TAG_LEN: usize = 16;
+
+const CONTEXT_DATA: &str = "hyperexport 2026-11 chunk encryption key v1";
+const CONTEXT_ID: &str = "hyperexport 2026-11 chunk id key v1";
+const CONTEXT_MAC: &str = "hyperexport 2026-11 recovery point mac key v1";
+
+/// Fills `buf` from the operating system's random source.
+pub fn random_bytes(buf: &mut [u8]) {
+    // The OS RNG failing is not an input error: nothing can be written safely without it.
+    getrandom::getrandom(buf).expect("the operating system's random number generator failed");
+}
+
+/// A repository's master key.
+#[derive(Clone)]
+pub struct MasterKey(pub [u8; KEY_LEN]);
+
+impl MasterKey {
+    /// A new random master key.
+    pub fn generate() -> Self {
+        let mut key = [0u8; KEY_LEN];
+        random_bytes(&mut key);
+        MasterKey(key)
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+/// The keys derived from a master key, ready for use.
+#[derive(Clone)]
+pub struct RepoKeys {
+    cipher: Option<Aes256Gcm>,
+    id_key: [u8; KEY_LEN],
+    mac_key: [u8; KEY_LEN],
+}
+
+impl RepoKeys {
+    /// Derives the working keys; `encrypted` false gives a repository whose chunks are stored
+    /// in the clear (ids and point MACs are still keyed).
+    pub fn derive(master: &MasterKey, encrypted: bool) -> Self {
+        let data_key = blake3::derive_key(CONTEXT_DATA, &master.0);
+        RepoKeys {
+            cipher: encrypted.then(|| Aes256Gcm::new(&data_key.into())),
+            id_key: blake3::derive_key(CONTEXT_ID, &master.0),
+            mac_key: blake3::derive_key(CONTEXT_MAC, &master.0),
+        }
+    }
+
+    /// Whether chunk payloads are encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// The keyed BLAKE3 hash that names a chunk.
+    pub fn chunk_id(&self, plaintext: &[u8]) -> [u8; 32] {
+        if plaintext.len() >= 128 * 1024 {
+            // Large inputs: BLAKE3's SIMD tree hashing over many chunks at once.
+            let mut h = blake3::Hasher::new_keyed(&self.id_key);
+            h.update(plaintext);
+            *h.finalize().as_bytes()
+        } else {
+            *blake3::keyed_hash(&self.id_key, plaintext).as_bytes()
+        }
+    }
+
+    /// The MAC that authenticates a recovery point's bytes.
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.mac_key, data).as_bytes()
+    }
+
+    /// Encrypts `buf` in place; returns the tag. Does nothing and returns `None` when the
+    /// repository is not encrypted.
+    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Option<[u8; TAG_LEN]> {
+        let cipher = self.cipher.as_ref()?;
+        let tag = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf)
+            .expect("AES-GCM encryption of a chunk below 64 GiB cannot fail");
+        Some(tag.into())
+    }
+
+    /// Decrypts `buf` in place, checking the tag; false when authentication fails or the
+    /// repository is not encrypted.
+    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+        match &self.cipher {
+            Some(c) => c.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag)).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Encrypts a small secret (a wrapped key) with a one-off key: returns nonce || ciphertext || tag.
+pub fn wrap(key: &[u8; KEY_LEN], aad: &[u8], secret: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(key.into());
+    let mut nonce = [0u8; NONCE_LEN];
+    random_bytes(&mut nonce);
+    let mut buf = secret.to_vec();
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf)
+        .expect("AES-GCM encryption of a key cannot fail");
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&buf);
+    out.extend_from_slice(&tag);
+    out
+}
+
+/// Reverses [`wrap`]; `None` when the key is wrong or the data was altered.
+pub fn unwrap(key: &[u8; KEY_LEN], aad: &[u8], wrapped: &[u8]) -> Option<Vec<u8>> {
+    if wrapped.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let (nonce, rest) = wrapped.split_at(NONCE_LEN);
+    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let mut buf = body.to_vec();
+    let cipher = Aes256Gcm::new(key.into());
+    cipher.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag)).ok()?;
+    Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_independent_and_deterministic() {
+        let m = MasterKey([1; 32]);
+        let a = RepoKeys::derive(&m, true);
+        let b = RepoKeys::derive(&m, false);
+        assert_eq!(a.chunk_id(b"x"), b.chunk_id(b"x"));
+        assert_ne!(a.chunk_id(b"x"), a.mac(b"x"));
+        let other = RepoKeys::derive(&MasterKey([2; 32]), true);
+        assert_ne!(a.chunk_id(b"x"), other.chunk_id(b"x"));
+        let big = vec![5u8; 300_000];
+        assert_eq!(a.chunk_id(&big), *blake3::keyed_hash(&a.id_key, &big).as_bytes());
+    }
+
+    #[test]
+    fn wrap_round_trip_and_wrong_key() {
+        let w = wrap(&[9; 32], b"aad", b"secret");
+        assert_eq!(unwrap(&[9; 32], b"aad", &w).unwrap(), b"secret");
+        assert!(unwrap(&[8; 32], b"aad", &w).is_none());
+        assert!(unwrap(&[9; 32], b"other", &w).is_none());
+        assert!(unwrap(&[9; 32], b"aad", &w[..10]).is_none());
+    }
+}

@@ -1,0 +1,188 @@
+//! Key slots (`keys/<slot>.json`): the master key wrapped by a password (Argon2id) or a key file.
+//!
+//! Changing a password writes a new slot and removes the old one; chunk data is never
+//! re-encrypted because it is encrypted with keys derived from the unchanged master key.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, KEY_LEN, MasterKey};
+
+/// `format` value of a key slot file.
+pub const KEY_FORMAT: &str = "hyperexport-key";
+/// Key slot format version.
+pub const KEY_VERSION: u32 = 1;
+const CONTEXT_KEY_FILE: &str = "hyperexport 2026-11 key file wrapping key v1";
+/// Smallest key file accepted, in bytes.
+pub const MIN_KEY_FILE_LEN: usize = 32;
+const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+const MAX_KDF_ITERATIONS: u32 = 64;
+
+/// What unlocks a repository.
+pub enum Secret {
+    /// A password (bytes as given, without a trailing newline).
+    Password(Vec<u8>),
+    /// The contents of a key file.
+    KeyFile(Vec<u8>),
+}
+
+impl Secret {
+    fn kind(&self) -> SlotKind {
+        match self {
+            Secret::Password(_) => SlotKind::Password,
+            Secret::KeyFile(_) => SlotKind::KeyFile,
+        }
+    }
+}
+
+/// What kind of secret a slot is wrapped with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotKind {
+    /// A password through Argon2id.
+    Password,
+    /// A key file through BLAKE3 key derivation.
+    KeyFile,
+}
+
+/// Argon2id parameters of a password slot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KdfParams {
+    /// Always "argon2id".
+    pub algorithm: String,
+    /// Memory cost in KiB.
+    pub memory_kib: u32,
+    /// Number of passes.
+    pub iterations: u32,
+    /// Degree of parallelism.
+    pub parallelism: u32,
+    /// Random 16-byte salt, base64.
+    pub salt: String,
+}
+
+impl KdfParams {
+    /// Fresh parameters with a random salt: 64 MiB, 3 passes, 1 lane (OWASP's Argon2id advice).
+    pub fn generate() -> Self {
+        let mut salt = [0u8; 16];
+        crypto::random_bytes(&mut salt);
+        KdfParams { algorithm: "argon2id".into(), memory_kib: 64 * 1024, iterations: 3, parallelism: 1, salt: B64.encode(salt) }
+    }
+
+    fn derive(&self, password: &[u8]) -> Result<[u8; KEY_LEN], String> {
+        if self.algorithm != "argon2id" {
+            return Err(format!("unknown KDF {:?}", self.algorithm));
+        }
+        if self.memory_kib > MAX_KDF_MEMORY_KIB || self.iterations > MAX_KDF_ITERATIONS {
+            return Err("KDF parameters exceed the limits this build accepts".into());
+        }
+        let salt = B64.decode(&self.salt).map_err(|e| format!("salt is not base64: {e}"))?;
+        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(KEY_LEN))
+            .map_err(|e| format!("invalid Argon2 parameters: {e}"))?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut key = [0u8; KEY_LEN];
+        argon.hash_password_into(password, &salt, &mut key).map_err(|e| format!("Argon2id failed: {e}"))?;
+        Ok(key)
+    }
+}
+
+/// One key slot file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySlot {
+    /// Always [`KEY_FORMAT`].
+    pub format: String,
+    /// Always [`KEY_VERSION`].
+    pub version: u32,
+    /// Random slot id (16 hex digits), also the file name.
+    pub id: String,
+    /// When the slot was written (RFC 3339).
+    pub created: String,
+    /// Password or key file.
+    pub kind: SlotKind,
+    /// KDF parameters (password slots only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<KdfParams>,
+    /// nonce || AES-256-GCM(master key) || tag, base64; associated data is "repo id/slot id".
+    pub wrapped: String,
+}
+
+impl KeySlot {
+    /// Wraps `master` with `secret` in a new slot of repository `repo_id`.
+    pub fn create(repo_id: &str, secret: &Secret, master: &MasterKey) -> Result<Self, String> {
+        let mut id = [0u8; 8];
+        crypto::random_bytes(&mut id);
+        let id = hex::encode(id);
+        let kdf = matches!(secret, Secret::Password(_)).then(KdfParams::generate);
+        let key = wrapping_key(secret, kdf.as_ref())?;
+        let wrapped = crypto::wrap(&key, aad(repo_id, &id).as_bytes(), &master.0);
+        Ok(KeySlot {
+            format: KEY_FORMAT.into(),
+            version: KEY_VERSION,
+            id,
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            kind: secret.kind(),
+            kdf,
+            wrapped: B64.encode(wrapped),
+        })
+    }
+
+    /// Unwraps the master key; `Ok(None)` when the secret does not open this slot.
+    pub fn open(&self, repo_id: &str, secret: &Secret) -> Result<Option<MasterKey>, String> {
+        if self.kind != secret.kind() {
+            return Ok(None);
+        }
+        let key = wrapping_key(secret, self.kdf.as_ref())?;
+        let wrapped = B64.decode(&self.wrapped).map_err(|e| format!("wrapped key is not base64: {e}"))?;
+        Ok(crypto::unwrap(&key, aad(repo_id, &self.id).as_bytes(), &wrapped)
+            .and_then(|k| <[u8; KEY_LEN]>::try_from(k.as_slice()).ok())
+            .map(MasterKey))
+    }
+}
+
+fn aad(repo_id: &str, slot_id: &str) -> String {
+    format!("{repo_id}/{slot_id}")
+}
+
+fn wrapping_key(secret: &Secret, kdf: Option<&KdfParams>) -> Result<[u8; KEY_LEN], String> {
+    match (secret, kdf) {
+        (Secret::Password(p), Some(kdf)) => kdf.derive(p),
+        (Secret::Password(_), None) => Err("password slot has no KDF parameters".into()),
+        (Secret::KeyFile(bytes), _) => {
+            if bytes.len() < MIN_KEY_FILE_LEN {
+                return Err(format!("key file holds {} bytes; at least {MIN_KEY_FILE_LEN} are needed", bytes.len()));
+            }
+            Ok(blake3::derive_key(CONTEXT_KEY_FILE, bytes))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_and_key_file_slots() {
+        let master = MasterKey([4; 32]);
+        let pw = Secret::Password(b"correct horse".to_vec());
+        let slot = KeySlot::create("repo", &pw, &master).unwrap();
+        assert_eq!(slot.open("repo", &pw).unwrap().unwrap().0, master.0);
+        assert!(slot.open("repo", &Secret::Password(b"wrong".to_vec())).unwrap().is_none());
+        assert!(slot.open("other-repo", &pw).unwrap().is_none());
+        let kf = Secret::KeyFile(vec![1; 32]);
+        assert!(slot.open("repo", &kf).unwrap().is_none());
+        let kslot = KeySlot::create("repo", &kf, &master).unwrap();
+        assert_eq!(kslot.open("repo", &kf).unwrap().unwrap().0, master.0);
+        assert!(KeySlot::create("repo", &Secret::KeyFile(vec![1; 5]), &master).is_err());
+    }
+
+    #[test]
+    fn hostile_kdf_parameters_are_refused() {
+        let master = MasterKey([4; 32]);
+        let pw = Secret::Password(b"pw".to_vec());
+        let mut slot = KeySlot::create("repo", &pw, &master).unwrap();
+        slot.kdf.as_mut().unwrap().memory_kib = u32::MAX;
+        assert!(slot.open("repo", &pw).is_err());
+    }
+}
