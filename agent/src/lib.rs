@@ -1,1 +1,18 @@
-//! placeholder
+//! The HyperExport agent: reads VMs from their sources, cuts their disks into chunks, stores them
+//! in a repository, and verifies and restores recovery points.
+//!
+//! The data path (`export`, `verify`, `restore`) runs on plain OS threads through
+//! [`parallel::ordered_pipeline`]: hashing, compression and encryption never run on an async
+//! reactor, and memory is bounded by the pipeline's window whatever the disk size.
+
+pub mod error;
+pub mod export;
+pub mod ova;
+pub mod parallel;
+pub mod progress;
+pub mod qemu;
+pub mod restore;
+pub mod source;
+pub mod verify;
+
+pub use error::AgentError;

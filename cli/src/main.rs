@@ -1,1 +1,79 @@
-fn main() {}
+//! `hyperexport`: export VMs into a deduplicated, encrypted repository, verify and restore them.
+
+mod commands;
+mod demo;
+mod progress;
+mod sample;
+mod secrets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Output style of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable text and progress bars.
+    Text,
+    /// JSON: progress events and results as JSON lines (`points`: one JSON array).
+    Json,
+}
+
+/// How a repository is unlocked (or created).
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// File whose first line is the repository password (also HYPEREXPORT_PASSWORD_FILE).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_file", "no_encryption"])]
+    pub password_file: Option<PathBuf>,
+    /// Key file (at least 32 bytes, e.g. `head -c 32 /dev/urandom > key`) instead of a password.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_encryption")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "hyperexport", version, about = "Export virtual machines into a verifiable, deduplicated, encrypted repository and restore them bit for bit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Export a VM (a folder with .ovf or .vmx and its disks, or one disk image) as a new recovery point.
+    Export(commands::ExportArgs),
+    /// List the recovery points in a repository.
+    Points(commands::PointsArgs),
+    /// Check a point (or all points): every chunk's tag, decompression and id, and each disk's SHA-256.
+    Verify(commands::VerifyArgs),
+    /// Restore a point as raw, qcow2 or vmdk images, an OVF folder or an OVA.
+    Restore(commands::RestoreArgs),
+    /// Manage the repository's keys.
+    #[command(subcommand)]
+    Key(commands::KeyCommand),
+    /// Build a sample VM, export it twice with a change between, verify, restore, and print a summary.
+    Demo(demo::DemoArgs),
+    /// Tools for benchmarks and tests: make and mutate sample images.
+    #[command(subcommand, hide = true)]
+    Dev(sample::DevCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Export(a) => commands::export(a),
+        Command::Points(a) => commands::points(a),
+        Command::Verify(a) => commands::verify(a),
+        Command::Restore(a) => commands::restore(a),
+        Command::Key(c) => commands::key(c),
+        Command::Demo(a) => demo::run(a),
+        Command::Dev(c) => sample::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

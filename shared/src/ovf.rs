@@ -112,10 +112,16 @@ pub struct OutputDisk {
     pub file_size: u64,
     /// Capacity of the virtual disk in bytes.
     pub capacity: u64,
+    /// The `ovf:format` URI of the file, e.g. [`VMDK_STREAM_OPTIMIZED`].
+    pub format: &'static str,
 }
 
 /// The disk format URI of streamOptimized VMDK, the format vSphere imports from OVF/OVA.
 pub const VMDK_STREAM_OPTIMIZED: &str = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized";
+
+/// Our disk format URI for raw images in descriptors we write for local use (the demo's sample VM).
+/// The OVF standard names none for raw; HyperExport detects disk formats from content anyway.
+pub const RAW_IMAGE: &str = "urn:hyperexport:disk-format:raw";
 
 /// Escapes text for XML content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -142,7 +148,7 @@ fn item(out: &mut String, fields: &[(&str, String)]) {
     out.push_str("      </Item>\n");
 }
 
-/// Generates an OVF 1.0 descriptor with streamOptimized VMDK disks on one SCSI controller.
+/// Generates an OVF 1.0 descriptor with the disks on one SCSI controller.
 /// `rasd` fields are written in the schema's (alphabetical) order.
 pub fn generate(name: &str, info: &VmInfo, disks: &[OutputDisk]) -> String {
     let n = escape(name);
@@ -155,8 +161,8 @@ pub fn generate(name: &str, info: &VmInfo, disks: &[OutputDisk]) -> String {
     }
     out.push_str("  </References>\n  <DiskSection>\n    <Info>Virtual disk information</Info>\n");
     for (i, d) in disks.iter().enumerate() {
-        let (cap, n) = (d.capacity, i + 1);
-        let _ = writeln!(out, "    <Disk ovf:capacity=\"{cap}\" ovf:capacityAllocationUnits=\"byte\" ovf:diskId=\"vmdisk{n}\" ovf:fileRef=\"file{n}\" ovf:format=\"{VMDK_STREAM_OPTIMIZED}\"/>");
+        let (cap, n, format) = (d.capacity, i + 1, d.format);
+        let _ = writeln!(out, "    <Disk ovf:capacity=\"{cap}\" ovf:capacityAllocationUnits=\"byte\" ovf:diskId=\"vmdisk{n}\" ovf:fileRef=\"file{n}\" ovf:format=\"{format}\"/>");
     }
     out.push_str("  </DiskSection>\n");
     let mut networks: Vec<&str> = info.networks.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
@@ -231,7 +237,7 @@ mod tests {
     #[test]
     fn generated_descriptor_parses_back() {
         let info = VmInfo { cpus: 2, memory_mib: 1024, guest_os: Some("linux".into()), networks: vec!["lan <1>".into()] };
-        let xml = generate("a<b", &info, &[OutputDisk { file_name: "a-disk1.vmdk".into(), file_size: 10, capacity: 1 << 20 }]);
+        let xml = generate("a<b", &info, &[OutputDisk { file_name: "a-disk1.vmdk".into(), file_size: 10, capacity: 1 << 20, format: VMDK_STREAM_OPTIMIZED }]);
         let back = parse(&xml).unwrap();
         assert_eq!(back.name, "a<b");
         assert_eq!(back.info.cpus, 2);

@@ -1,0 +1,246 @@
+//! The export pipeline: source disk → chunks → repository → recovery point.
+//!
+//! Per disk, a producer thread reads chunks in order (skipping ranges the file system reports as
+//! holes) and feeds the whole-disk SHA-256; worker threads detect all-zero chunks, hash with keyed
+//! BLAKE3, skip ids the repository already has, and compress, encrypt and store the rest. Once all
+//! disks are done the repository is synced and the point is published atomically.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyperexport_shared::chunk::ChunkId;
+use hyperexport_shared::compress::Compression;
+use hyperexport_shared::lock::LockMode;
+use hyperexport_shared::point::{DiskRecord, RecoveryPoint, SourceInfo};
+use hyperexport_shared::repo::now_rfc3339;
+use hyperexport_shared::{Repository, crypto};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+use crate::parallel::ordered_pipeline;
+use crate::progress::Progress;
+use crate::source::VmSource;
+use crate::source::disk::{RawDisk, is_zero};
+
+/// How to export.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Chunk size in bytes (a power of two, 64 KiB to 16 MiB).
+    pub chunk_size: u32,
+    /// Compression of new chunks.
+    pub compression: Compression,
+    /// Worker threads for hashing, compression and encryption.
+    pub threads: usize,
+    /// How long to wait for another writer's lock.
+    pub lock_wait: Duration,
+}
+
+/// What one disk's export did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiskReport {
+    /// Disk name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole disk.
+    pub sha256: String,
+    /// Bytes read from the source (holes the file system reports are not read).
+    pub bytes_read: u64,
+    /// Bytes in holes and all-zero chunks (not stored).
+    pub hole_bytes: u64,
+    /// Bytes of chunks stored by this export.
+    pub new_bytes: u64,
+    /// Bytes written to the repository for them (after compression and encryption).
+    pub stored_bytes: u64,
+    /// Bytes of chunks the previous point already had, or repeated within this export.
+    pub reused_bytes: u64,
+    /// Chunks stored by this export.
+    pub new_chunks: u64,
+    /// Chunks the previous point already had, or repeated within this export.
+    pub reused_chunks: u64,
+    /// Chunks found already stored by an earlier, interrupted run (resumed).
+    pub resumed_chunks: u64,
+    /// Bytes of those chunks.
+    pub resumed_bytes: u64,
+}
+
+impl DiskReport {
+    fn add(&mut self, o: &DiskReport) {
+        self.size += o.size;
+        self.bytes_read += o.bytes_read;
+        self.hole_bytes += o.hole_bytes;
+        self.new_bytes += o.new_bytes;
+        self.stored_bytes += o.stored_bytes;
+        self.reused_bytes += o.reused_bytes;
+        self.new_chunks += o.new_chunks;
+        self.reused_chunks += o.reused_chunks;
+        self.resumed_chunks += o.resumed_chunks;
+        self.resumed_bytes += o.resumed_bytes;
+    }
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    /// The new point's id.
+    pub point: String,
+    /// VM name.
+    pub vm: String,
+    /// The previous point it was made incrementally from.
+    pub parent: Option<String>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Totals over all disks (`name` and `sha256` empty).
+    pub total: DiskReport,
+    /// Per disk.
+    pub disks: Vec<DiskReport>,
+}
+
+enum Item {
+    Hole(u64),
+    Data(Vec<u8>),
+}
+
+enum Outcome {
+    Hole,
+    New(ChunkId, u64),
+    Reused(ChunkId),
+    Resumed(ChunkId),
+}
+
+/// Exports `source` into `repo` as a new recovery point.
+pub fn export(repo: &Repository, source: &VmSource, opts: &ExportOptions, progress: &dyn Progress) -> Result<ExportReport> {
+    let started = Instant::now();
+    let time = now_rfc3339();
+    let _lock = repo.lock(LockMode::Exclusive, opts.lock_wait, &format!("export of {}", source.name))?;
+    let parent = repo.latest_point_of(&source.name)?;
+    let known: HashSet<ChunkId> = parent.iter().flat_map(|p| p.disks.iter()).flat_map(|d| d.chunks.iter().flatten().copied()).collect();
+    let claimed = Mutex::new(HashSet::new());
+    let mut disks = Vec::new();
+    let mut reports = Vec::new();
+    for disk in &source.disks {
+        let raw = RawDisk::open(&disk.raw_path)?;
+        let (record, report) = export_disk(repo, &disk.name, &raw, opts, &known, &claimed, progress)?;
+        disks.push(record);
+        reports.push(report);
+    }
+    if reports.iter().any(|r| r.resumed_chunks > 0) {
+        let n: u64 = reports.iter().map(|r| r.resumed_chunks).sum();
+        progress.note(&format!("resumed: {n} chunks were already stored by an earlier run and were not written again"));
+    }
+    repo.sync()?;
+    let mut id = [0u8; 16];
+    crypto::random_bytes(&mut id);
+    let point = RecoveryPoint {
+        id: hex::encode(id),
+        vm: source.name.clone(),
+        time,
+        source: SourceInfo { kind: source.kind.into(), location: source.location.clone() },
+        vm_info: source.info.clone(),
+        ovf_descriptor: source.ovf_descriptor.clone(),
+        parent: parent.map(|p| p.id),
+        disks,
+    };
+    repo.write_point(&point)?;
+    let mut total = DiskReport::default();
+    reports.iter().for_each(|r| total.add(r));
+    Ok(ExportReport { point: point.id, vm: point.vm, parent: point.parent, seconds: started.elapsed().as_secs_f64(), total, disks: reports })
+}
+
+fn export_disk(
+    repo: &Repository,
+    name: &str,
+    raw: &RawDisk,
+    opts: &ExportOptions,
+    known: &HashSet<ChunkId>,
+    claimed: &Mutex<HashSet<ChunkId>>,
+    progress: &dyn Progress,
+) -> Result<(DiskRecord, DiskReport)> {
+    let size = raw.size();
+    let chunk_size = opts.chunk_size as u64;
+    let count = size.div_ceil(chunk_size);
+    let mut sha = Sha256::new();
+    let mut report = DiskReport { name: name.to_string(), size, ..Default::default() };
+    let mut chunks = Vec::with_capacity(count as usize);
+    let zeros = vec![0u8; 1 << 20];
+    let mut index = 0u64;
+    let mut bytes_read = 0u64;
+    progress.disk_started(name, size);
+    let produce = || -> Result<Option<Item>> {
+        if index == count {
+            return Ok(None);
+        }
+        let offset = index * chunk_size;
+        let len = (size - offset).min(chunk_size);
+        index += 1;
+        if !raw.may_have_data(offset, len) {
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64);
+                sha.update(&zeros[..n as usize]);
+                left -= n;
+            }
+            return Ok(Some(Item::Hole(len)));
+        }
+        let mut buf = vec![0u8; len as usize];
+        raw.read_at(offset, &mut buf)?;
+        sha.update(&buf);
+        bytes_read += len;
+        Ok(Some(Item::Data(buf)))
+    };
+    let work = |item: Item| -> Result<(u64, Outcome)> {
+        let data = match item {
+            Item::Hole(len) => return Ok((len, Outcome::Hole)),
+            Item::Data(d) => d,
+        };
+        let len = data.len() as u64;
+        if is_zero(&data) {
+            return Ok((len, Outcome::Hole));
+        }
+        let id = ChunkId(repo.keys().chunk_id(&data));
+        if known.contains(&id) || !claimed.lock().expect("claimed set lock").insert(id) {
+            return Ok((len, Outcome::Reused(id)));
+        }
+        if repo.has_chunk(&id) {
+            return Ok((len, Outcome::Resumed(id)));
+        }
+        let stored = repo.store_chunk(opts.compression, &id, &data)?;
+        Ok((len, Outcome::New(id, stored)))
+    };
+    let consume = |(len, outcome): (u64, Outcome)| -> Result<()> {
+        let id = match outcome {
+            Outcome::Hole => {
+                report.hole_bytes += len;
+                None
+            }
+            Outcome::New(id, stored) => {
+                report.new_chunks += 1;
+                report.new_bytes += len;
+                report.stored_bytes += stored;
+                Some(id)
+            }
+            Outcome::Reused(id) => {
+                report.reused_chunks += 1;
+                report.reused_bytes += len;
+                Some(id)
+            }
+            Outcome::Resumed(id) => {
+                report.resumed_chunks += 1;
+                report.resumed_bytes += len;
+                Some(id)
+            }
+        };
+        chunks.push(id);
+        progress.advanced(name, len);
+        Ok(())
+    };
+    let threads = opts.threads.max(1);
+    ordered_pipeline(threads, threads * 2 + 2, produce, work, consume)?;
+    progress.disk_finished(name);
+    report.bytes_read = bytes_read;
+    report.sha256 = hex::encode(sha.finalize());
+    let record = DiskRecord { name: name.to_string(), size, chunk_size: opts.chunk_size, sha256: report.sha256.clone(), chunks };
+    Ok((record, report))
+}

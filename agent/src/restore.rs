@@ -1,0 +1,260 @@
+//! `restore`: a point back to disk images (raw, qcow2, VMDK) or to an OVF folder or OVA.
+//!
+//! Every chunk is authenticated and re-hashed on the way, holes stay sparse, and each disk's
+//! SHA-256 is recomputed and compared with the point before the output is renamed into place:
+//! a restore either produces exactly the exported bytes or fails without leaving a final file.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use hyperexport_shared::lock::LockMode;
+use hyperexport_shared::ovf::{self, OutputDisk};
+use hyperexport_shared::point::{DiskRecord, RecoveryPoint};
+use hyperexport_shared::Repository;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{AgentError, Result};
+use crate::parallel::ordered_pipeline;
+use crate::progress::Progress;
+use crate::{ova, qemu};
+
+/// Output format of a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreFormat {
+    /// Raw images, sparse.
+    Raw,
+    /// qcow2 through qemu-img.
+    Qcow2,
+    /// VMDK (monolithicSparse) through qemu-img.
+    Vmdk,
+    /// An OVF folder: descriptor, manifest, streamOptimized VMDKs.
+    Ovf,
+    /// An OVA archive of the same.
+    Ova,
+}
+
+impl FromStr for RestoreFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "raw" => RestoreFormat::Raw,
+            "qcow2" => RestoreFormat::Qcow2,
+            "vmdk" => RestoreFormat::Vmdk,
+            "ovf" => RestoreFormat::Ovf,
+            "ova" => RestoreFormat::Ova,
+            _ => return Err(format!("unknown format {s:?} (use raw, qcow2, vmdk, ovf or ova)")),
+        })
+    }
+}
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Output format.
+    pub format: RestoreFormat,
+    /// Overwrite existing outputs.
+    pub force: bool,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// What a restore wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// Point id.
+    pub point: String,
+    /// VM name.
+    pub vm: String,
+    /// Output format.
+    pub format: RestoreFormat,
+    /// Files written.
+    pub outputs: Vec<PathBuf>,
+    /// Disk bytes restored.
+    pub bytes: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// A VM name made safe as a file name stem.
+pub fn file_stem(vm: &str) -> String {
+    let s: String = vm.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    let s = s.trim_start_matches('.').to_string();
+    if s.is_empty() { "vm".into() } else { s }
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.hxpartial"))
+}
+
+fn check_free(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        return Err(AgentError::Invalid(format!("{} already exists; pass --force to overwrite it", path.display())));
+    }
+    Ok(())
+}
+
+/// Restores `point` to `to`.
+pub fn restore(repo: &Repository, point: &RecoveryPoint, to: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let _lock = repo.lock(LockMode::Shared, Duration::from_secs(60), "restore")?;
+    let outputs = match opts.format {
+        RestoreFormat::Raw | RestoreFormat::Qcow2 | RestoreFormat::Vmdk => restore_images(repo, point, to, opts, progress)?,
+        RestoreFormat::Ovf => {
+            if to.is_file() || (to.is_dir() && fs::read_dir(to).map_err(AgentError::io("list", to))?.next().is_some() && !opts.force) {
+                return Err(AgentError::Invalid(format!("{} exists and is not an empty folder; pass --force to write into it", to.display())));
+            }
+            fs::create_dir_all(to).map_err(AgentError::io("create folder", to))?;
+            write_ovf_folder(repo, point, to, opts, progress)?
+        }
+        RestoreFormat::Ova => {
+            check_free(to, opts.force)?;
+            let parent = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let staging = tempfile::Builder::new().prefix(".hyperexport-ova-").tempdir_in(parent).map_err(AgentError::io("create staging folder in", parent))?;
+            let files = write_ovf_folder(repo, point, staging.path(), opts, progress)?;
+            let partial = partial_path(to);
+            ova::write(&partial, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+            fs::rename(&partial, to).map_err(AgentError::io("rename into place", to))?;
+            vec![to.to_path_buf()]
+        }
+    };
+    Ok(RestoreReport {
+        point: point.id.clone(),
+        vm: point.vm.clone(),
+        format: opts.format,
+        outputs,
+        bytes: point.disks.iter().map(|d| d.size).sum(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn restore_images(repo: &Repository, point: &RecoveryPoint, to: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<Vec<PathBuf>> {
+    let (ext, qemu_fmt) = match opts.format {
+        RestoreFormat::Qcow2 => ("qcow2", Some(("qcow2", None))),
+        RestoreFormat::Vmdk => ("vmdk", Some(("vmdk", Some("subformat=monolithicSparse")))),
+        _ => ("img", None),
+    };
+    if qemu_fmt.is_some() {
+        qemu::require_qemu_img(format!("restore to {ext}"))?;
+    }
+    let targets: Vec<PathBuf> = if point.disks.len() == 1 && !to.is_dir() {
+        vec![to.to_path_buf()]
+    } else {
+        fs::create_dir_all(to).map_err(AgentError::io("create folder", to))?;
+        point.disks.iter().map(|d| to.join(format!("{}.{ext}", d.name))).collect()
+    };
+    for target in &targets {
+        check_free(target, opts.force)?;
+    }
+    for (disk, target) in point.disks.iter().zip(&targets) {
+        match qemu_fmt {
+            None => restore_raw(repo, disk, target, opts.threads, progress)?,
+            Some((fmt, options)) => {
+                let raw = partial_path(target).with_extension("raw");
+                restore_raw(repo, disk, &raw, opts.threads, progress)?;
+                let partial = partial_path(target);
+                let converted = qemu::convert(&raw, "raw", &partial, fmt, options);
+                let _ = fs::remove_file(&raw);
+                converted?;
+                fs::rename(&partial, target).map_err(AgentError::io("rename into place", target))?;
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// Restores one disk as a sparse raw image at `target`, verified against the point's SHA-256.
+pub fn restore_raw(repo: &Repository, disk: &DiskRecord, target: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
+    let partial = partial_path(target);
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&partial).map_err(AgentError::io("create", &partial))?;
+    let result = write_disk(repo, disk, &file, &partial, threads, progress);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&partial);
+        return Err(e);
+    }
+    fs::rename(&partial, target).map_err(AgentError::io("rename into place", target))
+}
+
+fn write_disk(repo: &Repository, disk: &DiskRecord, file: &File, path: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
+    file.set_len(disk.size).map_err(AgentError::io("size", path))?;
+    progress.disk_started(&disk.name, disk.size);
+    let mut sha = Sha256::new();
+    let zeros = vec![0u8; disk.chunk_size as usize];
+    let mut next = 0usize;
+    let produce = || -> Result<Option<usize>> {
+        let item = (next < disk.chunks.len()).then_some(next);
+        next += 1;
+        Ok(item)
+    };
+    let work = |index: usize| -> Result<(usize, Option<Vec<u8>>)> {
+        let Some(id) = disk.chunks[index] else { return Ok((index, None)) };
+        let data = repo.load_chunk(&id, disk.chunk_len(index)).map_err(|e| {
+            AgentError::Invalid(format!("disk {} at offset {}: {e}", disk.name, index as u64 * disk.chunk_size as u64))
+        })?;
+        file.write_all_at(&data, index as u64 * disk.chunk_size as u64).map_err(AgentError::io("write", path))?;
+        Ok((index, Some(data)))
+    };
+    let consume = |(index, data): (usize, Option<Vec<u8>>)| -> Result<()> {
+        let len = disk.chunk_len(index);
+        sha.update(data.as_deref().unwrap_or(&zeros[..len]));
+        progress.advanced(&disk.name, len as u64);
+        Ok(())
+    };
+    ordered_pipeline(threads.max(1), threads.max(1) * 2 + 2, produce, work, consume)?;
+    file.sync_all().map_err(AgentError::io("fsync", path))?;
+    progress.disk_finished(&disk.name);
+    let actual = hex::encode(sha.finalize());
+    if actual != disk.sha256 {
+        return Err(AgentError::DigestMismatch { disk: disk.name.clone(), expected: disk.sha256.clone(), actual });
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(AgentError::io("open", path))?;
+    let mut sha = Sha256::new();
+    std::io::copy(&mut f, &mut sha).map_err(AgentError::io("read", path))?;
+    Ok(hex::encode(sha.finalize()))
+}
+
+/// Writes `<vm>.ovf`, `<vm>.mf` and one streamOptimized VMDK per disk into `dir`; returns the
+/// files in OVA order (descriptor, manifest, disks in References order).
+fn write_ovf_folder(repo: &Repository, point: &RecoveryPoint, dir: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<Vec<PathBuf>> {
+    qemu::require_qemu_img("write the streamOptimized VMDK disks of an OVF/OVA")?;
+    let stem = file_stem(&point.vm);
+    let ovf_path = dir.join(format!("{stem}.ovf"));
+    let mf_path = dir.join(format!("{stem}.mf"));
+    check_free(&ovf_path, opts.force)?;
+    let mut disks = Vec::new();
+    let mut files = Vec::new();
+    for (i, disk) in point.disks.iter().enumerate() {
+        let vmdk = dir.join(format!("{stem}-disk{}.vmdk", i + 1));
+        check_free(&vmdk, opts.force)?;
+        let raw = partial_path(&vmdk).with_extension("raw");
+        restore_raw(repo, disk, &raw, opts.threads, progress)?;
+        let converted = qemu::convert(&raw, "raw", &vmdk, "vmdk", Some("subformat=streamOptimized"));
+        let _ = fs::remove_file(&raw);
+        converted?;
+        let file_size = fs::metadata(&vmdk).map_err(AgentError::io("stat", &vmdk))?.len();
+        disks.push(OutputDisk { file_name: format!("{stem}-disk{}.vmdk", i + 1), file_size, capacity: disk.size, format: ovf::VMDK_STREAM_OPTIMIZED });
+        files.push(vmdk);
+    }
+    let descriptor = ovf::generate(&point.vm, &point.vm_info, &disks);
+    fs::write(&ovf_path, &descriptor).map_err(AgentError::io("write", &ovf_path))?;
+    let mut manifest = String::new();
+    for path in std::iter::once(&ovf_path).chain(files.iter()) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        manifest.push_str(&format!("SHA256({name})= {}\n", sha256_file(path)?));
+    }
+    fs::write(&mf_path, manifest).map_err(AgentError::io("write", &mf_path))?;
+    let mut ordered = vec![ovf_path, mf_path];
+    ordered.extend(files);
+    Ok(ordered)
+}

@@ -1,0 +1,304 @@
+//! The repository commands: export, points, verify, restore, key.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use hyperexport_agent::export::{ExportOptions, ExportReport};
+use hyperexport_agent::progress::Progress;
+use hyperexport_agent::restore::{RestoreFormat, RestoreOptions};
+use hyperexport_agent::{export as exporter, restore as restorer, source, verify as verifier};
+use hyperexport_shared::chunk::validate_chunk_size;
+use hyperexport_shared::compress::Compression;
+use hyperexport_shared::keys::Secret;
+use hyperexport_shared::repo::InitOptions;
+use hyperexport_shared::units::{format_bytes, parse_size};
+use hyperexport_shared::{Repository, chunk};
+use serde_json::json;
+
+use crate::progress::{Bars, JsonLines, Quiet, print_json};
+use crate::{KeyArgs, Output, secrets};
+
+/// Exit code of `verify` when a point has missing or corrupt data.
+pub const EXIT_VERIFY_FAILED: u8 = 3;
+
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// The repository folder.
+    #[arg(long, value_name = "REPO")]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+impl RepoArgs {
+    fn open(&self) -> Result<Repository> {
+        let secret = secrets::from_args(&self.key)?;
+        Ok(Repository::open(&self.repo, secret.as_ref())?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A VM folder (with one .ovf or .vmx), an .ovf or .vmx file, or a disk image.
+    pub source: PathBuf,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Store chunks unencrypted (only when creating a repository).
+    #[arg(long)]
+    pub no_encryption: bool,
+    /// Compression of new chunks: zstd[:LEVEL], lz4 or none [default: the repository's, zstd:3]
+    #[arg(long, value_name = "ALGO")]
+    pub compression: Option<Compression>,
+    /// Chunk size, a power of two from 64K to 16M [default: the repository's, 4M]
+    #[arg(long, value_name = "SIZE")]
+    pub chunk_size: Option<String>,
+    /// Worker threads [default: the number of CPUs]
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seconds to wait for another writer to release the repository.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub lock_wait: u64,
+    /// Folder for images converted from qcow2/vmdk/vhd(x) [default: the system temp folder]
+    #[arg(long, value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct PointsArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Point id, unique id prefix, or `latest` [default: every point]
+    pub point: Option<String>,
+    /// Only check that every chunk is present.
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Point id, unique id prefix, or `latest`.
+    pub point: String,
+    /// Output file (one disk) or folder (several disks, ovf); the .ova file for ova.
+    #[arg(long, value_name = "PATH")]
+    pub to: PathBuf,
+    /// raw, qcow2, vmdk (through qemu-img), ovf or ova.
+    #[arg(long, default_value = "raw")]
+    pub format: RestoreFormat,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Replace the password or key file that unlocks the repository; data is not re-encrypted.
+    Passwd {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// File whose first line is the new password.
+        #[arg(long, value_name = "FILE", conflicts_with = "new_key_file", required_unless_present = "new_key_file")]
+        new_password_file: Option<PathBuf>,
+        /// New key file.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
+    },
+}
+
+/// The progress display for an operation.
+pub fn progress_for(output: Output, operation: &'static str) -> Box<dyn Progress> {
+    match output {
+        Output::Json => Box::new(JsonLines::new(operation)),
+        Output::Text if std::io::stderr().is_terminal() => Box::new(Bars::new(operation)),
+        Output::Text => Box::new(Quiet),
+    }
+}
+
+fn threads(n: Option<usize>) -> usize {
+    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
+}
+
+/// Opens the repository, or creates it when the folder holds none.
+pub fn open_or_init(path: &Path, secret: Option<Secret>, no_encryption: bool, chunk_size: Option<u32>, compression: Option<Compression>) -> Result<(Repository, bool)> {
+    if Repository::exists(path) {
+        let repo = Repository::open(path, secret.as_ref())?;
+        if no_encryption && repo.keys().encrypts() {
+            bail!("repository {} is encrypted; --no-encryption only applies when creating one", path.display());
+        }
+        return Ok((repo, false));
+    }
+    match (&secret, no_encryption) {
+        (Some(_), true) => bail!("--no-encryption conflicts with the password or key file given (flag or HYPEREXPORT_PASSWORD*)"),
+        (None, false) => bail!("no repository at {} yet, and no password to create one: give --password-file, --key-file, HYPEREXPORT_PASSWORD(_FILE), or --no-encryption", path.display()),
+        _ => {}
+    }
+    let opts = InitOptions {
+        chunk_size: chunk_size.unwrap_or(chunk::DEFAULT_CHUNK_SIZE),
+        compression: compression.unwrap_or(Compression::Zstd(hyperexport_shared::compress::DEFAULT_ZSTD_LEVEL)),
+        secret,
+    };
+    Ok((Repository::init(path, opts)?, true))
+}
+
+pub fn export(a: ExportArgs) -> Result<ExitCode> {
+    let chunk_size = a.chunk_size.as_deref().map(|s| parse_size(s).and_then(validate_chunk_size)).transpose().map_err(anyhow::Error::msg)?;
+    let secret = secrets::from_args(&a.repo.key)?;
+    let (repo, created) = open_or_init(&a.repo.repo, secret, a.no_encryption, chunk_size, a.compression)?;
+    let progress = progress_for(a.output, "export");
+    if created {
+        progress.note(&format!("created repository {} ({})", a.repo.repo.display(), if repo.keys().encrypts() { "AES-256-GCM" } else { "not encrypted" }));
+    }
+    let vm = source::open(&a.source, a.temp_dir.as_deref())?;
+    let compression: Compression = match a.compression {
+        Some(c) => c,
+        None => repo.config().compression.parse().map_err(anyhow::Error::msg).context("repository config compression")?,
+    };
+    let opts = ExportOptions {
+        chunk_size: chunk_size.unwrap_or(repo.config().chunk_size),
+        compression,
+        threads: threads(a.threads),
+        lock_wait: Duration::from_secs(a.lock_wait),
+    };
+    let report = exporter::export(&repo, &vm, &opts, progress.as_ref())?;
+    drop(progress);
+    match a.output {
+        Output::Json => print_json(&json!({"event": "result", "operation": "export", "result": report})),
+        Output::Text => print_export(&report),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_export(r: &ExportReport) {
+    let t = &r.total;
+    println!("point {} of VM {:?}{}", r.point, r.vm, r.parent.as_ref().map(|p| format!(" (incremental from {})", &p[..12.min(p.len())])).unwrap_or_default());
+    println!("  disks {}  size {}  read {}  holes/zeros {}", r.disks.len(), format_bytes(t.size), format_bytes(t.bytes_read), format_bytes(t.hole_bytes));
+    println!("  new {} in {} chunks, stored as {}  reused {} in {} chunks", format_bytes(t.new_bytes), t.new_chunks, format_bytes(t.stored_bytes), format_bytes(t.reused_bytes), t.reused_chunks);
+    if t.resumed_chunks > 0 {
+        println!("  resumed: {} chunks ({}) were already stored by an interrupted run and were skipped", t.resumed_chunks, format_bytes(t.resumed_bytes));
+    }
+    println!("  {:.2} s, {}/s", r.seconds, format_bytes((t.size as f64 / r.seconds.max(1e-9)) as u64));
+}
+
+pub fn points(a: PointsArgs) -> Result<ExitCode> {
+    let repo = a.repo.open()?;
+    let points = repo.list_points()?;
+    match a.output {
+        Output::Json => {
+            let list: Vec<_> = points
+                .iter()
+                .map(|p| {
+                    json!({
+                        "id": p.id, "vm": p.vm, "time": p.time, "parent": p.parent, "source": p.source, "vm_info": p.vm_info,
+                        "disks": p.disks.iter().map(|d| json!({
+                            "name": d.name, "size": d.size, "sha256": d.sha256, "chunk_size": d.chunk_size,
+                            "chunks": d.chunks.len(), "holes": d.chunks.iter().filter(|c| c.is_none()).count(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(list));
+        }
+        Output::Text => {
+            println!("{:<12}  {:<24}  {:<24}  {:>5}  {:>12}", "ID", "VM", "TIME", "DISKS", "SIZE");
+            for p in &points {
+                let size: u64 = p.disks.iter().map(|d| d.size).sum();
+                println!("{:<12}  {:<24}  {:<24}  {:>5}  {:>12}", &p.id[..12], p.vm, p.time, p.disks.len(), format_bytes(size));
+            }
+            println!("{} points", points.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let repo = a.repo.open()?;
+    let points = match &a.point {
+        Some(spec) => vec![repo.resolve_point(spec)?],
+        None => repo.list_points()?,
+    };
+    let mut failed = 0;
+    for point in &points {
+        let progress = progress_for(a.output, "verify");
+        let report = verifier::verify(&repo, point, a.quick, threads(a.threads), progress.as_ref())?;
+        drop(progress);
+        if !report.ok {
+            failed += 1;
+        }
+        match a.output {
+            Output::Json => print_json(&json!({"event": "result", "operation": "verify", "result": report})),
+            Output::Text => {
+                for p in &report.problems {
+                    println!("point {} disk {} offset {} (chunk #{}, {}): {}", &report.point[..12], p.disk, p.offset, p.index, p.chunk, p.problem);
+                }
+                for d in &report.digest_mismatches {
+                    println!("point {} disk {}: SHA-256 does not match the point", &report.point[..12], d);
+                }
+                let verdict = if report.ok { "ok" } else { "FAILED" };
+                println!("point {} of {:?}: {} ({} check, {} chunks, {})", &report.point[..12], report.vm, verdict, report.mode, report.chunks_checked, format_bytes(report.bytes_checked));
+            }
+        }
+    }
+    if a.output == Output::Text && points.len() != 1 {
+        println!("{} points checked, {} failed", points.len(), failed);
+    }
+    Ok(if failed > 0 { ExitCode::from(EXIT_VERIFY_FAILED) } else { ExitCode::SUCCESS })
+}
+
+pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
+    let repo = a.repo.open()?;
+    let point = repo.resolve_point(&a.point)?;
+    let progress = progress_for(a.output, "restore");
+    let opts = RestoreOptions { format: a.format, force: a.force, threads: threads(a.threads) };
+    let report = restorer::restore(&repo, &point, &a.to, &opts, progress.as_ref())?;
+    drop(progress);
+    match a.output {
+        Output::Json => print_json(&json!({"event": "result", "operation": "restore", "result": report})),
+        Output::Text => {
+            for o in &report.outputs {
+                println!("wrote {}", o.display());
+            }
+            println!("restored point {} of {:?}: {} in {:.2} s, every chunk and disk digest verified", &report.point[..12], report.vm, format_bytes(report.bytes), report.seconds);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn key(c: KeyCommand) -> Result<ExitCode> {
+    match c {
+        KeyCommand::Passwd { repo, new_password_file, new_key_file } => {
+            let current = secrets::from_args(&repo.key)?.ok_or_else(|| anyhow::anyhow!("give the current password or key file to change it"))?;
+            let new = match (new_password_file, new_key_file) {
+                (Some(p), _) => Secret::Password(secrets::read_password_file(&p)?),
+                (None, Some(k)) => Secret::KeyFile(std::fs::read(&k).with_context(|| format!("reading key file {}", k.display()))?),
+                (None, None) => bail!("give --new-password-file or --new-key-file"),
+            };
+            let mut r = Repository::open(&repo.repo, Some(&current))?;
+            r.change_secret(&current, &new)?;
+            println!("key changed for repository {}; chunk data was not rewritten", repo.repo.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
