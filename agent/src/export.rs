@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hyperexport_shared::chunk::ChunkId;
@@ -35,6 +36,9 @@ pub struct ExportOptions {
     pub threads: usize,
     /// How long to wait for another writer's lock.
     pub lock_wait: Duration,
+    /// Fault injection for crash tests: after this many new chunks are stored, every worker
+    /// stalls forever instead of storing more, so a test can kill the process at a known point.
+    pub stall_after_new_chunks: Option<u64>,
 }
 
 /// What one disk's export did.
@@ -118,11 +122,13 @@ pub fn export(repo: &Repository, source: &VmSource, opts: &ExportOptions, progre
     let parent = repo.latest_point_of(&source.name)?;
     let known: HashSet<ChunkId> = parent.iter().flat_map(|p| p.disks.iter()).flat_map(|d| d.chunks.iter().flatten().copied()).collect();
     let claimed = Mutex::new(HashSet::new());
+    let stored = AtomicU64::new(0);
+    let ctx = DiskContext { repo, opts, known: &known, claimed: &claimed, stored: &stored, progress };
     let mut disks = Vec::new();
     let mut reports = Vec::new();
     for disk in &source.disks {
         let raw = RawDisk::open(&disk.raw_path)?;
-        let (record, report) = export_disk(repo, &disk.name, &raw, opts, &known, &claimed, progress)?;
+        let (record, report) = export_disk(&ctx, &disk.name, &raw)?;
         disks.push(record);
         reports.push(report);
     }
@@ -149,15 +155,21 @@ pub fn export(repo: &Repository, source: &VmSource, opts: &ExportOptions, progre
     Ok(ExportReport { point: point.id, vm: point.vm, parent: point.parent, seconds: started.elapsed().as_secs_f64(), total, disks: reports })
 }
 
-fn export_disk(
-    repo: &Repository,
-    name: &str,
-    raw: &RawDisk,
-    opts: &ExportOptions,
-    known: &HashSet<ChunkId>,
-    claimed: &Mutex<HashSet<ChunkId>>,
-    progress: &dyn Progress,
-) -> Result<(DiskRecord, DiskReport)> {
+/// What every disk of one export shares.
+struct DiskContext<'a> {
+    repo: &'a Repository,
+    opts: &'a ExportOptions,
+    /// Chunk ids of the previous point: present without checking.
+    known: &'a HashSet<ChunkId>,
+    /// Ids this export has already handled, so a repeated chunk is stored once.
+    claimed: &'a Mutex<HashSet<ChunkId>>,
+    /// New chunks stored so far (for the stall fault injection).
+    stored: &'a AtomicU64,
+    progress: &'a dyn Progress,
+}
+
+fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskRecord, DiskReport)> {
+    let DiskContext { repo, opts, known, claimed, progress, .. } = *ctx;
     let size = raw.size();
     let chunk_size = opts.chunk_size as u64;
     let count = size.div_ceil(chunk_size);
@@ -205,6 +217,13 @@ fn export_disk(
         }
         if repo.has_chunk(&id) {
             return Ok((len, Outcome::Resumed(id)));
+        }
+        if let Some(limit) = opts.stall_after_new_chunks
+            && ctx.stored.fetch_add(1, Ordering::SeqCst) >= limit
+        {
+            loop {
+                std::thread::park();
+            }
         }
         let stored = repo.store_chunk(opts.compression, &id, &data)?;
         Ok((len, Outcome::New(id, stored)))

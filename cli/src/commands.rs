@@ -22,6 +22,9 @@ use serde_json::json;
 use crate::progress::{Bars, JsonLines, Quiet, print_json};
 use crate::{KeyArgs, Output, secrets};
 
+/// Fault injection for the crash tests: stall the export after this many new chunks.
+const ENV_STALL: &str = "HYPEREXPORT_TEST_STALL_AFTER_CHUNKS";
+
 /// Exit code of `verify` when a point has missing or corrupt data.
 pub const EXIT_VERIFY_FAILED: u8 = 3;
 
@@ -181,6 +184,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         compression,
         threads: threads(a.threads),
         lock_wait: Duration::from_secs(a.lock_wait),
+        stall_after_new_chunks: std::env::var(ENV_STALL).ok().and_then(|v| v.parse().ok()),
     };
     let report = exporter::export(&repo, &vm, &opts, progress.as_ref())?;
     drop(progress);

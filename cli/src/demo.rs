@@ -67,7 +67,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     std::fs::write(vm_dir.join("demo-vm.ovf"), descriptor)?;
 
     let repo = Repository::init(&repo_dir, InitOptions { chunk_size: DEFAULT_CHUNK_SIZE, compression: Compression::Zstd(3), secret: Some(Secret::Password(b"demo password".to_vec())) })?;
-    let opts = ExportOptions { chunk_size: DEFAULT_CHUNK_SIZE, compression: Compression::Zstd(3), threads, lock_wait: std::time::Duration::from_secs(5) };
+    let opts = ExportOptions { chunk_size: DEFAULT_CHUNK_SIZE, compression: Compression::Zstd(3), threads, lock_wait: std::time::Duration::from_secs(5), stall_after_new_chunks: None };
     let mut rows = Vec::new();
 
     let vm = source::open(&vm_dir, None)?;

@@ -24,10 +24,10 @@ pub enum Output {
 #[derive(Debug, Clone, Args)]
 pub struct KeyArgs {
     /// File whose first line is the repository password (also HYPEREXPORT_PASSWORD_FILE).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_file", "no_encryption"])]
+    #[arg(long, value_name = "FILE", conflicts_with = "key_file")]
     pub password_file: Option<PathBuf>,
     /// Key file (at least 32 bytes, e.g. `head -c 32 /dev/urandom > key`) instead of a password.
-    #[arg(long, value_name = "FILE", conflicts_with = "no_encryption")]
+    #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 }
 

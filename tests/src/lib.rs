@@ -1,1 +1,203 @@
-//! placeholder
+//! The harness for multi-process tests: runs the real `hyperexport` binary in a temporary
+//! folder, with helpers to make sparse images and read results.
+//!
+//! The binary is the one `cargo build -p hyperexport` puts next to the test executables
+//! (override with `HYPEREXPORT_BIN`).
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The password every sandbox repository uses.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Path of the `hyperexport` binary under test.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HYPEREXPORT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let dir = exe.parent().and_then(Path::parent).expect("test executables live in target/<profile>/deps");
+    let bin = dir.join("hyperexport");
+    assert!(bin.is_file(), "{} is missing: run `cargo build -p hyperexport` first (the test command does)", bin.display());
+    bin
+}
+
+/// The outcome of one command.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Every stdout line parsed as JSON.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    }
+
+    /// The `result` of the last `{"event":"result"}` line.
+    pub fn result(&self) -> Value {
+        self.json_lines().into_iter().rev().find(|v| v["event"] == "result").map(|v| v["result"].clone()).unwrap_or_else(|| panic!("no result event in {}", self.stdout))
+    }
+
+    /// Asserts the process failed cleanly: non-zero exit, no panic, stderr mentions `needle`.
+    pub fn assert_clean_failure(&self, needle: &str) {
+        assert!(self.code.is_some_and(|c| c != 0), "expected failure, got {:?}\n{}", self.code, self.stderr);
+        assert!(!self.stderr.contains("panicked"), "panicked:\n{}", self.stderr);
+        assert!(self.stderr.contains(needle), "stderr does not mention {needle:?}:\n{}", self.stderr);
+    }
+}
+
+/// A temporary folder with a password file, where commands run.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    /// A new sandbox.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("hx-test-").tempdir().expect("temp folder");
+        fs::write(dir.path().join("password"), format!("{PASSWORD}\n")).expect("password file");
+        Sandbox { dir }
+    }
+
+    /// A path inside the sandbox.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `--repo <sandbox>/<name> --password-file <sandbox>/password`.
+    pub fn repo_args(&self, name: &str) -> Vec<String> {
+        vec!["--repo".into(), self.path(name).display().to_string(), "--password-file".into(), self.path("password").display().to_string()]
+    }
+
+    fn command(&self, args: &[String]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args).current_dir(self.dir.path()).env_remove("HYPEREXPORT_PASSWORD").env_remove("HYPEREXPORT_PASSWORD_FILE").stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `hyperexport args...` to completion.
+    pub fn run(&self, args: &[String]) -> Run {
+        self.run_with_env(args, &[])
+    }
+
+    /// Runs with extra environment variables.
+    pub fn run_with_env(&self, args: &[String], env: &[(&str, &str)]) -> Run {
+        let out = self.command(args).envs(env.iter().copied()).output().expect("hyperexport runs");
+        Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+    }
+
+    /// Runs and asserts success.
+    pub fn ok(&self, args: &[String]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, Some(0), "hyperexport {args:?} failed:\n{}\n{}", r.stdout, r.stderr);
+        r
+    }
+
+    /// Starts `hyperexport args...` in the background.
+    pub fn spawn(&self, args: &[String], env: &[(&str, &str)]) -> Child {
+        self.command(args).envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("hyperexport starts")
+    }
+
+    /// `export SOURCE <repo args> --output json [extra...]`, asserted successful; returns the result.
+    pub fn export(&self, source: &Path, repo: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["export".to_string(), source.display().to_string()];
+        args.extend(self.repo_args(repo));
+        args.extend(["--output".into(), "json".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.ok(&args).result()
+    }
+}
+
+/// Builds an argument vector from string slices.
+pub fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+/// Deterministic incompressible bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0u64;
+    while out.len() < len {
+        let mut h = Sha256::new();
+        h.update(seed.to_le_bytes());
+        h.update(counter.to_le_bytes());
+        out.extend_from_slice(&h.finalize());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a sparse image of `size` bytes with `writes` (offset, bytes) and nothing elsewhere.
+pub fn write_image(path: &Path, size: u64, writes: &[(u64, Vec<u8>)]) {
+    let f = File::create(path).expect("create image");
+    f.set_len(size).expect("size image");
+    for (offset, data) in writes {
+        f.write_all_at(data, *offset).expect("write image");
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Bytes the file system has allocated for a file.
+pub fn allocated_bytes(path: &Path) -> u64 {
+    fs::metadata(path).expect("stat").blocks() * 512
+}
+
+/// Every chunk file in a repository.
+pub fn chunk_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in fs::read_dir(repo.join("chunks")).expect("chunks folder") {
+        for f in fs::read_dir(dir.expect("entry").path()).expect("chunk subfolder") {
+            out.push(f.expect("entry").path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `tool` runs (`tool --version`).
+pub fn have_tool(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
