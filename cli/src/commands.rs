@@ -144,37 +144,45 @@ fn threads(n: Option<usize>) -> usize {
     n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
 }
 
-/// Opens the repository, or creates it when the folder holds none.
-pub fn open_or_init(path: &Path, secret: Option<Secret>, no_encryption: bool, chunk_size: Option<u32>, compression: Option<Compression>) -> Result<(Repository, bool)> {
-    if Repository::exists(path) {
-        let repo = Repository::open(path, secret.as_ref())?;
-        if no_encryption && repo.keys().encrypts() {
-            bail!("repository {} is encrypted; --no-encryption only applies when creating one", path.display());
-        }
-        return Ok((repo, false));
-    }
+/// Checks the arguments for creating a repository, before anything is read or written.
+fn init_options(path: &Path, secret: Option<Secret>, no_encryption: bool, chunk_size: Option<u32>, compression: Option<Compression>) -> Result<InitOptions> {
     match (&secret, no_encryption) {
         (Some(_), true) => bail!("--no-encryption conflicts with the password or key file given (flag or HYPEREXPORT_PASSWORD*)"),
         (None, false) => bail!("no repository at {} yet, and no password to create one: give --password-file, --key-file, HYPEREXPORT_PASSWORD(_FILE), or --no-encryption", path.display()),
         _ => {}
     }
-    let opts = InitOptions {
+    Ok(InitOptions {
         chunk_size: chunk_size.unwrap_or(chunk::DEFAULT_CHUNK_SIZE),
         compression: compression.unwrap_or(Compression::Zstd(hyperexport_shared::compress::DEFAULT_ZSTD_LEVEL)),
         secret,
-    };
-    Ok((Repository::init(path, opts)?, true))
+    })
 }
 
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let chunk_size = a.chunk_size.as_deref().map(|s| parse_size(s).and_then(validate_chunk_size)).transpose().map_err(anyhow::Error::msg)?;
     let secret = secrets::from_args(&a.repo.key)?;
-    let (repo, created) = open_or_init(&a.repo.repo, secret, a.no_encryption, chunk_size, a.compression)?;
-    let progress = progress_for(a.output, "export");
-    if created {
-        progress.note(&format!("created repository {} ({})", a.repo.repo.display(), if repo.keys().encrypts() { "AES-256-GCM" } else { "not encrypted" }));
-    }
+    let path = &a.repo.repo;
+    // An existing repository is unlocked before the source is touched (a wrong password fails
+    // fast); a new one is created only once the source has opened (bad input creates nothing).
+    let target = if Repository::exists(path) {
+        let repo = Repository::open(path, secret.as_ref())?;
+        if a.no_encryption && repo.keys().encrypts() {
+            bail!("repository {} is encrypted; --no-encryption only applies when creating one", path.display());
+        }
+        Ok(repo)
+    } else {
+        Err(init_options(path, secret, a.no_encryption, chunk_size, a.compression)?)
+    };
     let vm = source::open(&a.source, a.temp_dir.as_deref())?;
+    let progress = progress_for(a.output, "export");
+    let repo = match target {
+        Ok(repo) => repo,
+        Err(opts) => {
+            let repo = Repository::init(path, opts)?;
+            progress.note(&format!("created repository {} ({})", path.display(), if repo.keys().encrypts() { "AES-256-GCM" } else { "not encrypted" }));
+            repo
+        }
+    };
     let compression: Compression = match a.compression {
         Some(c) => c,
         None => repo.config().compression.parse().map_err(anyhow::Error::msg).context("repository config compression")?,
