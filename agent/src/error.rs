@@ -48,6 +48,16 @@ pub enum AgentError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// A chunk of a disk could not be read back.
+    #[error("disk {disk} at offset {offset}: {source}")]
+    DiskChunk {
+        /// Disk name.
+        disk: String,
+        /// Byte offset of the chunk in the disk.
+        offset: u64,
+        /// What went wrong.
+        source: RepoError,
+    },
     /// The restored data does not match the point.
     #[error("restored disk {disk} has SHA-256 {actual}, the point records {expected}")]
     DigestMismatch {

@@ -15,7 +15,7 @@ use hyperexport_shared::compress::Compression;
 use hyperexport_shared::lock::LockMode;
 use hyperexport_shared::point::{DiskRecord, RecoveryPoint, SourceInfo};
 use hyperexport_shared::repo::now_rfc3339;
-use hyperexport_shared::{Repository, crypto};
+use hyperexport_shared::{RepoError, Repository, crypto};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -64,10 +64,13 @@ pub struct DiskReport {
     pub new_chunks: u64,
     /// Chunks the previous point already had, or repeated within this export.
     pub reused_chunks: u64,
-    /// Chunks found already stored by an earlier, interrupted run (resumed).
-    pub resumed_chunks: u64,
+    /// Chunks not in the previous point but found intact in the repository (stored by an
+    /// interrupted run, or by another VM's export), so not written again.
+    pub found_chunks: u64,
     /// Bytes of those chunks.
-    pub resumed_bytes: u64,
+    pub found_bytes: u64,
+    /// Chunks found in the repository but damaged (e.g. torn by a power loss), written again.
+    pub repaired_chunks: u64,
 }
 
 impl DiskReport {
@@ -80,8 +83,9 @@ impl DiskReport {
         self.reused_bytes += o.reused_bytes;
         self.new_chunks += o.new_chunks;
         self.reused_chunks += o.reused_chunks;
-        self.resumed_chunks += o.resumed_chunks;
-        self.resumed_bytes += o.resumed_bytes;
+        self.found_chunks += o.found_chunks;
+        self.found_bytes += o.found_bytes;
+        self.repaired_chunks += o.repaired_chunks;
     }
 }
 
@@ -109,16 +113,19 @@ enum Item {
 
 enum Outcome {
     Hole,
-    New(ChunkId, u64),
+    /// Stored now; the blob's size, and whether it replaced a damaged copy.
+    New(ChunkId, u64, bool),
     Reused(ChunkId),
-    Resumed(ChunkId),
+    Found(ChunkId),
 }
 
 /// Exports `source` into `repo` as a new recovery point.
 pub fn export(repo: &Repository, source: &VmSource, opts: &ExportOptions, progress: &dyn Progress) -> Result<ExportReport> {
     let started = Instant::now();
-    let time = now_rfc3339();
     let _lock = repo.lock(LockMode::Exclusive, opts.lock_wait, &format!("export of {}", source.name))?;
+    // Taken once the lock is held, just before the first read: a local source has no snapshot,
+    // so this is the best consistency time it has.
+    let time = now_rfc3339();
     let parent = repo.latest_point_of(&source.name)?;
     let known: HashSet<ChunkId> = parent.iter().flat_map(|p| p.disks.iter()).flat_map(|d| d.chunks.iter().flatten().copied()).collect();
     let claimed = Mutex::new(HashSet::new());
@@ -132,9 +139,9 @@ pub fn export(repo: &Repository, source: &VmSource, opts: &ExportOptions, progre
         disks.push(record);
         reports.push(report);
     }
-    if reports.iter().any(|r| r.resumed_chunks > 0) {
-        let n: u64 = reports.iter().map(|r| r.resumed_chunks).sum();
-        progress.note(&format!("resumed: {n} chunks were already stored by an earlier run and were not written again"));
+    let found: u64 = reports.iter().map(|r| r.found_chunks).sum();
+    if found > 0 {
+        progress.note(&format!("resumed: {found} chunks were already in the repository (an interrupted run, or another VM) and were checked, not written again"));
     }
     repo.sync()?;
     let mut id = [0u8; 16];
@@ -215,9 +222,14 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
         if known.contains(&id) || !claimed.lock().expect("claimed set lock").insert(id) {
             return Ok((len, Outcome::Reused(id)));
         }
-        if repo.has_chunk(&id) {
-            return Ok((len, Outcome::Resumed(id)));
-        }
+        // A chunk already on disk is trusted only after it decodes: a crash of the machine can
+        // leave a file of the right name whose data never reached the disk.
+        let damaged = match repo.load_chunk(&id, data.len()) {
+            Ok(_) => return Ok((len, Outcome::Found(id))),
+            Err(RepoError::MissingChunk(_)) => false,
+            Err(RepoError::CorruptChunk { .. }) => true,
+            Err(e) => return Err(e.into()),
+        };
         if let Some(limit) = opts.stall_after_new_chunks
             && ctx.stored.fetch_add(1, Ordering::SeqCst) >= limit
         {
@@ -226,7 +238,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
             }
         }
         let stored = repo.store_chunk(opts.compression, &id, &data)?;
-        Ok((len, Outcome::New(id, stored)))
+        Ok((len, Outcome::New(id, stored, damaged)))
     };
     let consume = |(len, outcome): (u64, Outcome)| -> Result<()> {
         let id = match outcome {
@@ -234,8 +246,9 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
                 report.hole_bytes += len;
                 None
             }
-            Outcome::New(id, stored) => {
+            Outcome::New(id, stored, repaired) => {
                 report.new_chunks += 1;
+                report.repaired_chunks += repaired as u64;
                 report.new_bytes += len;
                 report.stored_bytes += stored;
                 Some(id)
@@ -245,9 +258,9 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
                 report.reused_bytes += len;
                 Some(id)
             }
-            Outcome::Resumed(id) => {
-                report.resumed_chunks += 1;
-                report.resumed_bytes += len;
+            Outcome::Found(id) => {
+                report.found_chunks += 1;
+                report.found_bytes += len;
                 Some(id)
             }
         };

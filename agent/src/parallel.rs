@@ -4,16 +4,32 @@
 //! At most `window` items are between the producer and the consumer at any time (the producer
 //! takes a slot before producing, the consumer returns it after consuming), so memory is bounded
 //! by `window` items whatever the input size. The first error from any stage stops the pipeline
-//! and is returned; the other threads wind down without doing further work.
+//! and is returned; the other threads wind down without doing further work. A panic in any
+//! stage also winds the others down, then propagates (it never leaves a thread waiting forever).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{Sender, bounded, unbounded};
 
 enum Msg<O, E> {
     Done(u64, O),
     Failed(E),
+}
+
+/// Held by every stage: if the stage unwinds, it stops the pipeline and wakes the producer.
+struct PanicGuard<'a> {
+    abort: &'a AtomicBool,
+    slot: Sender<()>,
+}
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.abort.store(true, Ordering::SeqCst);
+            let _ = self.slot.try_send(());
+        }
+    }
 }
 
 /// Runs `produce` on its own thread, `work` on `threads` worker threads and `consume` on the
@@ -41,7 +57,9 @@ where
         let producer_res = res_tx.clone();
         let abort_ref = &abort;
         let produce = &mut produce;
+        let guard_slot = slot_tx.clone();
         s.spawn(move || {
+            let _guard = PanicGuard { abort: abort_ref, slot: guard_slot };
             let mut seq = 0u64;
             while slot_rx.recv().is_ok() && !abort_ref.load(Ordering::Relaxed) {
                 match produce() {
@@ -61,7 +79,9 @@ where
         });
         for _ in 0..threads {
             let (job_rx, res_tx, work, abort) = (job_rx.clone(), res_tx.clone(), &work, &abort);
+            let guard_slot = slot_tx.clone();
             s.spawn(move || {
+                let _guard = PanicGuard { abort, slot: guard_slot };
                 for (seq, item) in job_rx.iter() {
                     if abort.load(Ordering::Relaxed) {
                         continue;
@@ -75,6 +95,7 @@ where
             });
         }
         drop((res_tx, job_rx));
+        let _guard = PanicGuard { abort: &abort, slot: slot_tx.clone() };
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
         let mut first_error = None;
@@ -145,6 +166,33 @@ mod tests {
         .unwrap();
         assert_eq!(out, (1..=500).map(|x| x * 2).collect::<Vec<_>>());
         assert!(max_seen.load(Ordering::SeqCst) <= 7, "window exceeded: {}", max_seen.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_panicking_stage_propagates_instead_of_hanging() {
+        for stage in 0..3 {
+            let result = std::panic::catch_unwind(|| {
+                let mut n = 0u64;
+                let _ = ordered_pipeline(
+                    2,
+                    4,
+                    || {
+                        n += 1;
+                        assert!(!(stage == 0 && n == 20), "producer fails");
+                        Ok::<_, String>(Some(n))
+                    },
+                    |x| {
+                        assert!(!(stage == 1 && x == 20), "worker fails");
+                        Ok(x)
+                    },
+                    |x| {
+                        assert!(!(stage == 2 && x == 20), "consumer fails");
+                        Ok(())
+                    },
+                );
+            });
+            assert!(result.is_err(), "stage {stage}: the panic was swallowed");
+        }
     }
 
     #[test]

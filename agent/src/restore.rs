@@ -3,6 +3,8 @@
 //! Every chunk is authenticated and re-hashed on the way, holes stay sparse, and each disk's
 //! SHA-256 is recomputed and compared with the point before the output is renamed into place:
 //! a restore either produces exactly the exported bytes or fails without leaving a final file.
+//! In an OVF folder the disks are renamed into place one by one and the `.ovf` and `.mf` come
+//! last, so a folder with a manifest is complete; a failed OVF restore can leave finished disks.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -120,7 +122,7 @@ pub fn restore(repo: &Repository, point: &RecoveryPoint, to: &Path, opts: &Resto
             let files = write_ovf_folder(repo, point, staging.path(), opts, progress)?;
             let partial = partial_path(to);
             ova::write(&partial, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
-            fs::rename(&partial, to).map_err(AgentError::io("rename into place", to))?;
+            rename_durably(&partial, to)?;
             vec![to.to_path_buf()]
         }
     };
@@ -162,7 +164,7 @@ fn restore_images(repo: &Repository, point: &RecoveryPoint, to: &Path, opts: &Re
                 let converted = qemu::convert(&raw, "raw", &partial, fmt, options);
                 let _ = fs::remove_file(&raw);
                 converted?;
-                fs::rename(&partial, target).map_err(AgentError::io("rename into place", target))?;
+                rename_durably(&partial, target)?;
             }
         }
     }
@@ -178,7 +180,22 @@ pub fn restore_raw(repo: &Repository, disk: &DiskRecord, target: &Path, threads:
         let _ = fs::remove_file(&partial);
         return Err(e);
     }
-    fs::rename(&partial, target).map_err(AgentError::io("rename into place", target))
+    rename_durably(&partial, target)
+}
+
+/// Renames a finished file into place and makes the rename durable.
+fn rename_durably(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(AgentError::io("rename into place", to))?;
+    let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(AgentError::io("fsync folder", dir))
+}
+
+/// Writes a small file next to its final name, then renames it into place.
+fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let partial = partial_path(path);
+    let mut f = File::create(&partial).map_err(AgentError::io("create", &partial))?;
+    std::io::Write::write_all(&mut f, bytes).and_then(|_| f.sync_all()).map_err(AgentError::io("write", &partial))?;
+    rename_durably(&partial, path)
 }
 
 fn write_disk(repo: &Repository, disk: &DiskRecord, file: &File, path: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
@@ -194,8 +211,10 @@ fn write_disk(repo: &Repository, disk: &DiskRecord, file: &File, path: &Path, th
     };
     let work = |index: usize| -> Result<(usize, Option<Vec<u8>>)> {
         let Some(id) = disk.chunks[index] else { return Ok((index, None)) };
-        let data = repo.load_chunk(&id, disk.chunk_len(index)).map_err(|e| {
-            AgentError::Invalid(format!("disk {} at offset {}: {e}", disk.name, index as u64 * disk.chunk_size as u64))
+        let data = repo.load_chunk(&id, disk.chunk_len(index)).map_err(|source| AgentError::DiskChunk {
+            disk: disk.name.clone(),
+            offset: index as u64 * disk.chunk_size as u64,
+            source,
         })?;
         file.write_all_at(&data, index as u64 * disk.chunk_size as u64).map_err(AgentError::io("write", path))?;
         Ok((index, Some(data)))
@@ -239,21 +258,23 @@ fn write_ovf_folder(repo: &Repository, point: &RecoveryPoint, dir: &Path, opts: 
         check_free(&vmdk, opts.force)?;
         let raw = partial_path(&vmdk).with_extension("raw");
         restore_raw(repo, disk, &raw, opts.threads, progress)?;
-        let converted = qemu::convert(&raw, "raw", &vmdk, "vmdk", Some("subformat=streamOptimized"));
+        let partial = partial_path(&vmdk);
+        let converted = qemu::convert(&raw, "raw", &partial, "vmdk", Some("subformat=streamOptimized"));
         let _ = fs::remove_file(&raw);
         converted?;
+        rename_durably(&partial, &vmdk)?;
         let file_size = fs::metadata(&vmdk).map_err(AgentError::io("stat", &vmdk))?.len();
         disks.push(OutputDisk { file_name: format!("{stem}-disk{}.vmdk", i + 1), file_size, capacity: disk.size, format: ovf::VMDK_STREAM_OPTIMIZED });
         files.push(vmdk);
     }
     let descriptor = ovf::generate(&point.vm, &point.vm_info, &disks);
-    fs::write(&ovf_path, &descriptor).map_err(AgentError::io("write", &ovf_path))?;
+    write_file_durably(&ovf_path, descriptor.as_bytes())?;
     let mut manifest = String::new();
     for path in std::iter::once(&ovf_path).chain(files.iter()) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         manifest.push_str(&format!("SHA256({name})= {}\n", sha256_file(path)?));
     }
-    fs::write(&mf_path, manifest).map_err(AgentError::io("write", &mf_path))?;
+    write_file_durably(&mf_path, manifest.as_bytes())?;
     let mut ordered = vec![ovf_path, mf_path];
     ordered.extend(files);
     Ok(ordered)

@@ -208,8 +208,11 @@ fn print_export(r: &ExportReport) {
     println!("point {} of VM {:?}{}", r.point, r.vm, r.parent.as_ref().map(|p| format!(" (incremental from {})", &p[..12.min(p.len())])).unwrap_or_default());
     println!("  disks {}  size {}  read {}  holes/zeros {}", r.disks.len(), format_bytes(t.size), format_bytes(t.bytes_read), format_bytes(t.hole_bytes));
     println!("  new {} in {} chunks, stored as {}  reused {} in {} chunks", format_bytes(t.new_bytes), t.new_chunks, format_bytes(t.stored_bytes), format_bytes(t.reused_bytes), t.reused_chunks);
-    if t.resumed_chunks > 0 {
-        println!("  resumed: {} chunks ({}) were already stored by an interrupted run and were skipped", t.resumed_chunks, format_bytes(t.resumed_bytes));
+    if t.found_chunks > 0 {
+        println!("  resumed: {} chunks ({}) were already in the repository and were checked, not written again", t.found_chunks, format_bytes(t.found_bytes));
+    }
+    if t.repaired_chunks > 0 {
+        println!("  repaired: {} damaged chunks found in the repository were written again", t.repaired_chunks);
     }
     println!("  {:.2} s, {}/s", r.seconds, format_bytes((t.size as f64 / r.seconds.max(1e-9)) as u64));
 }
@@ -304,7 +307,7 @@ pub fn key(c: KeyCommand) -> Result<ExitCode> {
             let current = secrets::from_args(&repo.key)?.ok_or_else(|| anyhow::anyhow!("give the current password or key file to change it"))?;
             let new = match (new_password_file, new_key_file) {
                 (Some(p), _) => Secret::Password(secrets::read_password_file(&p)?),
-                (None, Some(k)) => Secret::KeyFile(std::fs::read(&k).with_context(|| format!("reading key file {}", k.display()))?),
+                (None, Some(k)) => Secret::KeyFile(secrets::read_key_file(&k)?),
                 (None, None) => bail!("give --new-password-file or --new-key-file"),
             };
             let mut r = Repository::open(&repo.repo, Some(&current))?;

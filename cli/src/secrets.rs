@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use hyperexport_shared::keys::Secret;
+use hyperexport_shared::keys::{MIN_KEY_FILE_LEN, Secret};
 
 use crate::KeyArgs;
 
@@ -23,12 +23,20 @@ pub fn read_password_file(path: &Path) -> Result<Vec<u8>> {
     Ok(line.to_vec())
 }
 
+/// Reads a key file, which must hold at least 32 bytes.
+pub fn read_key_file(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+    if bytes.len() < MIN_KEY_FILE_LEN {
+        bail!("key file {} holds {} bytes; at least {MIN_KEY_FILE_LEN} are needed (e.g. head -c 32 /dev/urandom > FILE)", path.display(), bytes.len());
+    }
+    Ok(bytes)
+}
+
 /// The secret the user gave, if any: --key-file, --password-file, $HYPEREXPORT_PASSWORD_FILE,
 /// $HYPEREXPORT_PASSWORD, in that order.
 pub fn from_args(args: &KeyArgs) -> Result<Option<Secret>> {
     if let Some(k) = &args.key_file {
-        let bytes = std::fs::read(k).with_context(|| format!("reading key file {}", k.display()))?;
-        return Ok(Some(Secret::KeyFile(bytes)));
+        return Ok(Some(Secret::KeyFile(read_key_file(k)?)));
     }
     if let Some(p) = &args.password_file {
         return Ok(Some(Secret::Password(read_password_file(p)?)));

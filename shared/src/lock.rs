@@ -1,7 +1,8 @@
 //! The repository lock: an advisory `flock` on `locks/lock`.
 //!
 //! Writers take it exclusively, readers shared. The kernel drops it when the holder dies, so a
-//! `kill -9` never leaves a stale lock behind. The file's text names the last holder for messages.
+//! `kill -9` never leaves a stale lock behind. An exclusive holder writes who it is into the file
+//! (for the message another process gets) and empties it on release.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -22,7 +23,18 @@ pub enum LockMode {
 /// A held repository lock; released on drop.
 #[derive(Debug)]
 pub struct RepoLock {
-    _file: File,
+    file: File,
+    mode: LockMode,
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        if self.mode == LockMode::Exclusive {
+            // Best effort: a holder killed before this leaves its note, which only ever shows up
+            // in a message, and the next exclusive holder overwrites it.
+            let _ = self.file.set_len(0);
+        }
+    }
 }
 
 const POLL: Duration = Duration::from_millis(100);
@@ -43,9 +55,13 @@ impl RepoLock {
                 Err(TryLockError::WouldBlock) => {
                     let mut holder = String::new();
                     let _ = file.read_to_string(&mut holder);
+                    let holder = match holder.trim() {
+                        "" => "a reader: verify or restore".to_string(),
+                        text => text.to_string(),
+                    };
                     return Err(RepoError::Locked {
                         path: repo.to_path_buf(),
-                        holder: holder.trim().to_string(),
+                        holder,
                         waited_secs: start.elapsed().as_secs(),
                     });
                 }
@@ -56,7 +72,7 @@ impl RepoLock {
             let note = format!("{purpose} by pid {} since {}", std::process::id(), humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
             file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(note.as_bytes())).map_err(RepoError::io("write", path))?;
         }
-        Ok(RepoLock { _file: file })
+        Ok(RepoLock { file, mode })
     }
 }
 
@@ -73,9 +89,11 @@ mod tests {
         let err = RepoLock::acquire(dir.path(), &path, LockMode::Shared, Duration::from_millis(150), "verify").unwrap_err();
         assert!(err.to_string().contains("export by pid"), "{err}");
         drop(held);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "", "the note is cleared on release");
         let a = RepoLock::acquire(dir.path(), &path, LockMode::Shared, Duration::ZERO, "verify").unwrap();
         let _b = RepoLock::acquire(dir.path(), &path, LockMode::Shared, Duration::ZERO, "restore").unwrap();
-        assert!(RepoLock::acquire(dir.path(), &path, LockMode::Exclusive, Duration::ZERO, "export").is_err());
+        let e = RepoLock::acquire(dir.path(), &path, LockMode::Exclusive, Duration::ZERO, "export").unwrap_err();
+        assert!(e.to_string().contains("a reader"), "{e}");
         drop(a);
     }
 }

@@ -101,6 +101,10 @@ struct Envelope<'a> {
     point: &'a RawValue,
 }
 
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Returns whether `name` is safe to use as a file name inside a restore folder.
 pub fn is_safe_file_name(name: &str) -> bool {
     !name.is_empty()
@@ -114,7 +118,7 @@ impl RecoveryPoint {
     /// Serializes the point into its file form, authenticated with `keys`.
     pub fn encode(&self, keys: &RepoKeys) -> Vec<u8> {
         let body = serde_json::to_string(self).expect("a point always serializes");
-        let mac = hex::encode(keys.mac(body.as_bytes()));
+        let mac = keys.mac(body.as_bytes()).to_hex();
         format!("{{\"format\":\"{POINT_FORMAT}\",\"version\":{POINT_VERSION},\"mac\":\"{mac}\",\"point\":{body}}}\n").into_bytes()
     }
 
@@ -124,8 +128,8 @@ impl RecoveryPoint {
         // Checks format and version before anything else.
         crate::config::parse_versioned::<serde_json::Value>(what, bytes, POINT_FORMAT, POINT_VERSION)?;
         let env: Envelope = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-        let expected = hex::encode(keys.mac(env.point.get().as_bytes()));
-        if env.mac != expected {
+        let given = blake3::Hash::from_hex(&env.mac).map_err(|_| corrupt("mac is not 64 hex digits".into()))?;
+        if given != keys.mac(env.point.get().as_bytes()) {
             return Err(corrupt("MAC does not match: the file was altered or belongs to another repository".into()));
         }
         let point: RecoveryPoint = serde_json::from_str(env.point.get()).map_err(|e| corrupt(e.to_string()))?;
@@ -135,6 +139,9 @@ impl RecoveryPoint {
 
     /// Checks the invariants a reader relies on.
     pub fn validate(&self) -> Result<(), String> {
+        if !is_lower_hex(&self.id, 32) {
+            return Err(format!("point id {:?} is not 32 lower-case hex digits", self.id));
+        }
         for (i, d) in self.disks.iter().enumerate() {
             if !is_safe_file_name(&d.name) {
                 return Err(format!("disk {i} has an unsafe name {:?}", d.name));
@@ -148,7 +155,7 @@ impl RecoveryPoint {
             if d.chunks.len() as u64 != expected {
                 return Err(format!("disk {:?} lists {} chunks, its size needs {expected}", d.name, d.chunks.len()));
             }
-            if d.sha256.len() != 64 || hex::decode(&d.sha256).is_err() {
+            if !is_lower_hex(&d.sha256, 64) {
                 return Err(format!("disk {:?} has a malformed sha256", d.name));
             }
         }

@@ -65,12 +65,21 @@ fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(RepoError::io("fsync folder", dir))
 }
 
-/// Encodes a VM name as a folder name: `[A-Za-z0-9._-]` kept, anything else `%XX`.
+/// Longest folder name [`vm_folder_name`] returns (file systems allow 255 bytes).
+const MAX_FOLDER_NAME: usize = 200;
+
+/// Encodes a VM name as a folder name: `[A-Za-z0-9._-]` kept, anything else `%XX`. A name whose
+/// encoding is too long is cut and given a `~` and 16 hex digits of its hash, to stay unique.
 pub fn vm_folder_name(vm: &str) -> String {
     let mut out = String::new();
     for (i, b) in vm.bytes().enumerate() {
         let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
         if keep { out.push(b as char) } else { out.push_str(&format!("%{b:02X}")) }
+    }
+    if out.len() > MAX_FOLDER_NAME {
+        out.truncate(MAX_FOLDER_NAME - 17);
+        out.push('~');
+        out.push_str(&blake3::hash(vm.as_bytes()).to_hex()[..16]);
     }
     if out.is_empty() { "%".into() } else { out }
 }
@@ -135,6 +144,8 @@ impl Repository {
             return Err(RepoError::NotARepository(path.to_path_buf()));
         }
         let config: RepoConfig = parse_versioned("repository config", &read(&config_path)?, REPO_FORMAT, REPO_VERSION)?;
+        chunk::validate_chunk_size(config.chunk_size as u64).map_err(|e| corrupt("repository config", &e))?;
+        config.compression.parse::<Compression>().map_err(|e| corrupt("repository config", &e))?;
         let (master, slot_id) = match config.encryption {
             Encryption::None => {
                 let hexkey = config.master_key.as_deref().ok_or_else(|| corrupt("repository config", "unencrypted repository without master_key"))?;
@@ -243,22 +254,30 @@ impl Repository {
         Ok(path)
     }
 
-    /// Reads every point, oldest first. A corrupt point file is an error naming it.
-    pub fn list_points(&self) -> Result<Vec<RecoveryPoint>> {
-        let mut points = Vec::new();
+    /// Reads every point file of one VM folder (or all, for `None`), each parsed on its own:
+    /// a corrupt file is an `Err` naming it, the others still load.
+    pub fn scan_points(&self, vm: Option<&str>) -> Result<Vec<Result<RecoveryPoint>>> {
         let top = self.root.join("points");
-        for vm_dir in read_dir_sorted(&top)? {
-            if !vm_dir.is_dir() {
-                continue;
-            }
+        let dirs = match vm {
+            Some(vm) => vec![top.join(vm_folder_name(vm))],
+            None => read_dir_sorted(&top)?,
+        };
+        let mut out = Vec::new();
+        for vm_dir in dirs.into_iter().filter(|d| d.is_dir()) {
             for file in read_dir_sorted(&vm_dir)? {
                 if file.extension().is_some_and(|e| e == "json") {
                     let what = format!("point file {}", file.display());
-                    points.push(RecoveryPoint::decode(&self.keys, &what, &read(&file)?)?);
+                    out.push(read(&file).and_then(|bytes| RecoveryPoint::decode(&self.keys, &what, &bytes)));
                 }
             }
         }
-        points.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Reads every point, oldest first. A corrupt point file is an error naming it.
+    pub fn list_points(&self) -> Result<Vec<RecoveryPoint>> {
+        let mut points = self.scan_points(None)?.into_iter().collect::<Result<Vec<_>>>()?;
+        sort_points(&mut points);
         Ok(points)
     }
 
@@ -280,15 +299,19 @@ impl Repository {
         }
     }
 
-    /// The newest point of `vm`, if any.
+    /// The newest point of `vm`, if any. Reads only that VM's folder, so a damaged point of
+    /// another VM does not stop this one's exports.
     pub fn latest_point_of(&self, vm: &str) -> Result<Option<RecoveryPoint>> {
-        Ok(self.list_points()?.into_iter().rev().find(|p| p.vm == vm))
+        let mut points = self.scan_points(Some(vm))?.into_iter().collect::<Result<Vec<_>>>()?;
+        sort_points(&mut points);
+        Ok(points.into_iter().rev().find(|p| p.vm == vm))
     }
 
     /// Replaces the key slot that opened this repository by one for `new_secret`. Chunk data is
     /// untouched. The new slot is durable before the old one is removed.
     pub fn change_secret(&mut self, master_from: &Secret, new_secret: &Secret) -> Result<()> {
         let old = self.slot_id.clone().ok_or_else(|| RepoError::Invalid("the repository is not encrypted: it has no password to change".into()))?;
+        let _lock = self.lock(LockMode::Exclusive, Duration::from_secs(60), "key change")?;
         let (master, _) = unlock(&self.root, &self.config.id, master_from)?;
         let slot = KeySlot::create(&self.config.id, new_secret, &master).map_err(RepoError::Invalid)?;
         write_slot(&self.root, &slot)?;
@@ -298,6 +321,11 @@ impl Repository {
         self.slot_id = Some(slot.id);
         Ok(())
     }
+}
+
+/// Oldest first; ties broken by id so the order is total.
+fn sort_points(points: &mut [RecoveryPoint]) {
+    points.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
 }
 
 fn corrupt(what: &str, reason: &str) -> RepoError {
@@ -319,16 +347,29 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Tries every key slot with `secret`; returns the master key and the slot that opened.
+/// Tries every key slot (`keys/*.json`) with `secret`; returns the master key and the slot that
+/// opened. A damaged slot does not stop the others from being tried; it is named only when no
+/// slot opens.
 fn unlock(root: &Path, repo_id: &str, secret: &Secret) -> Result<(MasterKey, String)> {
+    let mut damaged = None;
     for path in read_dir_sorted(&root.join("keys"))? {
+        if !path.is_file() || path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
         let what = format!("key slot {}", path.display());
-        let slot: KeySlot = parse_versioned(&what, &read(&path)?, KEY_FORMAT, KEY_VERSION)?;
-        if let Some(master) = slot.open(repo_id, secret).map_err(|reason| RepoError::Corrupt { what, reason })? {
-            return Ok((master, slot.id));
+        let opened = read(&path)
+            .and_then(|bytes| parse_versioned::<KeySlot>(&what, &bytes, KEY_FORMAT, KEY_VERSION))
+            .and_then(|slot| match slot.open(repo_id, secret) {
+                Ok(key) => Ok(key.map(|k| (k, slot.id))),
+                Err(reason) => Err(RepoError::Corrupt { what: what.clone(), reason }),
+            });
+        match opened {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => {}
+            Err(e) => damaged = damaged.or(Some(e)),
         }
     }
-    Err(RepoError::WrongKey(root.to_path_buf()))
+    Err(damaged.unwrap_or_else(|| RepoError::WrongKey(root.to_path_buf())))
 }
 
 #[cfg(test)]
@@ -391,5 +432,8 @@ mod tests {
         assert_eq!(repo.latest_point_of("web 01").unwrap().unwrap().id, q.id);
         assert!(dir.path().join("points/web%2001").is_dir());
         assert_eq!(vm_folder_name("../x"), "%2E.%2Fx");
+        let long = vm_folder_name(&"é".repeat(200));
+        assert!(long.len() <= 200 && long.contains('~'), "{long}");
+        assert_ne!(long, vm_folder_name(&"é".repeat(201)));
     }
 }

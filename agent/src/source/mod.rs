@@ -88,6 +88,9 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
         }
     } else {
         let ext = path.extension().map(|e| e.to_ascii_lowercase());
+        if ext.as_deref() == Some("ova".as_ref()) {
+            return Err(AgentError::source(path, "OVA archives are not read directly yet: extract it (tar xf FILE.ova -C DIR) and export DIR"));
+        }
         (ext.as_deref() == Some("ovf".as_ref()) || ext.as_deref() == Some("vmx".as_ref())).then(|| path.to_path_buf())
     };
     let location = path.display().to_string();
