@@ -141,7 +141,9 @@ pub fn export(repo: &Repository, source: &VmSource, opts: &ExportOptions, progre
     }
     let found: u64 = reports.iter().map(|r| r.found_chunks).sum();
     if found > 0 {
-        progress.note(&format!("resumed: {found} chunks were already in the repository (an interrupted run, or another VM) and were checked, not written again"));
+        progress.note(&format!(
+            "resumed: {found} chunks were already in the repository (an interrupted run, or another VM) and were checked, not written again"
+        ));
     }
     repo.sync()?;
     let mut id = [0u8; 16];
@@ -159,7 +161,14 @@ pub fn export(repo: &Repository, source: &VmSource, opts: &ExportOptions, progre
     repo.write_point(&point)?;
     let mut total = DiskReport::default();
     reports.iter().for_each(|r| total.add(r));
-    Ok(ExportReport { point: point.id, vm: point.vm, parent: point.parent, seconds: started.elapsed().as_secs_f64(), total, disks: reports })
+    Ok(ExportReport {
+        point: point.id,
+        vm: point.vm,
+        parent: point.parent,
+        seconds: started.elapsed().as_secs_f64(),
+        total,
+        disks: reports,
+    })
 }
 
 /// What every disk of one export shares.

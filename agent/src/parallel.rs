@@ -198,13 +198,40 @@ mod tests {
     #[test]
     fn stops_on_the_first_error_of_any_stage() {
         let mut n = 0u64;
-        let r = ordered_pipeline(2, 4, || { n += 1; Ok(Some(n)) }, |x| if x == 50 { Err(format!("bad {x}")) } else { Ok(x) }, |_| Ok(()));
+        let r = ordered_pipeline(
+            2,
+            4,
+            || {
+                n += 1;
+                Ok(Some(n))
+            },
+            |x| if x == 50 { Err(format!("bad {x}")) } else { Ok(x) },
+            |_| Ok(()),
+        );
         assert_eq!(r.unwrap_err(), "bad 50");
         let mut m = 0u64;
-        let r = ordered_pipeline(2, 4, || { m += 1; if m == 30 { Err("read failed".to_string()) } else { Ok(Some(m)) } }, Ok, |_| Ok(()));
+        let r = ordered_pipeline(
+            2,
+            4,
+            || {
+                m += 1;
+                if m == 30 { Err("read failed".to_string()) } else { Ok(Some(m)) }
+            },
+            Ok,
+            |_| Ok(()),
+        );
         assert_eq!(r.unwrap_err(), "read failed");
         let mut k = 0u64;
-        let r = ordered_pipeline(2, 4, || { k += 1; Ok(Some(k)) }, Ok, |x| if x == 10 { Err("sink".to_string()) } else { Ok(()) });
+        let r = ordered_pipeline(
+            2,
+            4,
+            || {
+                k += 1;
+                Ok(Some(k))
+            },
+            Ok,
+            |x| if x == 10 { Err("sink".to_string()) } else { Ok(()) },
+        );
         assert_eq!(r.unwrap_err(), "sink");
     }
 }

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use hyperexport_shared::Repository;
 use hyperexport_shared::lock::LockMode;
 use hyperexport_shared::ovf::{self, OutputDisk};
 use hyperexport_shared::point::{DiskRecord, RecoveryPoint};
-use hyperexport_shared::Repository;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -103,14 +103,23 @@ fn check_free(path: &Path, force: bool) -> Result<()> {
 }
 
 /// Restores `point` to `to`.
-pub fn restore(repo: &Repository, point: &RecoveryPoint, to: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+pub fn restore(
+    repo: &Repository,
+    point: &RecoveryPoint,
+    to: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     let _lock = repo.lock(LockMode::Shared, Duration::from_secs(60), "restore")?;
     let outputs = match opts.format {
         RestoreFormat::Raw | RestoreFormat::Qcow2 | RestoreFormat::Vmdk => restore_images(repo, point, to, opts, progress)?,
         RestoreFormat::Ovf => {
             if to.is_file() || (to.is_dir() && fs::read_dir(to).map_err(AgentError::io("list", to))?.next().is_some() && !opts.force) {
-                return Err(AgentError::Invalid(format!("{} exists and is not an empty folder; pass --force to write into it", to.display())));
+                return Err(AgentError::Invalid(format!(
+                    "{} exists and is not an empty folder; pass --force to write into it",
+                    to.display()
+                )));
             }
             fs::create_dir_all(to).map_err(AgentError::io("create folder", to))?;
             write_ovf_folder(repo, point, to, opts, progress)?
@@ -118,7 +127,10 @@ pub fn restore(repo: &Repository, point: &RecoveryPoint, to: &Path, opts: &Resto
         RestoreFormat::Ova => {
             check_free(to, opts.force)?;
             let parent = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let staging = tempfile::Builder::new().prefix(".hyperexport-ova-").tempdir_in(parent).map_err(AgentError::io("create staging folder in", parent))?;
+            let staging = tempfile::Builder::new()
+                .prefix(".hyperexport-ova-")
+                .tempdir_in(parent)
+                .map_err(AgentError::io("create staging folder in", parent))?;
             let files = write_ovf_folder(repo, point, staging.path(), opts, progress)?;
             let partial = partial_path(to);
             ova::write(&partial, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
@@ -136,7 +148,13 @@ pub fn restore(repo: &Repository, point: &RecoveryPoint, to: &Path, opts: &Resto
     })
 }
 
-fn restore_images(repo: &Repository, point: &RecoveryPoint, to: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<Vec<PathBuf>> {
+fn restore_images(
+    repo: &Repository,
+    point: &RecoveryPoint,
+    to: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<PathBuf>> {
     let (ext, qemu_fmt) = match opts.format {
         RestoreFormat::Qcow2 => ("qcow2", Some(("qcow2", None))),
         RestoreFormat::Vmdk => ("vmdk", Some(("vmdk", Some("subformat=monolithicSparse")))),
@@ -245,7 +263,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// Writes `<vm>.ovf`, `<vm>.mf` and one streamOptimized VMDK per disk into `dir`; returns the
 /// files in OVA order (descriptor, manifest, disks in References order).
-fn write_ovf_folder(repo: &Repository, point: &RecoveryPoint, dir: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<Vec<PathBuf>> {
+fn write_ovf_folder(
+    repo: &Repository,
+    point: &RecoveryPoint,
+    dir: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<PathBuf>> {
     qemu::require_qemu_img("write the streamOptimized VMDK disks of an OVF/OVA")?;
     let stem = file_stem(&point.vm);
     let ovf_path = dir.join(format!("{stem}.ovf"));
@@ -264,7 +288,12 @@ fn write_ovf_folder(repo: &Repository, point: &RecoveryPoint, dir: &Path, opts: 
         converted?;
         rename_durably(&partial, &vmdk)?;
         let file_size = fs::metadata(&vmdk).map_err(AgentError::io("stat", &vmdk))?.len();
-        disks.push(OutputDisk { file_name: format!("{stem}-disk{}.vmdk", i + 1), file_size, capacity: disk.size, format: ovf::VMDK_STREAM_OPTIMIZED });
+        disks.push(OutputDisk {
+            file_name: format!("{stem}-disk{}.vmdk", i + 1),
+            file_size,
+            capacity: disk.size,
+            format: ovf::VMDK_STREAM_OPTIMIZED,
+        });
         files.push(vmdk);
     }
     let descriptor = ovf::generate(&point.vm, &point.vm_info, &disks);

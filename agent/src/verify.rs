@@ -72,7 +72,18 @@ pub fn verify(repo: &Repository, point: &RecoveryPoint, quick: bool, threads: us
     Ok(report)
 }
 
-fn verify_disk(repo: &Repository, disk: &DiskRecord, quick: bool, threads: usize, progress: &dyn Progress, report: &mut VerifyReport) -> Result<()> {
+/// What checking one chunk found: its index, its id (`None` for a hole), and its plaintext
+/// (full mode), nothing (quick mode), or the problem.
+type Checked = (usize, Option<ChunkId>, Result<Option<Vec<u8>>, String>);
+
+fn verify_disk(
+    repo: &Repository,
+    disk: &DiskRecord,
+    quick: bool,
+    threads: usize,
+    progress: &dyn Progress,
+    report: &mut VerifyReport,
+) -> Result<()> {
     progress.disk_started(&disk.name, disk.size);
     let mut sha = Sha256::new();
     let mut all_read = true;
@@ -83,7 +94,7 @@ fn verify_disk(repo: &Repository, disk: &DiskRecord, quick: bool, threads: usize
         next += 1;
         Ok(item)
     };
-    let work = |(index, chunk): (usize, Option<ChunkId>)| -> Result<(usize, Option<ChunkId>, Result<Option<Vec<u8>>, String>)> {
+    let work = |(index, chunk): (usize, Option<ChunkId>)| -> Result<Checked> {
         let Some(id) = chunk else { return Ok((index, None, Ok(None))) };
         let len = disk.chunk_len(index);
         let outcome = if quick {
@@ -98,7 +109,7 @@ fn verify_disk(repo: &Repository, disk: &DiskRecord, quick: bool, threads: usize
         };
         Ok((index, Some(id), outcome))
     };
-    let consume = |(index, id, outcome): (usize, Option<ChunkId>, Result<Option<Vec<u8>>, String>)| -> Result<()> {
+    let consume = |(index, id, outcome): Checked| -> Result<()> {
         let len = disk.chunk_len(index);
         match (id, outcome) {
             (None, _) => sha.update(&zeros[..len]),

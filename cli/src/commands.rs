@@ -145,10 +145,19 @@ fn threads(n: Option<usize>) -> usize {
 }
 
 /// Checks the arguments for creating a repository, before anything is read or written.
-fn init_options(path: &Path, secret: Option<Secret>, no_encryption: bool, chunk_size: Option<u32>, compression: Option<Compression>) -> Result<InitOptions> {
+fn init_options(
+    path: &Path,
+    secret: Option<Secret>,
+    no_encryption: bool,
+    chunk_size: Option<u32>,
+    compression: Option<Compression>,
+) -> Result<InitOptions> {
     match (&secret, no_encryption) {
         (Some(_), true) => bail!("--no-encryption conflicts with the password or key file given (flag or HYPEREXPORT_PASSWORD*)"),
-        (None, false) => bail!("no repository at {} yet, and no password to create one: give --password-file, --key-file, HYPEREXPORT_PASSWORD(_FILE), or --no-encryption", path.display()),
+        (None, false) => bail!(
+            "no repository at {} yet, and no password to create one: give --password-file, --key-file, HYPEREXPORT_PASSWORD(_FILE), or --no-encryption",
+            path.display()
+        ),
         _ => {}
     }
     Ok(InitOptions {
@@ -159,7 +168,8 @@ fn init_options(path: &Path, secret: Option<Secret>, no_encryption: bool, chunk_
 }
 
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
-    let chunk_size = a.chunk_size.as_deref().map(|s| parse_size(s).and_then(validate_chunk_size)).transpose().map_err(anyhow::Error::msg)?;
+    let chunk_size =
+        a.chunk_size.as_deref().map(|s| parse_size(s).and_then(validate_chunk_size)).transpose().map_err(anyhow::Error::msg)?;
     let secret = secrets::from_args(&a.repo.key)?;
     let path = &a.repo.repo;
     // An existing repository is unlocked before the source is touched (a wrong password fails
@@ -179,7 +189,11 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         Ok(repo) => repo,
         Err(opts) => {
             let repo = Repository::init(path, opts)?;
-            progress.note(&format!("created repository {} ({})", path.display(), if repo.keys().encrypts() { "AES-256-GCM" } else { "not encrypted" }));
+            progress.note(&format!(
+                "created repository {} ({})",
+                path.display(),
+                if repo.keys().encrypts() { "AES-256-GCM" } else { "not encrypted" }
+            ));
             repo
         }
     };
@@ -205,11 +219,33 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
 
 fn print_export(r: &ExportReport) {
     let t = &r.total;
-    println!("point {} of VM {:?}{}", r.point, r.vm, r.parent.as_ref().map(|p| format!(" (incremental from {})", &p[..12.min(p.len())])).unwrap_or_default());
-    println!("  disks {}  size {}  read {}  holes/zeros {}", r.disks.len(), format_bytes(t.size), format_bytes(t.bytes_read), format_bytes(t.hole_bytes));
-    println!("  new {} in {} chunks, stored as {}  reused {} in {} chunks", format_bytes(t.new_bytes), t.new_chunks, format_bytes(t.stored_bytes), format_bytes(t.reused_bytes), t.reused_chunks);
+    println!(
+        "point {} of VM {:?}{}",
+        r.point,
+        r.vm,
+        r.parent.as_ref().map(|p| format!(" (incremental from {})", &p[..12.min(p.len())])).unwrap_or_default()
+    );
+    println!(
+        "  disks {}  size {}  read {}  holes/zeros {}",
+        r.disks.len(),
+        format_bytes(t.size),
+        format_bytes(t.bytes_read),
+        format_bytes(t.hole_bytes)
+    );
+    println!(
+        "  new {} in {} chunks, stored as {}  reused {} in {} chunks",
+        format_bytes(t.new_bytes),
+        t.new_chunks,
+        format_bytes(t.stored_bytes),
+        format_bytes(t.reused_bytes),
+        t.reused_chunks
+    );
     if t.found_chunks > 0 {
-        println!("  resumed: {} chunks ({}) were already in the repository and were checked, not written again", t.found_chunks, format_bytes(t.found_bytes));
+        println!(
+            "  resumed: {} chunks ({}) were already in the repository and were checked, not written again",
+            t.found_chunks,
+            format_bytes(t.found_bytes)
+        );
     }
     if t.repaired_chunks > 0 {
         println!("  repaired: {} damaged chunks found in the repository were written again", t.repaired_chunks);
@@ -266,13 +302,29 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
             Output::Json => print_json(&json!({"event": "result", "operation": "verify", "result": report})),
             Output::Text => {
                 for p in &report.problems {
-                    println!("point {} disk {} offset {} (chunk #{}, {}): {}", &report.point[..12], p.disk, p.offset, p.index, p.chunk, p.problem);
+                    println!(
+                        "point {} disk {} offset {} (chunk #{}, {}): {}",
+                        &report.point[..12],
+                        p.disk,
+                        p.offset,
+                        p.index,
+                        p.chunk,
+                        p.problem
+                    );
                 }
                 for d in &report.digest_mismatches {
                     println!("point {} disk {}: SHA-256 does not match the point", &report.point[..12], d);
                 }
                 let verdict = if report.ok { "ok" } else { "FAILED" };
-                println!("point {} of {:?}: {} ({} check, {} chunks, {})", &report.point[..12], report.vm, verdict, report.mode, report.chunks_checked, format_bytes(report.bytes_checked));
+                println!(
+                    "point {} of {:?}: {} ({} check, {} chunks, {})",
+                    &report.point[..12],
+                    report.vm,
+                    verdict,
+                    report.mode,
+                    report.chunks_checked,
+                    format_bytes(report.bytes_checked)
+                );
             }
         }
     }
@@ -295,7 +347,13 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
             for o in &report.outputs {
                 println!("wrote {}", o.display());
             }
-            println!("restored point {} of {:?}: {} in {:.2} s, every chunk and disk digest verified", &report.point[..12], report.vm, format_bytes(report.bytes), report.seconds);
+            println!(
+                "restored point {} of {:?}: {} in {:.2} s, every chunk and disk digest verified",
+                &report.point[..12],
+                report.vm,
+                format_bytes(report.bytes),
+                report.seconds
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -304,7 +362,8 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
 pub fn key(c: KeyCommand) -> Result<ExitCode> {
     match c {
         KeyCommand::Passwd { repo, new_password_file, new_key_file } => {
-            let current = secrets::from_args(&repo.key)?.ok_or_else(|| anyhow::anyhow!("give the current password or key file to change it"))?;
+            let current =
+                secrets::from_args(&repo.key)?.ok_or_else(|| anyhow::anyhow!("give the current password or key file to change it"))?;
             let new = match (new_password_file, new_key_file) {
                 (Some(p), _) => Secret::Password(secrets::read_password_file(&p)?),
                 (None, Some(k)) => Secret::KeyFile(secrets::read_key_file(&k)?),

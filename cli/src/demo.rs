@@ -18,9 +18,9 @@ use hyperexport_shared::point::VmInfo;
 use hyperexport_shared::repo::{InitOptions, Repository};
 use hyperexport_shared::units::{format_bytes, parse_size};
 
+use crate::Output;
 use crate::commands::progress_for;
 use crate::sample::{Layout, make_image, mutate};
-use crate::Output;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -42,7 +42,14 @@ struct Row {
 }
 
 fn export_row(step: &str, r: &ExportReport) -> Row {
-    Row { step: step.into(), read: r.total.bytes_read, stored: r.total.stored_bytes, reused: r.total.reused_bytes, bytes: r.total.size, seconds: r.seconds }
+    Row {
+        step: step.into(),
+        read: r.total.bytes_read,
+        stored: r.total.stored_bytes,
+        reused: r.total.reused_bytes,
+        bytes: r.total.size,
+        seconds: r.seconds,
+    }
 }
 
 pub fn run(a: DemoArgs) -> Result<ExitCode> {
@@ -62,12 +69,30 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
 
     println!("making a sample VM: {} sparse disk with text, random and zero regions in {}", format_bytes(size), vm_dir.display());
     make_image(&disk, size, Layout::Demo, 42)?;
-    let info = VmInfo { cpus: 2, memory_mib: 4096, guest_os: Some("Debian GNU/Linux 12 (64-bit)".into()), networks: vec!["VM Network".into()] };
-    let descriptor = ovf::generate("demo-vm", &info, &[OutputDisk { file_name: "demo-vm-disk1.img".into(), file_size: size, capacity: size, format: ovf::RAW_IMAGE }]);
+    let info =
+        VmInfo { cpus: 2, memory_mib: 4096, guest_os: Some("Debian GNU/Linux 12 (64-bit)".into()), networks: vec!["VM Network".into()] };
+    let descriptor = ovf::generate(
+        "demo-vm",
+        &info,
+        &[OutputDisk { file_name: "demo-vm-disk1.img".into(), file_size: size, capacity: size, format: ovf::RAW_IMAGE }],
+    );
     std::fs::write(vm_dir.join("demo-vm.ovf"), descriptor)?;
 
-    let repo = Repository::init(&repo_dir, InitOptions { chunk_size: DEFAULT_CHUNK_SIZE, compression: Compression::Zstd(3), secret: Some(Secret::Password(b"demo password".to_vec())) })?;
-    let opts = ExportOptions { chunk_size: DEFAULT_CHUNK_SIZE, compression: Compression::Zstd(3), threads, lock_wait: std::time::Duration::from_secs(5), stall_after_new_chunks: None };
+    let repo = Repository::init(
+        &repo_dir,
+        InitOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            compression: Compression::Zstd(3),
+            secret: Some(Secret::Password(b"demo password".to_vec())),
+        },
+    )?;
+    let opts = ExportOptions {
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        compression: Compression::Zstd(3),
+        threads,
+        lock_wait: std::time::Duration::from_secs(5),
+        stall_after_new_chunks: None,
+    };
     let mut rows = Vec::new();
 
     let vm = source::open(&vm_dir, None)?;
@@ -82,7 +107,14 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let point = repo.resolve_point(&second.point)?;
     let started = Instant::now();
     let verified = verify::verify(&repo, &point, false, threads, progress_for(Output::Text, "verify").as_ref())?;
-    rows.push(Row { step: "verify (full)".into(), read: verified.bytes_checked, stored: 0, reused: 0, bytes: size, seconds: started.elapsed().as_secs_f64() });
+    rows.push(Row {
+        step: "verify (full)".into(),
+        read: verified.bytes_checked,
+        stored: 0,
+        reused: 0,
+        bytes: size,
+        seconds: started.elapsed().as_secs_f64(),
+    });
 
     let ropts = RestoreOptions { format: RestoreFormat::Raw, force: true, threads };
     let restored_report = restore::restore(&repo, &point, &restored, &ropts, progress_for(Output::Text, "restore").as_ref())?;
@@ -96,14 +128,25 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         ("restored disk SHA-256 equals the source's", source_sha == restored_sha && restored_sha == point.disks[0].sha256),
         ("restored disk is sparse (holes not written)", allocated < size),
         ("second export stored only chunks the change touched", second.total.new_chunks <= changed.div_ceil(1 << 20)),
-        ("second export reused the unchanged chunks", second.total.reused_chunks > 0 && second.parent.as_deref() == Some(first.point.as_str())),
+        (
+            "second export reused the unchanged chunks",
+            second.total.reused_chunks > 0 && second.parent.as_deref() == Some(first.point.as_str()),
+        ),
     ];
 
     println!();
     println!("{:<22} {:>12} {:>12} {:>12} {:>8} {:>14}", "step", "read", "stored", "reused", "time", "throughput");
     for r in &rows {
         let rate = format!("{}/s", format_bytes((r.bytes as f64 / r.seconds.max(1e-9)) as u64));
-        println!("{:<22} {:>12} {:>12} {:>12} {:>7.2}s {:>14}", r.step, format_bytes(r.read), format_bytes(r.stored), format_bytes(r.reused), r.seconds, rate);
+        println!(
+            "{:<22} {:>12} {:>12} {:>12} {:>7.2}s {:>14}",
+            r.step,
+            format_bytes(r.read),
+            format_bytes(r.stored),
+            format_bytes(r.reused),
+            r.seconds,
+            rate
+        );
     }
     println!();
     for (what, ok) in &checks {

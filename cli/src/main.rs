@@ -32,7 +32,11 @@ pub struct KeyArgs {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "hyperexport", version, about = "Export virtual machines into a verifiable, deduplicated, encrypted repository and restore them bit for bit")]
+#[command(
+    name = "hyperexport",
+    version,
+    about = "Export virtual machines into a verifiable, deduplicated, encrypted repository and restore them bit for bit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

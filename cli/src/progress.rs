@@ -25,9 +25,10 @@ impl Bars {
 
 impl Progress for Bars {
     fn disk_started(&self, disk: &str, total: u64) {
-        let style = ProgressStyle::with_template("{prefix:>24} [{bar:32}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} eta {eta}")
-            .expect("static template is valid")
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{prefix:>24} [{bar:32}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} eta {eta}")
+                .expect("static template is valid")
+                .progress_chars("=> ");
         let bar = self.multi.add(ProgressBar::new(total).with_style(style).with_prefix(format!("{} {disk}", self.verb)));
         self.bars.lock().expect("bars lock").insert(disk.to_string(), bar);
     }

@@ -93,10 +93,53 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "the", "disk", "export", "kernel", "request", "user", "error", "warning", "info", "debug", "service", "started",
-    "stopped", "connection", "from", "to", "with", "timeout", "retry", "backup", "volume", "snapshot", "network",
-    "packet", "latency", "ms", "GET", "POST", "/api/v1/items", "200", "404", "500", "session", "token", "cache", "miss",
-    "hit", "database", "query", "commit", "rollback", "replica", "primary", "region", "eu-west", "us-east", "node",
+    "the",
+    "disk",
+    "export",
+    "kernel",
+    "request",
+    "user",
+    "error",
+    "warning",
+    "info",
+    "debug",
+    "service",
+    "started",
+    "stopped",
+    "connection",
+    "from",
+    "to",
+    "with",
+    "timeout",
+    "retry",
+    "backup",
+    "volume",
+    "snapshot",
+    "network",
+    "packet",
+    "latency",
+    "ms",
+    "GET",
+    "POST",
+    "/api/v1/items",
+    "200",
+    "404",
+    "500",
+    "session",
+    "token",
+    "cache",
+    "miss",
+    "hit",
+    "database",
+    "query",
+    "commit",
+    "rollback",
+    "replica",
+    "primary",
+    "region",
+    "eu-west",
+    "us-east",
+    "node",
 ];
 
 fn fill_text(buf: &mut [u8], rng: &mut Rng) {
@@ -104,7 +147,13 @@ fn fill_text(buf: &mut [u8], rng: &mut Rng) {
     while i < buf.len() {
         let r = rng.next();
         let word = WORDS[(r % WORDS.len() as u64) as usize].as_bytes();
-        let sep: &[u8] = if (r >> 32) % 11 == 0 { b"\n" } else if (r >> 40) % 7 == 0 { b" 2026-11-26T10:00:00Z " } else { b" " };
+        let sep: &[u8] = if (r >> 32).is_multiple_of(11) {
+            b"\n"
+        } else if (r >> 40).is_multiple_of(7) {
+            b" 2026-11-26T10:00:00Z "
+        } else {
+            b" "
+        };
         for &b in word.iter().chain(sep) {
             if i == buf.len() {
                 break;

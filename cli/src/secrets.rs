@@ -27,7 +27,11 @@ pub fn read_password_file(path: &Path) -> Result<Vec<u8>> {
 pub fn read_key_file(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
     if bytes.len() < MIN_KEY_FILE_LEN {
-        bail!("key file {} holds {} bytes; at least {MIN_KEY_FILE_LEN} are needed (e.g. head -c 32 /dev/urandom > FILE)", path.display(), bytes.len());
+        bail!(
+            "key file {} holds {} bytes; at least {MIN_KEY_FILE_LEN} are needed (e.g. head -c 32 /dev/urandom > FILE)",
+            path.display(),
+            bytes.len()
+        );
     }
     Ok(bytes)
 }

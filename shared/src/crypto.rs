@@ -105,9 +105,7 @@ pub fn wrap(key: &[u8; KEY_LEN], aad: &[u8], secret: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     random_bytes(&mut nonce);
     let mut buf = secret.to_vec();
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf)
-        .expect("AES-GCM encryption of a key cannot fail");
+    let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf).expect("AES-GCM encryption of a key cannot fail");
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
     out.extend_from_slice(&tag);

@@ -59,18 +59,21 @@ impl RepoLock {
                         "" => "a reader: verify or restore".to_string(),
                         text => text.to_string(),
                     };
-                    return Err(RepoError::Locked {
-                        path: repo.to_path_buf(),
-                        holder,
-                        waited_secs: start.elapsed().as_secs(),
-                    });
+                    return Err(RepoError::Locked { path: repo.to_path_buf(), holder, waited_secs: start.elapsed().as_secs() });
                 }
                 Err(TryLockError::Error(e)) => return Err(RepoError::io("lock", path)(e)),
             }
         }
         if mode == LockMode::Exclusive {
-            let note = format!("{purpose} by pid {} since {}", std::process::id(), humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
-            file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(note.as_bytes())).map_err(RepoError::io("write", path))?;
+            let note = format!(
+                "{purpose} by pid {} since {}",
+                std::process::id(),
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            );
+            file.set_len(0)
+                .and_then(|_| file.rewind())
+                .and_then(|_| file.write_all(note.as_bytes()))
+                .map_err(RepoError::io("write", path))?;
         }
         Ok(RepoLock { file, mode })
     }

@@ -74,7 +74,10 @@ pub fn parse(xml: &str) -> Result<OvfDescriptor, String> {
     let mut disks = Vec::new();
     for d in find_all("Disk") {
         let Some(file_ref) = attr(d, "fileRef") else { continue }; // a blank disk: nothing to read
-        let href = files.iter().find(|(id, _)| *id == file_ref).map(|(_, h)| h.to_string())
+        let href = files
+            .iter()
+            .find(|(id, _)| *id == file_ref)
+            .map(|(_, h)| h.to_string())
             .ok_or_else(|| format!("disk fileRef {file_ref:?} names no <File> in References"))?;
         let capacity = match number(attr(d, "capacity"), "disk capacity")? {
             Some(c) => Some(c.checked_mul(allocation_units(attr(d, "capacityAllocationUnits"))?).ok_or("disk capacity overflows")?),
@@ -83,7 +86,10 @@ pub fn parse(xml: &str) -> Result<OvfDescriptor, String> {
         disks.push(OvfDisk { href, capacity });
     }
     let system = find_all("VirtualSystem").next().ok_or("no <VirtualSystem> in the descriptor")?;
-    let name = child_text(system, "Name").filter(|n| !n.is_empty()).or_else(|| attr(system, "id")).ok_or("the virtual system has neither Name nor id")?;
+    let name = child_text(system, "Name")
+        .filter(|n| !n.is_empty())
+        .or_else(|| attr(system, "id"))
+        .ok_or("the virtual system has neither Name nor id")?;
     let mut info = VmInfo { cpus: 1, memory_mib: 0, guest_os: None, networks: Vec::new() };
     if let Some(os) = system.descendants().find(|n| n.tag_name().name() == "OperatingSystemSection") {
         info.guest_os = attr(os, "osType").map(str::to_string).or_else(|| child_text(os, "Description").map(str::to_string));
@@ -93,7 +99,9 @@ pub fn parse(xml: &str) -> Result<OvfDescriptor, String> {
             Some(3) => info.cpus = number(child_text(item, "VirtualQuantity"), "CPU count")?.unwrap_or(1).clamp(1, u32::MAX as u64) as u32,
             Some(4) => {
                 let qty = number(child_text(item, "VirtualQuantity"), "memory size")?.unwrap_or(0);
-                let unit = allocation_units(child_text(item, "AllocationUnits").map(|u| if u.eq_ignore_ascii_case("megabytes") { "byte * 2^20" } else { u }))?;
+                let unit = allocation_units(
+                    child_text(item, "AllocationUnits").map(|u| if u.eq_ignore_ascii_case("megabytes") { "byte * 2^20" } else { u }),
+                )?;
                 info.memory_mib = qty.saturating_mul(unit) >> 20;
             }
             Some(10) => info.networks.push(child_text(item, "Connection").unwrap_or("").to_string()),
@@ -162,7 +170,10 @@ pub fn generate(name: &str, info: &VmInfo, disks: &[OutputDisk]) -> String {
     out.push_str("  </References>\n  <DiskSection>\n    <Info>Virtual disk information</Info>\n");
     for (i, d) in disks.iter().enumerate() {
         let (cap, n, format) = (d.capacity, i + 1, d.format);
-        let _ = writeln!(out, "    <Disk ovf:capacity=\"{cap}\" ovf:capacityAllocationUnits=\"byte\" ovf:diskId=\"vmdisk{n}\" ovf:fileRef=\"file{n}\" ovf:format=\"{format}\"/>");
+        let _ = writeln!(
+            out,
+            "    <Disk ovf:capacity=\"{cap}\" ovf:capacityAllocationUnits=\"byte\" ovf:diskId=\"vmdisk{n}\" ovf:fileRef=\"file{n}\" ovf:format=\"{format}\"/>"
+        );
     }
     out.push_str("  </DiskSection>\n");
     let mut networks: Vec<&str> = info.networks.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
@@ -174,22 +185,80 @@ pub fn generate(name: &str, info: &VmInfo, disks: &[OutputDisk]) -> String {
         }
         out.push_str("  </NetworkSection>\n");
     }
-    let _ = writeln!(out, "  <VirtualSystem ovf:id=\"{n}\">\n    <Info>A virtual machine exported by HyperExport</Info>\n    <Name>{n}</Name>");
+    let _ =
+        writeln!(out, "  <VirtualSystem ovf:id=\"{n}\">\n    <Info>A virtual machine exported by HyperExport</Info>\n    <Name>{n}</Name>");
     let os = escape(info.guest_os.as_deref().unwrap_or("other"));
-    let _ = writeln!(out, "    <OperatingSystemSection ovf:id=\"1\">\n      <Info>The guest operating system</Info>\n      <Description>{os}</Description>\n    </OperatingSystemSection>");
+    let _ = writeln!(
+        out,
+        "    <OperatingSystemSection ovf:id=\"1\">\n      <Info>The guest operating system</Info>\n      <Description>{os}</Description>\n    </OperatingSystemSection>"
+    );
     out.push_str("    <VirtualHardwareSection>\n      <Info>Virtual hardware requirements</Info>\n      <System>\n");
-    let _ = writeln!(out, "        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>\n        <vssd:InstanceID>0</vssd:InstanceID>\n        <vssd:VirtualSystemIdentifier>{n}</vssd:VirtualSystemIdentifier>\n        <vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType>\n      </System>");
+    let _ = writeln!(
+        out,
+        "        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>\n        <vssd:InstanceID>0</vssd:InstanceID>\n        <vssd:VirtualSystemIdentifier>{n}</vssd:VirtualSystemIdentifier>\n        <vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType>\n      </System>"
+    );
     let s = |v: &str| v.to_string();
-    item(&mut out, &[("AllocationUnits", s("hertz * 10^6")), ("Description", s("Number of virtual CPUs")), ("ElementName", format!("{} virtual CPU(s)", info.cpus)), ("InstanceID", s("1")), ("ResourceType", s("3")), ("VirtualQuantity", info.cpus.to_string())]);
-    item(&mut out, &[("AllocationUnits", s("byte * 2^20")), ("Description", s("Memory size")), ("ElementName", format!("{} MB of memory", info.memory_mib)), ("InstanceID", s("2")), ("ResourceType", s("4")), ("VirtualQuantity", info.memory_mib.to_string())]);
-    item(&mut out, &[("Address", s("0")), ("Description", s("SCSI Controller")), ("ElementName", s("SCSI controller 0")), ("InstanceID", s("3")), ("ResourceSubType", s("lsilogic")), ("ResourceType", s("6"))]);
+    item(
+        &mut out,
+        &[
+            ("AllocationUnits", s("hertz * 10^6")),
+            ("Description", s("Number of virtual CPUs")),
+            ("ElementName", format!("{} virtual CPU(s)", info.cpus)),
+            ("InstanceID", s("1")),
+            ("ResourceType", s("3")),
+            ("VirtualQuantity", info.cpus.to_string()),
+        ],
+    );
+    item(
+        &mut out,
+        &[
+            ("AllocationUnits", s("byte * 2^20")),
+            ("Description", s("Memory size")),
+            ("ElementName", format!("{} MB of memory", info.memory_mib)),
+            ("InstanceID", s("2")),
+            ("ResourceType", s("4")),
+            ("VirtualQuantity", info.memory_mib.to_string()),
+        ],
+    );
+    item(
+        &mut out,
+        &[
+            ("Address", s("0")),
+            ("Description", s("SCSI Controller")),
+            ("ElementName", s("SCSI controller 0")),
+            ("InstanceID", s("3")),
+            ("ResourceSubType", s("lsilogic")),
+            ("ResourceType", s("6")),
+        ],
+    );
     let mut instance = 4;
     for (i, _) in disks.iter().enumerate() {
-        item(&mut out, &[("AddressOnParent", i.to_string()), ("ElementName", format!("Hard disk {}", i + 1)), ("HostResource", format!("ovf:/disk/vmdisk{}", i + 1)), ("InstanceID", instance.to_string()), ("Parent", s("3")), ("ResourceType", s("17"))]);
+        item(
+            &mut out,
+            &[
+                ("AddressOnParent", i.to_string()),
+                ("ElementName", format!("Hard disk {}", i + 1)),
+                ("HostResource", format!("ovf:/disk/vmdisk{}", i + 1)),
+                ("InstanceID", instance.to_string()),
+                ("Parent", s("3")),
+                ("ResourceType", s("17")),
+            ],
+        );
         instance += 1;
     }
     for (i, net) in info.networks.iter().enumerate() {
-        item(&mut out, &[("AddressOnParent", (7 + i).to_string()), ("AutomaticAllocation", s("true")), ("Connection", net.clone()), ("ElementName", format!("Network adapter {}", i + 1)), ("InstanceID", instance.to_string()), ("ResourceSubType", s("VmxNet3")), ("ResourceType", s("10"))]);
+        item(
+            &mut out,
+            &[
+                ("AddressOnParent", (7 + i).to_string()),
+                ("AutomaticAllocation", s("true")),
+                ("Connection", net.clone()),
+                ("ElementName", format!("Network adapter {}", i + 1)),
+                ("InstanceID", instance.to_string()),
+                ("ResourceSubType", s("VmxNet3")),
+                ("ResourceType", s("10")),
+            ],
+        );
         instance += 1;
     }
     out.push_str("    </VirtualHardwareSection>\n  </VirtualSystem>\n</Envelope>\n");
@@ -221,7 +290,10 @@ mod tests {
         assert_eq!(d.info.memory_mib, 8192);
         assert_eq!(d.info.networks, vec!["VM Network"]);
         assert_eq!(d.info.guest_os.as_deref(), Some("Ubuntu Linux (64-bit)"));
-        assert_eq!(d.disks, vec![OvfDisk { href: "disk1.vmdk".into(), capacity: Some(2 << 30) }, OvfDisk { href: "data.img".into(), capacity: Some(4096) }]);
+        assert_eq!(
+            d.disks,
+            vec![OvfDisk { href: "disk1.vmdk".into(), capacity: Some(2 << 30) }, OvfDisk { href: "data.img".into(), capacity: Some(4096) }]
+        );
     }
 
     #[test]
@@ -237,7 +309,11 @@ mod tests {
     #[test]
     fn generated_descriptor_parses_back() {
         let info = VmInfo { cpus: 2, memory_mib: 1024, guest_os: Some("linux".into()), networks: vec!["lan <1>".into()] };
-        let xml = generate("a<b", &info, &[OutputDisk { file_name: "a-disk1.vmdk".into(), file_size: 10, capacity: 1 << 20, format: VMDK_STREAM_OPTIMIZED }]);
+        let xml = generate(
+            "a<b",
+            &info,
+            &[OutputDisk { file_name: "a-disk1.vmdk".into(), file_size: 10, capacity: 1 << 20, format: VMDK_STREAM_OPTIMIZED }],
+        );
         let back = parse(&xml).unwrap();
         assert_eq!(back.name, "a<b");
         assert_eq!(back.info.cpus, 2);

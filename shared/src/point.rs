@@ -107,11 +107,7 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
 
 /// Returns whether `name` is safe to use as a file name inside a restore folder.
 pub fn is_safe_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name.len() <= 255
-        && !name.contains(['/', '\\', '\0'])
+    !name.is_empty() && name != "." && name != ".." && name.len() <= 255 && !name.contains(['/', '\\', '\0'])
 }
 
 impl RecoveryPoint {

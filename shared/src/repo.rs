@@ -134,7 +134,13 @@ impl Repository {
         };
         let bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
         write_atomic(&path.join("tmp"), &path.join("config"), &bytes)?;
-        Ok(Repository { root: path.to_path_buf(), keys: RepoKeys::derive(&master, encrypted), config, slot_id, tmp_counter: AtomicU64::new(0) })
+        Ok(Repository {
+            root: path.to_path_buf(),
+            keys: RepoKeys::derive(&master, encrypted),
+            config,
+            slot_id,
+            tmp_counter: AtomicU64::new(0),
+        })
     }
 
     /// Opens and unlocks the repository at `path`. Writes nothing.
@@ -148,7 +154,10 @@ impl Repository {
         config.compression.parse::<Compression>().map_err(|e| corrupt("repository config", &e))?;
         let (master, slot_id) = match config.encryption {
             Encryption::None => {
-                let hexkey = config.master_key.as_deref().ok_or_else(|| corrupt("repository config", "unencrypted repository without master_key"))?;
+                let hexkey = config
+                    .master_key
+                    .as_deref()
+                    .ok_or_else(|| corrupt("repository config", "unencrypted repository without master_key"))?;
                 let mut key = [0u8; 32];
                 hex::decode_to_slice(hexkey, &mut key).map_err(|e| corrupt("repository config", &format!("master_key: {e}")))?;
                 (MasterKey(key), None)
@@ -226,7 +235,10 @@ impl Repository {
         let plain = chunk::decode(&self.keys, id, blob, len.min(MAX_CHUNK_SIZE as usize))
             .map_err(|reason| RepoError::CorruptChunk { id: id.to_hex(), reason })?;
         if plain.len() != len {
-            return Err(RepoError::CorruptChunk { id: id.to_hex(), reason: format!("holds {} bytes, the point expects {len}", plain.len()) });
+            return Err(RepoError::CorruptChunk {
+                id: id.to_hex(),
+                reason: format!("holds {} bytes, the point expects {len}", plain.len()),
+            });
         }
         Ok(plain)
     }
@@ -310,7 +322,10 @@ impl Repository {
     /// Replaces the key slot that opened this repository by one for `new_secret`. Chunk data is
     /// untouched. The new slot is durable before the old one is removed.
     pub fn change_secret(&mut self, master_from: &Secret, new_secret: &Secret) -> Result<()> {
-        let old = self.slot_id.clone().ok_or_else(|| RepoError::Invalid("the repository is not encrypted: it has no password to change".into()))?;
+        let old = self
+            .slot_id
+            .clone()
+            .ok_or_else(|| RepoError::Invalid("the repository is not encrypted: it has no password to change".into()))?;
         let _lock = self.lock(LockMode::Exclusive, Duration::from_secs(60), "key change")?;
         let (master, _) = unlock(&self.root, &self.config.id, master_from)?;
         let slot = KeySlot::create(&self.config.id, new_secret, &master).map_err(RepoError::Invalid)?;
@@ -357,12 +372,12 @@ fn unlock(root: &Path, repo_id: &str, secret: &Secret) -> Result<(MasterKey, Str
             continue;
         }
         let what = format!("key slot {}", path.display());
-        let opened = read(&path)
-            .and_then(|bytes| parse_versioned::<KeySlot>(&what, &bytes, KEY_FORMAT, KEY_VERSION))
-            .and_then(|slot| match slot.open(repo_id, secret) {
+        let opened = read(&path).and_then(|bytes| parse_versioned::<KeySlot>(&what, &bytes, KEY_FORMAT, KEY_VERSION)).and_then(|slot| {
+            match slot.open(repo_id, secret) {
                 Ok(key) => Ok(key.map(|k| (k, slot.id))),
                 Err(reason) => Err(RepoError::Corrupt { what: what.clone(), reason }),
-            });
+            }
+        });
         match opened {
             Ok(Some(found)) => return Ok(found),
             Ok(None) => {}

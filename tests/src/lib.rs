@@ -48,7 +48,12 @@ impl Run {
 
     /// The `result` of the last `{"event":"result"}` line.
     pub fn result(&self) -> Value {
-        self.json_lines().into_iter().rev().find(|v| v["event"] == "result").map(|v| v["result"].clone()).unwrap_or_else(|| panic!("no result event in {}", self.stdout))
+        self.json_lines()
+            .into_iter()
+            .rev()
+            .find(|v| v["event"] == "result")
+            .map(|v| v["result"].clone())
+            .unwrap_or_else(|| panic!("no result event in {}", self.stdout))
     }
 
     /// Asserts the process failed cleanly: non-zero exit, no panic, stderr mentions `needle`.
@@ -90,7 +95,11 @@ impl Sandbox {
 
     fn command(&self, args: &[String]) -> Command {
         let mut c = Command::new(bin());
-        c.args(args).current_dir(self.dir.path()).env_remove("HYPEREXPORT_PASSWORD").env_remove("HYPEREXPORT_PASSWORD_FILE").stdin(Stdio::null());
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("HYPEREXPORT_PASSWORD")
+            .env_remove("HYPEREXPORT_PASSWORD_FILE")
+            .stdin(Stdio::null());
         c
     }
 
@@ -102,7 +111,11 @@ impl Sandbox {
     /// Runs with extra environment variables.
     pub fn run_with_env(&self, args: &[String], env: &[(&str, &str)]) -> Run {
         let out = self.command(args).envs(env.iter().copied()).output().expect("hyperexport runs");
-        Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
     }
 
     /// Runs and asserts success.

@@ -59,7 +59,11 @@ fn kill_9_mid_export_then_rerun_resumes_to_the_same_point() {
     assert_eq!(result["total"]["repaired_chunks"], 1, "the torn chunk must be written again");
     assert_eq!(result["total"]["new_chunks"], 5);
     assert!(result["total"]["new_chunks"].as_u64().unwrap() * 10 < 64, "rerun wrote 10% or more of the chunks again");
-    assert!(rerun.json_lines().iter().any(|e| e["event"] == "note" && e["message"].as_str().unwrap().starts_with("resumed: 59 chunks")), "{}", rerun.stdout);
+    assert!(
+        rerun.json_lines().iter().any(|e| e["event"] == "note" && e["message"].as_str().unwrap().starts_with("resumed: 59 chunks")),
+        "{}",
+        rerun.stdout
+    );
 
     let clean = sb.ok(&export_args(&sb, &img, "b", &[])).result();
     assert_eq!(clean["total"]["new_chunks"], 64);
@@ -83,7 +87,9 @@ fn a_second_writer_fails_cleanly_or_waits_and_the_repository_stays_valid() {
 
     let mut holder = sb.spawn(&export_args(&sb, &img, "repo", &[]), &[(STALL, "3")]);
     let pid = holder.id().to_string();
-    wait_until(Duration::from_secs(60), "the first writer to hold the lock", || std::fs::read_to_string(sb.path("repo/locks/lock")).is_ok_and(|t| t.contains(&pid)));
+    wait_until(Duration::from_secs(60), "the first writer to hold the lock", || {
+        std::fs::read_to_string(sb.path("repo/locks/lock")).is_ok_and(|t| t.contains(&pid))
+    });
     let second = sb.run(&export_args(&sb, &other, "repo", &["--lock-wait", "1"]));
     second.assert_clean_failure(&format!("is locked by another process (export of vm by pid {pid}"));
     holder.kill().unwrap();

@@ -9,7 +9,8 @@ use hyperexport_tests::*;
 const MIB: u64 = 1 << 20;
 
 fn tool(cmd: &str, a: &[&str]) -> String {
-    let out = Command::new(cmd).args(a).output().unwrap_or_else(|e| panic!("{cmd} is needed by this test (the test command installs it): {e}"));
+    let out =
+        Command::new(cmd).args(a).output().unwrap_or_else(|e| panic!("{cmd} is needed by this test (the test command installs it): {e}"));
     assert!(out.status.success(), "{cmd} {a:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -90,7 +91,8 @@ fn ovf_folder_with_qcow2_disk_restores_as_images_and_as_an_ova_that_independent_
     let manifest = std::fs::read_to_string(x.join("web01.mf")).unwrap();
     assert_eq!(manifest.lines().count(), 3, "{manifest}");
     for line in manifest.lines() {
-        let (name, digest) = line.strip_prefix("SHA256(").and_then(|l| l.split_once(")= ")).unwrap_or_else(|| panic!("bad .mf line {line:?}"));
+        let (name, digest) =
+            line.strip_prefix("SHA256(").and_then(|l| l.split_once(")= ")).unwrap_or_else(|| panic!("bad .mf line {line:?}"));
         let sum = tool("sha256sum", &[x.join(name).to_str().unwrap()]);
         assert_eq!(sum.split_whitespace().next().unwrap(), digest, "{name}");
     }
@@ -98,7 +100,9 @@ fn ovf_folder_with_qcow2_disk_restores_as_images_and_as_an_ova_that_independent_
     let ovf = std::fs::read_to_string(x.join("web01.ovf")).unwrap();
     let hrefs: Vec<&str> = ovf.match_indices("ovf:href=\"").map(|(i, m)| ovf[i + m.len()..].split('"').next().unwrap()).collect();
     assert_eq!(hrefs, ["web01-disk1.vmdk", "web01-disk2.vmdk"], "References must match the archive");
-    assert!(ovf.contains("<rasd:VirtualQuantity>4</rasd:VirtualQuantity>") && ovf.contains("<rasd:VirtualQuantity>2048</rasd:VirtualQuantity>"));
+    assert!(
+        ovf.contains("<rasd:VirtualQuantity>4</rasd:VirtualQuantity>") && ovf.contains("<rasd:VirtualQuantity>2048</rasd:VirtualQuantity>")
+    );
     assert!(ovf.contains("<rasd:Connection>VM Network</rasd:Connection>"));
     for (vmdk, source) in [("web01-disk1.vmdk", &raw), ("web01-disk2.vmdk", &data_raw)] {
         let info = tool("qemu-img", &["info", "--output", "json", x.join(vmdk).to_str().unwrap()]);
@@ -149,7 +153,10 @@ fn a_missing_qemu_img_is_named_for_non_raw_disks() {
     export[1] = "a.raw".into();
     let ok = sb.run_with_env(&export, &[("PATH", empty.to_str().unwrap())]);
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
-    let r = sb.run_with_env(&args(&["restore", "latest", "--repo", "r", "--format", "ova", "--to", "x.ova"]), &[("PATH", empty.to_str().unwrap())]);
+    let r = sb.run_with_env(
+        &args(&["restore", "latest", "--repo", "r", "--format", "ova", "--to", "x.ova"]),
+        &[("PATH", empty.to_str().unwrap())],
+    );
     r.assert_clean_failure("qemu-img is needed");
     assert!(!Path::new(&sb.path("x.ova")).exists());
 }

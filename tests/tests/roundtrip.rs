@@ -51,7 +51,9 @@ fn empty_and_one_byte_disks_round_trip() {
 
 #[test]
 fn every_compression_and_unencrypted_repositories_round_trip() {
-    for (i, extra) in [vec!["--compression", "lz4"], vec!["--compression", "none"], vec!["--compression", "zstd:19"]].into_iter().enumerate() {
+    for (i, extra) in
+        [vec!["--compression", "lz4"], vec!["--compression", "none"], vec!["--compression", "zstd:19"]].into_iter().enumerate()
+    {
         let sb = Sandbox::new();
         let img = sb.path(&format!("c{i}.img"));
         write_image(&img, 5 << 20, &[(0, b"log line 42\n".repeat(100_000)), (2 << 20, random_bytes(1 << 20, i as u64))]);
@@ -60,7 +62,15 @@ fn every_compression_and_unencrypted_repositories_round_trip() {
     let sb = Sandbox::new();
     let img = sb.path("plain.img");
     write_image(&img, 1 << 20, &[(0, random_bytes(4096, 9))]);
-    sb.ok(&args(&["export", img.to_str().unwrap(), "--repo", sb.path("plain-repo").to_str().unwrap(), "--no-encryption", "--compression", "none"]));
+    sb.ok(&args(&[
+        "export",
+        img.to_str().unwrap(),
+        "--repo",
+        sb.path("plain-repo").to_str().unwrap(),
+        "--no-encryption",
+        "--compression",
+        "none",
+    ]));
     let blob = std::fs::read(&chunk_files(&sb.path("plain-repo"))[0]).unwrap();
     assert_eq!(&blob[..6], b"HXCK\x01\x00", "uncompressed, unencrypted blob header");
     let out = sb.path("plain.out");
@@ -77,7 +87,12 @@ fn incremental_export_sends_only_new_chunks_and_points_list_them() {
     let first = sb.export(&img, "repo", &["--chunk-size", "1M"]);
     assert_eq!(first["total"]["new_chunks"], 16);
     // Change one byte in chunk 5.
-    std::fs::OpenOptions::new().write(true).open(&img).map(|f| std::os::unix::fs::FileExt::write_all_at(&f, b"!", (5 << 20) + 17)).unwrap().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .map(|f| std::os::unix::fs::FileExt::write_all_at(&f, b"!", (5 << 20) + 17))
+        .unwrap()
+        .unwrap();
     let second = sb.export(&img, "repo", &["--chunk-size", "1M"]);
     assert_eq!(second["total"]["new_chunks"], 1, "{second}");
     assert_eq!(second["total"]["reused_chunks"], 15);

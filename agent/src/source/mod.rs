@@ -58,7 +58,14 @@ fn find_one(dir: &Path, ext: &str) -> Result<Option<PathBuf>> {
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop()),
-        _ => Err(AgentError::source(dir, format!("holds {} .{ext} files ({}); give the path of one", found.len(), found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))),
+        _ => Err(AgentError::source(
+            dir,
+            format!(
+                "holds {} .{ext} files ({}); give the path of one",
+                found.len(),
+                found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
     }
 }
 
@@ -68,7 +75,10 @@ fn resolve_ref(descriptor: &Path, reference: &str) -> Result<PathBuf> {
     let rel = Path::new(reference);
     let safe = !reference.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
     if !safe {
-        return Err(AgentError::source(descriptor, format!("disk reference {reference:?} is not a plain relative path inside the VM's folder")));
+        return Err(AgentError::source(
+            descriptor,
+            format!("disk reference {reference:?} is not a plain relative path inside the VM's folder"),
+        ));
     }
     Ok(descriptor.parent().unwrap_or(Path::new(".")).join(rel))
 }
@@ -89,7 +99,10 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
     } else {
         let ext = path.extension().map(|e| e.to_ascii_lowercase());
         if ext.as_deref() == Some("ova".as_ref()) {
-            return Err(AgentError::source(path, "OVA archives are not read directly yet: extract it (tar xf FILE.ova -C DIR) and export DIR"));
+            return Err(AgentError::source(
+                path,
+                "OVA archives are not read directly yet: extract it (tar xf FILE.ova -C DIR) and export DIR",
+            ));
         }
         (ext.as_deref() == Some("ovf".as_ref()) || ext.as_deref() == Some("vmx".as_ref())).then(|| path.to_path_buf())
     };
@@ -136,7 +149,12 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
             qemu::require_qemu_img(format!("read {} disk {}", format.qemu_name(), file.display()))?;
             if temp.is_none() {
                 let root = temp_root.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-                temp = Some(tempfile::Builder::new().prefix("hyperexport-src-").tempdir_in(&root).map_err(AgentError::io("create temp folder in", root))?);
+                temp = Some(
+                    tempfile::Builder::new()
+                        .prefix("hyperexport-src-")
+                        .tempdir_in(&root)
+                        .map_err(AgentError::io("create temp folder in", root))?,
+                );
             }
             let dst = temp.as_ref().expect("created above").path().join(format!("{name}.raw"));
             qemu::convert(&file, format.qemu_name(), &dst, "raw", None)?;

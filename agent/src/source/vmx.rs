@@ -34,7 +34,8 @@ pub fn parse(text: &str) -> Result<Vmx, String> {
     for (key, value) in &kv {
         let Some(dev) = key.strip_suffix(".filename") else { continue };
         let is_disk_bus = ["scsi", "sata", "ide", "nvme"].iter().any(|b| dev.starts_with(b)) && dev.contains(':');
-        let is_cdrom = get(&format!("{dev}.devicetype")).is_some_and(|t| t.contains("cdrom")) || value.to_ascii_lowercase().ends_with(".iso");
+        let is_cdrom =
+            get(&format!("{dev}.devicetype")).is_some_and(|t| t.contains("cdrom")) || value.to_ascii_lowercase().ends_with(".iso");
         if is_disk_bus && !is_cdrom && truthy(&format!("{dev}.present")) && !value.is_empty() {
             devices.push((dev.to_string(), value.clone()));
         }

@@ -1,0 +1,22 @@
+# Conveniences for developers; README's two commands work without `just`.
+
+# Build a sample VM, export it twice, verify, restore, print a summary.
+demo:
+    cargo run --release -p hyperexport -- demo
+
+# The whole test suite (installs missing system packages).
+test:
+    bash scripts/test.sh
+
+# Lints as CI would want them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Export throughput vs restic on the same 2 GiB image.
+bench:
+    bash scripts/bench.sh
+
+# Microbenchmarks of the chunk kernels.
+bench-kernels:
+    cargo bench -p hyperexport-shared
