@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Whole-pipeline benchmark: HyperExport vs restic on the same 2 GiB image, in the same run.
+#
+# The image: half zeros (half of those sparse holes, half written zeros), a quarter random, a
+# quarter text-like, in 64 MiB stripes (`hyperexport dev make-image --layout bench`). Both tools
+# encrypt (HyperExport: zstd:3 + AES-256-GCM; restic: its defaults, repository v2 with zstd "auto"
+# + AES-256-CTR/Poly1305). Both read from a warm page cache. Then 1% of the image is rewritten in
+# 1 MiB runs and both back it up again (restic re-reads the whole file, its mtime changed).
+#
+# Usage: bash scripts/bench.sh [ROUNDS] (default 3; the median of each measure is reported)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${1:-3}"
+
+need=()
+command -v restic >/dev/null || need+=(restic)
+[ -x /usr/bin/time ] || need+=(time)
+if ((${#need[@]})); then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -p hyperexport >/dev/null 2>&1 || cargo build --release --locked -p hyperexport
+hx="$PWD/target/release/hyperexport"
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/hx-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+echo "bench password" > pw
+export RESTIC_PASSWORD_FILE="$work/pw"
+
+# Runs a command under GNU time; prints "seconds peak_rss_kib".
+measure() { /usr/bin/time -f "%e %M" -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err"; exit 1; }; cat "$work/t"; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+: > results
+for round in $(seq 1 "$rounds"); do
+  rm -rf img hxrepo rrepo
+  "$hx" dev make-image img --size 2G --layout bench --seed "$round"
+  cat img > /dev/null
+  read -r hx1 hxm1 < <(measure "$hx" export img --repo hxrepo --password-file pw)
+  restic init -q -r rrepo >/dev/null
+  read -r r1 rm1 < <(measure restic -q -r rrepo backup img)
+  "$hx" dev mutate img --percent 1 --seed "$((round + 100))" >/dev/null
+  cat img > /dev/null
+  read -r hx2 hxm2 < <(measure "$hx" export img --repo hxrepo --password-file pw)
+  read -r r2 rm2 < <(measure restic -q -r rrepo backup img)
+  hxsize=$(du -sk hxrepo | cut -f1); rsize=$(du -sk rrepo | cut -f1)
+  echo "$hx1 $hxm1 $r1 $rm1 $hx2 $hxm2 $r2 $rm2 $hxsize $rsize" >> results
+  echo "round $round: full hyperexport ${hx1}s restic ${r1}s | 1% changed hyperexport ${hx2}s restic ${r2}s"
+done
+
+col() { awk -v c="$1" '{print $c}' results | median; }
+hx1=$(col 1); hxm1=$(col 2); r1=$(col 3); rm1=$(col 4); hx2=$(col 5); hxm2=$(col 6); r2=$(col 7); rm2=$(col 8); hxs=$(col 9); rs=$(col 10)
+mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+echo
+echo "median of $rounds rounds, 2 GiB image, $(nproc) cores, $(restic version | cut -d' ' -f1-2)"
+echo "| run | HyperExport s | restic s | speed-up | HyperExport peak RSS MiB | restic peak RSS MiB |"
+echo "|---|---|---|---|---|---|"
+echo "| full export | $hx1 | $r1 | $(ratio "$r1" "$hx1")x | $(mib "$hxm1") | $(mib "$rm1") |"
+echo "| after 1% change | $hx2 | $r2 | $(ratio "$r2" "$hx2")x | $(mib "$hxm2") | $(mib "$rm2") |"
+echo "repository size after both: HyperExport $(mib "$hxs") MiB, restic $(mib "$rs") MiB"
