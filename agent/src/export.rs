@@ -106,8 +106,33 @@ pub struct ExportReport {
     pub disks: Vec<DiskReport>,
 }
 
+/// How far the reader may run ahead of the slowest chunk in flight. The reader is the only stage
+/// that cannot be parallel (the disk's SHA-256 is sequential): with room to run ahead it hashes
+/// zero and hole regions while the workers are still compressing data before them, instead of
+/// leaving a core idle. Bounds the memory of chunk buffers.
+const READ_AHEAD_BYTES: usize = 128 << 20;
+
+/// Chunk buffers handed back by the workers for the producer to reuse: a fresh 4 MiB buffer
+/// costs a thousand page faults. Never holds more buffers than the pipeline has in flight.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.0.lock().expect("buffer pool lock").pop().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        self.0.lock().expect("buffer pool lock").push(buf);
+    }
+}
+
 enum Item {
+    /// A range the file system reports as a hole: its length.
     Hole(u64),
+    /// A chunk's data.
     Data(Vec<u8>),
 }
 
@@ -185,7 +210,7 @@ struct DiskContext<'a> {
 }
 
 fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskRecord, DiskReport)> {
-    let DiskContext { repo, opts, known, claimed, progress, .. } = *ctx;
+    let DiskContext { opts, progress, .. } = *ctx;
     let size = raw.size();
     let chunk_size = opts.chunk_size as u64;
     let count = size.div_ceil(chunk_size);
@@ -195,7 +220,10 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
     let zeros = vec![0u8; 1 << 20];
     let mut index = 0u64;
     let mut bytes_read = 0u64;
+    let pool = BufferPool::default();
     progress.disk_started(name, size);
+    // The producer reads in order and feeds the SHA-256, the one stage that cannot be parallel;
+    // it runs ahead of the workers by up to the window.
     let produce = || -> Result<Option<Item>> {
         if index == count {
             return Ok(None);
@@ -212,7 +240,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
             }
             return Ok(Some(Item::Hole(len)));
         }
-        let mut buf = vec![0u8; len as usize];
+        let mut buf = pool.take(len as usize);
         raw.read_at(offset, &mut buf)?;
         sha.update(&buf);
         bytes_read += len;
@@ -223,31 +251,10 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
             Item::Hole(len) => return Ok((len, Outcome::Hole)),
             Item::Data(d) => d,
         };
+        let outcome = store_if_new(ctx, &data);
         let len = data.len() as u64;
-        if is_zero(&data) {
-            return Ok((len, Outcome::Hole));
-        }
-        let id = ChunkId(repo.keys().chunk_id(&data));
-        if known.contains(&id) || !claimed.lock().expect("claimed set lock").insert(id) {
-            return Ok((len, Outcome::Reused(id)));
-        }
-        // A chunk already on disk is trusted only after it decodes: a crash of the machine can
-        // leave a file of the right name whose data never reached the disk.
-        let damaged = match repo.load_chunk(&id, data.len()) {
-            Ok(_) => return Ok((len, Outcome::Found(id))),
-            Err(RepoError::MissingChunk(_)) => false,
-            Err(RepoError::CorruptChunk { .. }) => true,
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(limit) = opts.stall_after_new_chunks
-            && ctx.stored.fetch_add(1, Ordering::SeqCst) >= limit
-        {
-            loop {
-                std::thread::park();
-            }
-        }
-        let stored = repo.store_chunk(opts.compression, &id, &data)?;
-        Ok((len, Outcome::New(id, stored, damaged)))
+        pool.give(data);
+        Ok((len, outcome?))
     };
     let consume = |(len, outcome): (u64, Outcome)| -> Result<()> {
         let id = match outcome {
@@ -278,10 +285,41 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
         Ok(())
     };
     let threads = opts.threads.max(1);
-    ordered_pipeline(threads, threads * 2 + 2, produce, work, consume)?;
+    let window = (READ_AHEAD_BYTES / opts.chunk_size as usize).max(threads * 2 + 2);
+    ordered_pipeline(threads, window, produce, work, consume)?;
     progress.disk_finished(name);
     report.bytes_read = bytes_read;
     report.sha256 = hex::encode(sha.finalize());
     let record = DiskRecord { name: name.to_string(), size, chunk_size: opts.chunk_size, sha256: report.sha256.clone(), chunks };
     Ok((record, report))
+}
+
+/// Decides what to do with one chunk of data and does it: a hole, a chunk the previous point or
+/// this export already has, one found intact in the repository, or a new one stored now.
+fn store_if_new(ctx: &DiskContext, data: &[u8]) -> Result<Outcome> {
+    let DiskContext { repo, opts, known, claimed, .. } = *ctx;
+    if is_zero(data) {
+        return Ok(Outcome::Hole);
+    }
+    let id = ChunkId(repo.keys().chunk_id(data));
+    if known.contains(&id) || !claimed.lock().expect("claimed set lock").insert(id) {
+        return Ok(Outcome::Reused(id));
+    }
+    // A chunk already on disk is trusted only after it decodes: a crash of the machine can
+    // leave a file of the right name whose data never reached the disk.
+    let damaged = match repo.load_chunk(&id, data.len()) {
+        Ok(_) => return Ok(Outcome::Found(id)),
+        Err(RepoError::MissingChunk(_)) => false,
+        Err(RepoError::CorruptChunk { .. }) => true,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(limit) = opts.stall_after_new_chunks
+        && ctx.stored.fetch_add(1, Ordering::SeqCst) >= limit
+    {
+        loop {
+            std::thread::park();
+        }
+    }
+    let stored = repo.store_chunk(opts.compression, &id, data)?;
+    Ok(Outcome::New(id, stored, damaged))
 }

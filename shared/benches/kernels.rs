@@ -46,7 +46,9 @@ fn kernels(c: &mut Criterion) {
             g.bench_function(format!("encode_{comp}_aes256gcm/{name}"), |b| b.iter(|| chunk::encode(&keys, comp, &id, black_box(&data))));
         }
         let blob = chunk::encode(&keys, Compression::Zstd(3), &id, &data);
-        g.bench_function(format!("decode_zstd:3_aes256gcm/{name}"), |b| b.iter(|| chunk::decode(&keys, &id, black_box(blob.clone()), CHUNK).unwrap()));
+        g.bench_function(format!("decode_zstd:3_aes256gcm/{name}"), |b| {
+            b.iter(|| chunk::decode(&keys, &id, black_box(blob.clone()), CHUNK).unwrap())
+        });
     }
     g.finish();
 }

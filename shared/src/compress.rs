@@ -29,7 +29,12 @@ impl Compression {
 
     /// Compresses `data`. Returns `None` when compression would not make it smaller, so the caller
     /// stores the chunk uncompressed (random data costs no decompression time on restore).
+    /// Large inputs whose samples do not compress (encrypted or already compressed data) are not
+    /// compressed at all: see [`looks_incompressible`].
     pub fn compress(self, data: &[u8]) -> Option<Vec<u8>> {
+        if self != Compression::None && looks_incompressible(data) {
+            return None;
+        }
         let out = match self {
             Compression::None => return None,
             Compression::Zstd(level) => zstd::bulk::compress(data, level).ok()?,
@@ -37,6 +42,33 @@ impl Compression {
         };
         (out.len() < data.len()).then_some(out)
     }
+}
+
+/// Inputs below this size are always given to the compressor.
+const SAMPLE_FROM: usize = 256 * 1024;
+/// Size of one sample window.
+const SAMPLE_LEN: usize = 16 * 1024;
+/// Number of evenly spaced windows.
+const SAMPLES: usize = 4;
+
+/// Whether `data` looks incompressible: four 16 KiB windows spread over it, compressed with fast
+/// zstd, save less than 2%. Costs about 1.5% of compressing a 4 MiB chunk, and saves the whole
+/// compression of random, encrypted or already-compressed chunks. A chunk misjudged this way is
+/// only stored larger than it could be, never wrongly.
+pub fn looks_incompressible(data: &[u8]) -> bool {
+    if data.len() < SAMPLE_FROM {
+        return false;
+    }
+    let step = (data.len() - SAMPLE_LEN) / (SAMPLES - 1);
+    let mut packed = 0;
+    for i in 0..SAMPLES {
+        let window = &data[i * step..i * step + SAMPLE_LEN];
+        match zstd::bulk::compress(window, 1) {
+            Ok(out) => packed += out.len(),
+            Err(_) => return false,
+        }
+    }
+    packed * 100 >= SAMPLES * SAMPLE_LEN * 98
 }
 
 /// Decompresses a payload stored with compression `code`, refusing output larger than `max_len`.
@@ -119,6 +151,26 @@ mod tests {
         let l = Compression::Lz4.compress(&data).unwrap();
         assert!(decompress(2, &l, 50_000).is_err());
         assert!(decompress(9, &l, 500_000).is_err());
+    }
+
+    #[test]
+    fn incompressible_data_is_recognised_by_samples() {
+        let mut random = vec![0u8; 1 << 20];
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for b in random.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        assert!(looks_incompressible(&random));
+        assert!(Compression::Zstd(3).compress(&random).is_none());
+        let text = b"GET /index.html 200 ".repeat(60_000);
+        assert!(!looks_incompressible(&text));
+        let mut mixed = random.clone();
+        mixed[..400_000].copy_from_slice(&text[..400_000]);
+        assert!(!looks_incompressible(&mixed), "a window of text makes the chunk worth compressing");
+        assert!(!looks_incompressible(&random[..1000]), "small inputs are always tried");
     }
 
     proptest! {

@@ -5,8 +5,7 @@
 //! that authenticates recovery points. The master key itself is stored only wrapped (see `keys`),
 //! or in the clear in the config of a repository created with `--no-encryption`.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
 /// Length of every symmetric key used here.
 pub const KEY_LEN: usize = 32;
@@ -18,6 +17,11 @@ pub const TAG_LEN: usize = 16;
 const CONTEXT_DATA: &str = "hyperexport 2026-11 chunk encryption key v1";
 const CONTEXT_ID: &str = "hyperexport 2026-11 chunk id key v1";
 const CONTEXT_MAC: &str = "hyperexport 2026-11 recovery point mac key v1";
+
+/// An AES-256-GCM key (ring's implementation: AES-NI/VAES and carry-less multiply assembly).
+fn aes_key(key: &[u8; KEY_LEN]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key is valid for AES-256-GCM"))
+}
 
 /// Fills `buf` from the operating system's random source.
 pub fn random_bytes(buf: &mut [u8]) {
@@ -47,7 +51,7 @@ impl std::fmt::Debug for MasterKey {
 /// The keys derived from a master key, ready for use.
 #[derive(Clone)]
 pub struct RepoKeys {
-    cipher: Option<Aes256Gcm>,
+    cipher: Option<LessSafeKey>,
     id_key: [u8; KEY_LEN],
     mac_key: [u8; KEY_LEN],
 }
@@ -58,7 +62,7 @@ impl RepoKeys {
     pub fn derive(master: &MasterKey, encrypted: bool) -> Self {
         let data_key = blake3::derive_key(CONTEXT_DATA, &master.0);
         RepoKeys {
-            cipher: encrypted.then(|| Aes256Gcm::new(&data_key.into())),
+            cipher: encrypted.then(|| aes_key(&data_key)),
             id_key: blake3::derive_key(CONTEXT_ID, &master.0),
             mac_key: blake3::derive_key(CONTEXT_MAC, &master.0),
         }
@@ -84,16 +88,18 @@ impl RepoKeys {
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Option<[u8; TAG_LEN]> {
         let cipher = self.cipher.as_ref()?;
         let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf)
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
             .expect("AES-GCM encryption of a chunk below 64 GiB cannot fail");
-        Some(tag.into())
+        Some(tag.as_ref().try_into().expect("AES-GCM tags are 16 bytes"))
     }
 
     /// Decrypts `buf` in place, checking the tag; false when authentication fails or the
     /// repository is not encrypted.
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
         match &self.cipher {
-            Some(c) => c.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag)).is_ok(),
+            Some(c) => {
+                c.open_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), Tag::from(*tag), buf, 0..).is_ok()
+            }
             None => false,
         }
     }
@@ -101,14 +107,15 @@ impl RepoKeys {
 
 /// Encrypts a small secret (a wrapped key) with a one-off key: returns nonce || ciphertext || tag.
 pub fn wrap(key: &[u8; KEY_LEN], aad: &[u8], secret: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new(key.into());
     let mut nonce = [0u8; NONCE_LEN];
     random_bytes(&mut nonce);
     let mut buf = secret.to_vec();
-    let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf).expect("AES-GCM encryption of a key cannot fail");
+    let tag = aes_key(key)
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .expect("AES-GCM encryption of a key cannot fail");
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
-    out.extend_from_slice(&tag);
+    out.extend_from_slice(tag.as_ref());
     out
 }
 
@@ -119,9 +126,10 @@ pub fn unwrap(key: &[u8; KEY_LEN], aad: &[u8], wrapped: &[u8]) -> Option<Vec<u8>
     }
     let (nonce, rest) = wrapped.split_at(NONCE_LEN);
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+    let tag: [u8; TAG_LEN] = tag.try_into().ok()?;
     let mut buf = body.to_vec();
-    let cipher = Aes256Gcm::new(key.into());
-    cipher.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag)).ok()?;
+    aes_key(key).open_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), Tag::from(tag), &mut buf, 0..).ok()?;
     Some(buf)
 }
 

@@ -4,6 +4,7 @@
 //! only implementation.
 
 pub mod chunk;
+pub mod chunk_file;
 pub mod compress;
 pub mod config;
 pub mod crypto;

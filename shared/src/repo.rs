@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::chunk::{self, ChunkId, HEADER_LEN, MAX_CHUNK_SIZE};
+use crate::chunk_file::ChunkWriter;
 use crate::compress::Compression;
 use crate::config::{Encryption, REPO_FORMAT, REPO_VERSION, RepoConfig, parse_versioned};
 use crate::crypto::{self, MasterKey, RepoKeys};
@@ -41,6 +42,7 @@ pub struct Repository {
     keys: RepoKeys,
     slot_id: Option<String>,
     tmp_counter: AtomicU64,
+    chunk_writer: ChunkWriter,
 }
 
 /// Current time in the RFC 3339 form used throughout the repository.
@@ -140,6 +142,7 @@ impl Repository {
             config,
             slot_id,
             tmp_counter: AtomicU64::new(0),
+            chunk_writer: ChunkWriter::default(),
         })
     }
 
@@ -169,7 +172,14 @@ impl Repository {
             }
         };
         let keys = RepoKeys::derive(&master, config.encryption == Encryption::Aes256Gcm);
-        Ok(Repository { root: path.to_path_buf(), config, keys, slot_id, tmp_counter: AtomicU64::new(0) })
+        Ok(Repository {
+            root: path.to_path_buf(),
+            config,
+            keys,
+            slot_id,
+            tmp_counter: AtomicU64::new(0),
+            chunk_writer: ChunkWriter::default(),
+        })
     }
 
     /// The repository's folder.
@@ -218,7 +228,7 @@ impl Repository {
         let blob = chunk::encode(&self.keys, compression, id, plaintext);
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
-        fs::write(&tmp, &blob).map_err(RepoError::io("write", &tmp))?;
+        self.chunk_writer.write_new(&tmp, &blob).map_err(RepoError::io("write", &tmp))?;
         let path = self.chunk_path(id);
         fs::rename(&tmp, &path).map_err(RepoError::io("rename into place", &path))?;
         Ok(blob.len() as u64)
