@@ -30,7 +30,7 @@ echo "bench password" > pw
 export RESTIC_PASSWORD_FILE="$work/pw"
 
 # Runs a command under GNU time; prints "seconds peak_rss_kib".
-measure() { /usr/bin/time -f "%e %M" -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err"; exit 1; }; cat "$work/t"; }
+measure() { sync; /usr/bin/time -f "%e %M" -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err"; exit 1; }; cat "$work/t"; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 : > results

@@ -6,8 +6,8 @@
 //! disks are done the repository is synced and the point is published atomically.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyperexport_shared::chunk::ChunkId;
@@ -132,8 +132,8 @@ impl BufferPool {
 enum Item {
     /// A range the file system reports as a hole: its length.
     Hole(u64),
-    /// A chunk's data.
-    Data(Vec<u8>),
+    /// A chunk's data (shared with the hashing thread).
+    Data(Arc<Vec<u8>>),
 }
 
 enum Outcome {
@@ -214,17 +214,19 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
     let size = raw.size();
     let chunk_size = opts.chunk_size as u64;
     let count = size.div_ceil(chunk_size);
-    let mut sha = Sha256::new();
+    let threads = opts.threads.max(1);
+    let window = (READ_AHEAD_BYTES / opts.chunk_size as usize).max(threads * 2 + 2);
     let mut report = DiskReport { name: name.to_string(), size, ..Default::default() };
     let mut chunks = Vec::with_capacity(count as usize);
-    let zeros = vec![0u8; 1 << 20];
     let mut index = 0u64;
-    let mut bytes_read = 0u64;
-    let pool = BufferPool::default();
+    let bytes_read = AtomicU64::new(0);
+    let read_counter = &bytes_read;
+    let pool = &BufferPool::default();
     progress.disk_started(name, size);
-    // The producer reads in order and feeds the SHA-256, the one stage that cannot be parallel;
-    // it runs ahead of the workers by up to the window.
-    let produce = || -> Result<Option<Item>> {
+    // The SHA-256 of the whole disk is the one computation that cannot be parallel: it gets a
+    // thread of its own, fed in order by the reader, so neither waits for the other's work.
+    let (hash_tx, hash_rx) = crossbeam_channel::bounded::<HashInput>(window);
+    let produce = move || -> Result<Option<Item>> {
         if index == count {
             return Ok(None);
         }
@@ -232,18 +234,14 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
         let len = (size - offset).min(chunk_size);
         index += 1;
         if !raw.may_have_data(offset, len) {
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64);
-                sha.update(&zeros[..n as usize]);
-                left -= n;
-            }
+            let _ = hash_tx.send(HashInput::Zeros(len));
             return Ok(Some(Item::Hole(len)));
         }
         let mut buf = pool.take(len as usize);
         raw.read_at(offset, &mut buf)?;
-        sha.update(&buf);
-        bytes_read += len;
+        read_counter.fetch_add(len, Ordering::Relaxed);
+        let buf = Arc::new(buf);
+        let _ = hash_tx.send(HashInput::Data(Arc::clone(&buf)));
         Ok(Some(Item::Data(buf)))
     };
     let work = |item: Item| -> Result<(u64, Outcome)> {
@@ -253,7 +251,9 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
         };
         let outcome = store_if_new(ctx, &data);
         let len = data.len() as u64;
-        pool.give(data);
+        if let Some(buf) = Arc::into_inner(data) {
+            pool.give(buf);
+        }
         Ok((len, outcome?))
     };
     let consume = |(len, outcome): (u64, Outcome)| -> Result<()> {
@@ -284,14 +284,50 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
         progress.advanced(name, len);
         Ok(())
     };
-    let threads = opts.threads.max(1);
-    let window = (READ_AHEAD_BYTES / opts.chunk_size as usize).max(threads * 2 + 2);
-    ordered_pipeline(threads, window, produce, work, consume)?;
+    let digest = std::thread::scope(|s| {
+        let hasher = s.spawn(|| hash_in_order(hash_rx, pool));
+        let result = ordered_pipeline(threads, window, produce, work, consume);
+        let digest = hasher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        result.map(|()| digest)
+    })?;
     progress.disk_finished(name);
-    report.bytes_read = bytes_read;
-    report.sha256 = hex::encode(sha.finalize());
+    report.bytes_read = bytes_read.into_inner();
+    report.sha256 = digest;
     let record = DiskRecord { name: name.to_string(), size, chunk_size: opts.chunk_size, sha256: report.sha256.clone(), chunks };
     Ok((record, report))
+}
+
+/// What the hashing thread receives, in disk order.
+enum HashInput {
+    /// A chunk's data (shared with the worker storing it).
+    Data(Arc<Vec<u8>>),
+    /// This many zero bytes (a hole).
+    Zeros(u64),
+}
+
+/// Hashes a disk's chunks in order until the reader hangs up; returns the SHA-256 in hex.
+/// Whichever of this thread and the worker lets go of a buffer last returns it to the pool.
+fn hash_in_order(input: crossbeam_channel::Receiver<HashInput>, pool: &BufferPool) -> String {
+    let zeros = vec![0u8; 1 << 20];
+    let mut sha = Sha256::new();
+    for message in input {
+        match message {
+            HashInput::Data(data) => {
+                sha.update(data.as_slice());
+                if let Some(buf) = Arc::into_inner(data) {
+                    pool.give(buf);
+                }
+            }
+            HashInput::Zeros(mut left) => {
+                while left > 0 {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    sha.update(&zeros[..n]);
+                    left -= n as u64;
+                }
+            }
+        }
+    }
+    hex::encode(sha.finalize())
 }
 
 /// Decides what to do with one chunk of data and does it: a hole, a chunk the previous point or

@@ -53,7 +53,7 @@ pub struct ExportArgs {
     /// Store chunks unencrypted (only when creating a repository).
     #[arg(long)]
     pub no_encryption: bool,
-    /// Compression of new chunks: zstd[:LEVEL], lz4 or none [default: the repository's, zstd:3]
+    /// Compression of new chunks: zstd[:LEVEL], lz4 or none [default: the repository's, zstd:1]
     #[arg(long, value_name = "ALGO")]
     pub compression: Option<Compression>,
     /// Chunk size, a power of two from 64K to 16M [default: the repository's, 4M]
@@ -140,8 +140,10 @@ pub fn progress_for(output: Output, operation: &'static str) -> Box<dyn Progress
     }
 }
 
+/// Worker threads: as asked, else one per CPU plus one, so a CPU stays busy while a worker
+/// waits for a direct write to reach the disk.
 fn threads(n: Option<usize>) -> usize {
-    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
+    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) + 1).max(1)
 }
 
 /// Checks the arguments for creating a repository, before anything is read or written.

@@ -11,7 +11,7 @@ use hyperexport_agent::export::{ExportOptions, ExportReport};
 use hyperexport_agent::restore::{RestoreFormat, RestoreOptions, sha256_file};
 use hyperexport_agent::{export, restore, source, verify};
 use hyperexport_shared::chunk::DEFAULT_CHUNK_SIZE;
-use hyperexport_shared::compress::Compression;
+use hyperexport_shared::compress::{Compression, DEFAULT_ZSTD_LEVEL};
 use hyperexport_shared::keys::Secret;
 use hyperexport_shared::ovf::{self, OutputDisk};
 use hyperexport_shared::point::VmInfo;
@@ -65,7 +65,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let (vm_dir, repo_dir, restored) = (base.join("demo-vm"), base.join("repo"), base.join("restored-disk1.img"));
     std::fs::create_dir_all(&vm_dir)?;
     let disk = vm_dir.join("demo-vm-disk1.img");
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
 
     println!("making a sample VM: {} sparse disk with text, random and zero regions in {}", format_bytes(size), vm_dir.display());
     make_image(&disk, size, Layout::Demo, 42)?;
@@ -82,13 +82,13 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         &repo_dir,
         InitOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
-            compression: Compression::Zstd(3),
+            compression: Compression::Zstd(DEFAULT_ZSTD_LEVEL),
             secret: Some(Secret::Password(b"demo password".to_vec())),
         },
     )?;
     let opts = ExportOptions {
         chunk_size: DEFAULT_CHUNK_SIZE,
-        compression: Compression::Zstd(3),
+        compression: Compression::Zstd(DEFAULT_ZSTD_LEVEL),
         threads,
         lock_wait: std::time::Duration::from_secs(5),
         stall_after_new_chunks: None,

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Default zstd level: the best ratio per CPU second for VM disks in our benches.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Default zstd level. Level 1, as Proxmox Backup Server uses: on our bench image it stores
+/// within 1% of level 3's size for less CPU (docs/PERFORMANCE.md); `--compression zstd:N` for more.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// How chunk payloads are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +138,7 @@ mod tests {
         for s in ["none", "lz4", "zstd:3", "zstd:19", "zstd:-3"] {
             assert_eq!(s.parse::<Compression>().unwrap().to_string(), s);
         }
-        assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd(3));
+        assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd(DEFAULT_ZSTD_LEVEL));
         assert!("zstd:0".parse::<Compression>().is_err());
         assert!("gzip".parse::<Compression>().is_err());
         assert!("lz4:3".parse::<Compression>().is_err());
