@@ -3,7 +3,7 @@
 #
 # The image: half zeros (half of those sparse holes, half written zeros), a quarter random, a
 # quarter text-like, in 64 MiB stripes (`hyperexport dev make-image --layout bench`). Both tools
-# encrypt (HyperExport: zstd:3 + AES-256-GCM; restic: its defaults, repository v2 with zstd "auto"
+# encrypt (HyperExport: its defaults, zstd:1 + AES-256-GCM; restic: its defaults, repository v2 with zstd "auto"
 # + AES-256-CTR/Poly1305). Both read from a warm page cache. Then 1% of the image is rewritten in
 # 1 MiB runs and both back it up again (restic re-reads the whole file, its mtime changed).
 #

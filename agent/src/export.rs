@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hyperexport_shared::chunk::ChunkId;
@@ -106,34 +106,79 @@ pub struct ExportReport {
     pub disks: Vec<DiskReport>,
 }
 
-/// How far the reader may run ahead of the slowest chunk in flight. The reader is the only stage
-/// that cannot be parallel (the disk's SHA-256 is sequential): with room to run ahead it hashes
-/// zero and hole regions while the workers are still compressing data before them, instead of
-/// leaving a core idle. Bounds the memory of chunk buffers.
+/// How far the reader may run ahead of the slowest chunk in flight, and the memory all chunk
+/// buffers of a disk may take together. The disk's SHA-256 is the one sequential computation:
+/// with room to run ahead, it hashes zero and hole regions while the workers still compress data
+/// before them, instead of leaving a core idle.
 const READ_AHEAD_BYTES: usize = 128 << 20;
 
-/// Chunk buffers handed back by the workers for the producer to reuse: a fresh 4 MiB buffer
-/// costs a thousand page faults. Never holds more buffers than the pipeline has in flight.
-#[derive(Default)]
-struct BufferPool(Mutex<Vec<Vec<u8>>>);
+/// The chunk buffers of one disk's export: reused (a fresh 4 MiB buffer costs a thousand page
+/// faults) and limited in number, so their memory is bounded whatever the disk size and however
+/// far the hashing thread lags. A buffer goes back to the pool when its last holder (worker or
+/// hashing thread) drops it, on success, error and unwinding alike.
+struct BufferPool {
+    state: Mutex<PoolState>,
+    freed: Condvar,
+    limit: usize,
+}
+
+struct PoolState {
+    free: Vec<Vec<u8>>,
+    outstanding: usize,
+}
+
+/// A buffer on loan from a [`BufferPool`].
+struct PooledBuf<'a> {
+    buf: Vec<u8>,
+    pool: &'a BufferPool,
+}
 
 impl BufferPool {
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = self.0.lock().expect("buffer pool lock").pop().unwrap_or_default();
-        buf.resize(len, 0);
-        buf
+    fn new(limit: usize) -> Self {
+        BufferPool { state: Mutex::new(PoolState { free: Vec::new(), outstanding: 0 }), freed: Condvar::new(), limit: limit.max(1) }
     }
 
-    fn give(&self, buf: Vec<u8>) {
-        self.0.lock().expect("buffer pool lock").push(buf);
+    /// A buffer of `len` bytes; waits while `limit` buffers are out.
+    fn take(&self, len: usize) -> PooledBuf<'_> {
+        let mut state = self.state.lock().expect("buffer pool lock");
+        let mut buf = loop {
+            if let Some(b) = state.free.pop() {
+                break b;
+            }
+            if state.outstanding < self.limit {
+                break Vec::new();
+            }
+            state = self.freed.wait(state).expect("buffer pool lock");
+        };
+        state.outstanding += 1;
+        drop(state);
+        buf.resize(len, 0);
+        PooledBuf { buf, pool: self }
     }
 }
 
-enum Item {
+impl std::ops::Deref for PooledBuf<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledBuf<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pool.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.outstanding -= 1;
+        state.free.push(std::mem::take(&mut self.buf));
+        self.pool.freed.notify_one();
+    }
+}
+
+enum Item<'a> {
     /// A range the file system reports as a hole: its length.
     Hole(u64),
     /// A chunk's data (shared with the hashing thread).
-    Data(Arc<Vec<u8>>),
+    Data(Arc<PooledBuf<'a>>),
 }
 
 enum Outcome {
@@ -221,7 +266,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
     let mut index = 0u64;
     let bytes_read = AtomicU64::new(0);
     let read_counter = &bytes_read;
-    let pool = &BufferPool::default();
+    let pool = &BufferPool::new(window);
     progress.disk_started(name, size);
     // The SHA-256 of the whole disk is the one computation that cannot be parallel: it gets a
     // thread of its own, fed in order by the reader, so neither waits for the other's work.
@@ -238,7 +283,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
             return Ok(Some(Item::Hole(len)));
         }
         let mut buf = pool.take(len as usize);
-        raw.read_at(offset, &mut buf)?;
+        raw.read_at(offset, &mut buf.buf)?;
         read_counter.fetch_add(len, Ordering::Relaxed);
         let buf = Arc::new(buf);
         let _ = hash_tx.send(HashInput::Data(Arc::clone(&buf)));
@@ -249,12 +294,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
             Item::Hole(len) => return Ok((len, Outcome::Hole)),
             Item::Data(d) => d,
         };
-        let outcome = store_if_new(ctx, &data);
-        let len = data.len() as u64;
-        if let Some(buf) = Arc::into_inner(data) {
-            pool.give(buf);
-        }
-        Ok((len, outcome?))
+        Ok((data.len() as u64, store_if_new(ctx, &data)?))
     };
     let consume = |(len, outcome): (u64, Outcome)| -> Result<()> {
         let id = match outcome {
@@ -285,7 +325,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
         Ok(())
     };
     let digest = std::thread::scope(|s| {
-        let hasher = s.spawn(|| hash_in_order(hash_rx, pool));
+        let hasher = s.spawn(|| hash_in_order(hash_rx));
         let result = ordered_pipeline(threads, window, produce, work, consume);
         let digest = hasher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         result.map(|()| digest)
@@ -298,26 +338,20 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
 }
 
 /// What the hashing thread receives, in disk order.
-enum HashInput {
+enum HashInput<'a> {
     /// A chunk's data (shared with the worker storing it).
-    Data(Arc<Vec<u8>>),
+    Data(Arc<PooledBuf<'a>>),
     /// This many zero bytes (a hole).
     Zeros(u64),
 }
 
 /// Hashes a disk's chunks in order until the reader hangs up; returns the SHA-256 in hex.
-/// Whichever of this thread and the worker lets go of a buffer last returns it to the pool.
-fn hash_in_order(input: crossbeam_channel::Receiver<HashInput>, pool: &BufferPool) -> String {
+fn hash_in_order(input: crossbeam_channel::Receiver<HashInput>) -> String {
     let zeros = vec![0u8; 1 << 20];
     let mut sha = Sha256::new();
     for message in input {
         match message {
-            HashInput::Data(data) => {
-                sha.update(data.as_slice());
-                if let Some(buf) = Arc::into_inner(data) {
-                    pool.give(buf);
-                }
-            }
+            HashInput::Data(data) => sha.update(&**data),
             HashInput::Zeros(mut left) => {
                 while left > 0 {
                     let n = left.min(zeros.len() as u64) as usize;
@@ -358,4 +392,27 @@ fn store_if_new(ctx: &DiskContext, data: &[u8]) -> Result<Outcome> {
     }
     let stored = repo.store_chunk(opts.compression, &id, data)?;
     Ok(Outcome::New(id, stored, damaged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_pool_lends_at_most_its_limit_and_reuses_buffers() {
+        let pool = BufferPool::new(2);
+        let a = pool.take(10);
+        let b = pool.take(10);
+        let ptr = a.buf.as_ptr();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| pool.take(10).buf.as_ptr() as usize);
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "a third buffer was lent beyond the limit");
+            drop(a);
+            assert_eq!(waiter.join().unwrap(), ptr as usize, "the returned buffer is reused");
+        });
+        drop(b);
+        assert_eq!(pool.state.lock().unwrap().outstanding, 0);
+    }
 }

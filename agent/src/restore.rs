@@ -133,7 +133,9 @@ pub fn restore(
                 .map_err(AgentError::io("create staging folder in", parent))?;
             let files = write_ovf_folder(repo, point, staging.path(), opts, progress)?;
             let partial = partial_path(to);
-            ova::write(&partial, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+            ova::write(&partial, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>()).inspect_err(|_| {
+                let _ = fs::remove_file(&partial);
+            })?;
             rename_durably(&partial, to)?;
             vec![to.to_path_buf()]
         }
@@ -178,11 +180,7 @@ fn restore_images(
             Some((fmt, options)) => {
                 let raw = partial_path(target).with_extension("raw");
                 restore_raw(repo, disk, &raw, opts.threads, progress)?;
-                let partial = partial_path(target);
-                let converted = qemu::convert(&raw, "raw", &partial, fmt, options);
-                let _ = fs::remove_file(&raw);
-                converted?;
-                rename_durably(&partial, target)?;
+                convert_into_place(&raw, target, fmt, options)?;
             }
         }
     }
@@ -206,6 +204,20 @@ fn rename_durably(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(AgentError::io("rename into place", to))?;
     let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(AgentError::io("fsync folder", dir))
+}
+
+/// Converts the temporary raw image `raw` to `target` in format `fmt` with qemu-img, through a
+/// partial file renamed into place; the raw image is removed, and so is the partial file when the
+/// conversion fails.
+fn convert_into_place(raw: &Path, target: &Path, fmt: &str, options: Option<&str>) -> Result<()> {
+    let partial = partial_path(target);
+    let converted = qemu::convert(raw, "raw", &partial, fmt, options);
+    let _ = fs::remove_file(raw);
+    if converted.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    converted?;
+    rename_durably(&partial, target)
 }
 
 /// Writes a small file next to its final name, then renames it into place.
@@ -282,11 +294,7 @@ fn write_ovf_folder(
         check_free(&vmdk, opts.force)?;
         let raw = partial_path(&vmdk).with_extension("raw");
         restore_raw(repo, disk, &raw, opts.threads, progress)?;
-        let partial = partial_path(&vmdk);
-        let converted = qemu::convert(&raw, "raw", &partial, "vmdk", Some("subformat=streamOptimized"));
-        let _ = fs::remove_file(&raw);
-        converted?;
-        rename_durably(&partial, &vmdk)?;
+        convert_into_place(&raw, &vmdk, "vmdk", Some("subformat=streamOptimized"))?;
         let file_size = fs::metadata(&vmdk).map_err(AgentError::io("stat", &vmdk))?.len();
         disks.push(OutputDisk {
             file_name: format!("{stem}-disk{}.vmdk", i + 1),

@@ -59,7 +59,7 @@ pub struct ExportArgs {
     /// Chunk size, a power of two from 64K to 16M [default: the repository's, 4M]
     #[arg(long, value_name = "SIZE")]
     pub chunk_size: Option<String>,
-    /// Worker threads [default: the number of CPUs]
+    /// Worker threads [default: the number of CPUs plus one]
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seconds to wait for another writer to release the repository.

@@ -21,7 +21,7 @@ use crate::compress::Compression;
 use crate::config::{Encryption, REPO_FORMAT, REPO_VERSION, RepoConfig, parse_versioned};
 use crate::crypto::{self, MasterKey, RepoKeys};
 use crate::error::{RepoError, Result};
-use crate::keys::{KEY_FORMAT, KEY_VERSION, KeySlot, Secret};
+use crate::keys::{KEY_FORMAT, KEY_VERSION, KeySlot, MIN_KEY_FILE_LEN, Secret};
 use crate::lock::{LockMode, RepoLock};
 use crate::point::RecoveryPoint;
 
@@ -376,6 +376,11 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
 /// opened. A damaged slot does not stop the others from being tried; it is named only when no
 /// slot opens.
 fn unlock(root: &Path, repo_id: &str, secret: &Secret) -> Result<(MasterKey, String)> {
+    if let Secret::KeyFile(bytes) = secret
+        && bytes.len() < MIN_KEY_FILE_LEN
+    {
+        return Err(RepoError::Invalid(format!("the key file holds {} bytes; at least {MIN_KEY_FILE_LEN} are needed", bytes.len())));
+    }
     let mut damaged = None;
     for path in read_dir_sorted(&root.join("keys"))? {
         if !path.is_file() || path.extension().is_none_or(|e| e != "json") {

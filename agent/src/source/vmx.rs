@@ -15,6 +15,14 @@ pub struct Vmx {
     pub disks: Vec<String>,
 }
 
+/// Sort key of a device name such as `scsi0:10`: bus, then controller and unit as numbers (so
+/// `scsi0:2` comes before `scsi0:10`).
+fn device_order(dev: &str) -> (String, u32, u32) {
+    let bus: String = dev.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    let (controller, unit) = dev[bus.len()..].split_once(':').unwrap_or(("", ""));
+    (bus, controller.parse().unwrap_or(u32::MAX), unit.parse().unwrap_or(u32::MAX))
+}
+
 /// Parses a `.vmx`. Lines that are not `key = value` are reported with their number.
 pub fn parse(text: &str) -> Result<Vmx, String> {
     let mut kv = BTreeMap::new();
@@ -40,7 +48,7 @@ pub fn parse(text: &str) -> Result<Vmx, String> {
             devices.push((dev.to_string(), value.clone()));
         }
     }
-    devices.sort();
+    devices.sort_by_key(|(dev, _)| device_order(dev));
     let mut info = VmInfo {
         cpus: get("numvcpus").and_then(|v| v.parse().ok()).unwrap_or(1),
         memory_mib: get("memsize").and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -63,13 +71,13 @@ mod tests {
     fn parses_disks_and_hardware() {
         let v = parse(
             "# comment\n.encoding = \"UTF-8\"\ndisplayName = \"app 1\"\nnumvcpus = \"2\"\nmemsize = \"4096\"\nguestOS = \"ubuntu-64\"\n\
-             scsi0:1.fileName = \"data.vmdk\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"app.vmdk\"\n\
+             scsi0:1.fileName = \"data.vmdk\"\nscsi0:10.fileName = \"ten.vmdk\"\nscsi0:2.fileName = \"two.vmdk\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"app.vmdk\"\n\
              ide1:0.deviceType = \"cdrom-image\"\nide1:0.fileName = \"x.iso\"\nsata0:0.present = \"FALSE\"\nsata0:0.fileName = \"gone.vmdk\"\n\
              ethernet0.present = \"TRUE\"\nethernet0.networkName = \"VM Network\"\n",
         )
         .unwrap();
         assert_eq!(v.name.as_deref(), Some("app 1"));
-        assert_eq!(v.disks, vec!["app.vmdk", "data.vmdk"]);
+        assert_eq!(v.disks, vec!["app.vmdk", "data.vmdk", "two.vmdk", "ten.vmdk"]);
         assert_eq!((v.info.cpus, v.info.memory_mib), (2, 4096));
         assert_eq!(v.info.networks, vec!["VM Network"]);
         assert!(parse("garbage line").is_err());
