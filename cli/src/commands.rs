@@ -288,11 +288,26 @@ pub fn points(a: PointsArgs) -> Result<ExitCode> {
 
 pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let repo = a.repo.open()?;
+    let mut failed = 0;
     let points = match &a.point {
         Some(spec) => vec![repo.resolve_point(spec)?],
-        None => repo.list_points()?,
+        // Every point: a damaged point file is one failure among the others, not the end.
+        None => repo
+            .scan_points(None)?
+            .into_iter()
+            .filter_map(|p| {
+                p.inspect_err(|e| {
+                    failed += 1;
+                    eprintln!("error: {e}");
+                    if a.output == Output::Json {
+                        print_json(&json!({"event": "error", "operation": "verify", "message": e.to_string()}));
+                    }
+                })
+                .ok()
+            })
+            .collect(),
     };
-    let mut failed = 0;
+    let total = points.len() + failed;
     for point in &points {
         let progress = progress_for(a.output, "verify");
         let report = verifier::verify(&repo, point, a.quick, threads(a.threads), progress.as_ref())?;
@@ -330,8 +345,8 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
             }
         }
     }
-    if a.output == Output::Text && points.len() != 1 {
-        println!("{} points checked, {} failed", points.len(), failed);
+    if a.output == Output::Text && total != 1 {
+        println!("{total} points checked, {failed} failed");
     }
     Ok(if failed > 0 { ExitCode::from(EXIT_VERIFY_FAILED) } else { ExitCode::SUCCESS })
 }

@@ -135,11 +135,16 @@ fn corrupt_point_files_give_clear_errors() {
     // An altered value: the MAC no longer matches.
     std::fs::write(&file, text.replacen("\"size\":", "\"size\":1", 1)).unwrap();
     sb.run(&with_repo(&sb, &["points"])).assert_clean_failure("MAC does not match");
-    // Cut in half: not JSON any more.
+    // Cut in half: not JSON any more. `verify` of all points reports it and checks the others.
     std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let other = sb.path("other.img");
+    write_image(&other, CHUNK, &[(0, random_bytes(CHUNK as usize, 12))]);
+    sb.export(&other, "repo", &[]);
     let r = sb.run(&with_repo(&sb, &["verify"]));
     r.assert_clean_failure("is corrupt");
+    assert_eq!(r.code, Some(3));
     assert!(r.stderr.contains(file.file_name().unwrap().to_str().unwrap()), "file not named: {}", r.stderr);
+    assert!(r.stdout.contains("of \"other\": ok") && r.stdout.contains("2 points checked, 1 failed"), "{}", r.stdout);
     // Binary garbage.
     std::fs::write(&file, [0xffu8, 0, 1, 2]).unwrap();
     sb.run(&with_repo(&sb, &["restore", "latest", "--to", "x.img"])).assert_clean_failure("is corrupt");
