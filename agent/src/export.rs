@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyperexport_shared::chunk::ChunkId;
@@ -19,6 +19,7 @@ use hyperexport_shared::{RepoError, Repository, crypto};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::buffer_pool::{BufferPool, PooledBuf};
 use crate::error::Result;
 use crate::parallel::ordered_pipeline;
 use crate::progress::Progress;
@@ -111,68 +112,6 @@ pub struct ExportReport {
 /// with room to run ahead, it hashes zero and hole regions while the workers still compress data
 /// before them, instead of leaving a core idle.
 const READ_AHEAD_BYTES: usize = 128 << 20;
-
-/// The chunk buffers of one disk's export: reused (a fresh 4 MiB buffer costs a thousand page
-/// faults) and limited in number, so their memory is bounded whatever the disk size and however
-/// far the hashing thread lags. A buffer goes back to the pool when its last holder (worker or
-/// hashing thread) drops it, on success, error and unwinding alike.
-struct BufferPool {
-    state: Mutex<PoolState>,
-    freed: Condvar,
-    limit: usize,
-}
-
-struct PoolState {
-    free: Vec<Vec<u8>>,
-    outstanding: usize,
-}
-
-/// A buffer on loan from a [`BufferPool`].
-struct PooledBuf<'a> {
-    buf: Vec<u8>,
-    pool: &'a BufferPool,
-}
-
-impl BufferPool {
-    fn new(limit: usize) -> Self {
-        BufferPool { state: Mutex::new(PoolState { free: Vec::new(), outstanding: 0 }), freed: Condvar::new(), limit: limit.max(1) }
-    }
-
-    /// A buffer of `len` bytes; waits while `limit` buffers are out.
-    fn take(&self, len: usize) -> PooledBuf<'_> {
-        let mut state = self.state.lock().expect("buffer pool lock");
-        let mut buf = loop {
-            if let Some(b) = state.free.pop() {
-                break b;
-            }
-            if state.outstanding < self.limit {
-                break Vec::new();
-            }
-            state = self.freed.wait(state).expect("buffer pool lock");
-        };
-        state.outstanding += 1;
-        drop(state);
-        buf.resize(len, 0);
-        PooledBuf { buf, pool: self }
-    }
-}
-
-impl std::ops::Deref for PooledBuf<'_> {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for PooledBuf<'_> {
-    fn drop(&mut self) {
-        let mut state = self.pool.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.outstanding -= 1;
-        state.free.push(std::mem::take(&mut self.buf));
-        self.pool.freed.notify_one();
-    }
-}
 
 enum Item<'a> {
     /// A range the file system reports as a hole: its length.
@@ -283,7 +222,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
             return Ok(Some(Item::Hole(len)));
         }
         let mut buf = pool.take(len as usize);
-        raw.read_at(offset, &mut buf.buf)?;
+        raw.read_at(offset, buf.as_mut_slice())?;
         read_counter.fetch_add(len, Ordering::Relaxed);
         let buf = Arc::new(buf);
         let _ = hash_tx.send(HashInput::Data(Arc::clone(&buf)));
@@ -392,27 +331,4 @@ fn store_if_new(ctx: &DiskContext, data: &[u8]) -> Result<Outcome> {
     }
     let stored = repo.store_chunk(opts.compression, &id, data)?;
     Ok(Outcome::New(id, stored, damaged))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn the_pool_lends_at_most_its_limit_and_reuses_buffers() {
-        let pool = BufferPool::new(2);
-        let a = pool.take(10);
-        let b = pool.take(10);
-        let ptr = a.buf.as_ptr();
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| pool.take(10).buf.as_ptr() as usize);
-            std::thread::sleep(Duration::from_millis(50));
-            assert!(!waiter.is_finished(), "a third buffer was lent beyond the limit");
-            drop(a);
-            assert_eq!(waiter.join().unwrap(), ptr as usize, "the returned buffer is reused");
-        });
-        drop(b);
-        assert_eq!(pool.state.lock().unwrap().outstanding, 0);
-    }
 }
