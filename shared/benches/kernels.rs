@@ -42,11 +42,12 @@ fn kernels(c: &mut Criterion) {
         let id = ChunkId(keys.chunk_id(&data));
         g.bench_function(format!("blake3_keyed/{name}"), |b| b.iter(|| keys.chunk_id(black_box(&data))));
         g.bench_function(format!("sha256/{name}"), |b| b.iter(|| Sha256::digest(black_box(&data))));
-        for comp in [Compression::Zstd(3), Compression::Lz4, Compression::None] {
+        g.bench_function(format!("sha256_ring/{name}"), |b| b.iter(|| ring::digest::digest(&ring::digest::SHA256, black_box(&data))));
+        for comp in [Compression::Zstd(1), Compression::Zstd(3), Compression::Lz4, Compression::None] {
             g.bench_function(format!("encode_{comp}_aes256gcm/{name}"), |b| b.iter(|| chunk::encode(&keys, comp, &id, black_box(&data))));
         }
-        let blob = chunk::encode(&keys, Compression::Zstd(3), &id, &data);
-        g.bench_function(format!("decode_zstd:3_aes256gcm/{name}"), |b| {
+        let blob = chunk::encode(&keys, Compression::Zstd(1), &id, &data);
+        g.bench_function(format!("decode_zstd:1_aes256gcm/{name}"), |b| {
             b.iter(|| chunk::decode(&keys, &id, black_box(blob.clone()), CHUNK).unwrap())
         });
     }
