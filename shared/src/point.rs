@@ -35,7 +35,7 @@ pub struct VmInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceInfo {
-    /// "ovf", "vmx" or "image".
+    /// "ovf", "ova", "vmx" or "image".
     pub kind: String,
     /// The path or URL the user gave.
     pub location: String,

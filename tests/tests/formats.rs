@@ -110,11 +110,25 @@ fn ovf_folder_with_qcow2_disk_restores_as_images_and_as_an_ova_that_independent_
         tool("qemu-img", &["compare", "-f", "vmdk", "-F", "raw", x.join(vmdk).to_str().unwrap(), source.to_str().unwrap()]);
     }
 
-    // The OVA exported again (extracted) gives the same disks: a full circle.
-    let again = sb.export(&x, "repo", &[]);
-    assert_eq!(again["disks"][0]["sha256"], result["disks"][0]["sha256"]);
-    assert_eq!(again["disks"][1]["sha256"], result["disks"][1]["sha256"]);
-    assert_eq!(again["total"]["new_chunks"], 0, "same content, nothing new to store");
+    // The OVA exported again, as an archive and as its extracted folder, gives the same disks.
+    for source in [sb.path("web01.ova"), x.clone()] {
+        let again = sb.export(&source, "repo", &[]);
+        assert_eq!(again["disks"][0]["sha256"], result["disks"][0]["sha256"]);
+        assert_eq!(again["disks"][1]["sha256"], result["disks"][1]["sha256"]);
+        assert_eq!(again["total"]["new_chunks"], 0, "same content, nothing new to store");
+    }
+
+    // An OVA whose disk no longer matches its manifest is refused, naming the file.
+    let mut ova = std::fs::read(sb.path("web01.ova")).unwrap();
+    let last_disk = ova.len() - 2048;
+    ova[last_disk] ^= 0xff;
+    std::fs::write(sb.path("tampered.ova"), ova).unwrap();
+    let mut export = args(&["export", sb.path("tampered.ova").to_str().unwrap()]);
+    export.extend(sb.repo_args("repo"));
+    sb.run(&export).assert_clean_failure("web01-disk2.vmdk does not match its SHA-256 in the manifest");
+    std::fs::write(sb.path("garbage.ova"), b"not a tar archive at all").unwrap();
+    export[1] = sb.path("garbage.ova").display().to_string();
+    sb.run(&export).assert_clean_failure("not a valid OVA");
 }
 
 #[test]

@@ -1,9 +1,11 @@
-//! Local sources: a VM folder with an `.ovf` or `.vmx` and its disk files, or one disk image.
+//! Local sources: a VM folder with an `.ovf` or `.vmx` and its disk files, an `.ova` archive, or
+//! one disk image.
 //!
 //! Raw images are read in place. Other formats (qcow2, VMDK, VHD, VHDX) are converted to a sparse
 //! raw file in a temporary folder by `qemu-img` first; without `qemu-img` the error says so.
 
 pub mod disk;
+pub mod ova_archive;
 pub mod vmx;
 
 use std::fs;
@@ -34,7 +36,7 @@ pub struct SourceDisk {
 pub struct VmSource {
     /// VM name.
     pub name: String,
-    /// "ovf", "vmx" or "image".
+    /// "ovf", "ova", "vmx" or "image".
     pub kind: &'static str,
     /// The path as given.
     pub location: String,
@@ -88,8 +90,21 @@ fn read_text(path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| AgentError::source(path, "is not UTF-8 text"))
 }
 
-/// Opens the VM at `path`. Converted images go under `temp_root` (default: the system temp folder).
+/// The source's temporary folder, created on first use under `temp_root` (default: the system's).
+fn temp_dir<'t>(temp: &'t mut Option<tempfile::TempDir>, temp_root: Option<&Path>) -> Result<&'t Path> {
+    if temp.is_none() {
+        let root = temp_root.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        *temp = Some(
+            tempfile::Builder::new().prefix("hyperexport-src-").tempdir_in(&root).map_err(AgentError::io("create temp folder in", root))?,
+        );
+    }
+    Ok(temp.as_ref().expect("created above").path())
+}
+
+/// Opens the VM at `path`. Files extracted from an OVA and converted images go under
+/// `temp_root` (default: the system temp folder).
 pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
+    let mut temp: Option<tempfile::TempDir> = None;
     let meta = fs::metadata(path).map_err(AgentError::io("open source", path))?;
     let descriptor = if meta.is_dir() {
         match find_one(path, "ovf")? {
@@ -99,12 +114,10 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
     } else {
         let ext = path.extension().map(|e| e.to_ascii_lowercase());
         if ext.as_deref() == Some("ova".as_ref()) {
-            return Err(AgentError::source(
-                path,
-                "OVA archives are not read directly yet: extract it (tar xf FILE.ova -C DIR) and export DIR",
-            ));
+            Some(ova_archive::extract(path, temp_dir(&mut temp, temp_root)?)?)
+        } else {
+            (ext.as_deref() == Some("ovf".as_ref()) || ext.as_deref() == Some("vmx".as_ref())).then(|| path.to_path_buf())
         }
-        (ext.as_deref() == Some("ovf".as_ref()) || ext.as_deref() == Some("vmx".as_ref())).then(|| path.to_path_buf())
     };
     let location = path.display().to_string();
     let (name, kind, info, ovf_descriptor, files) = match descriptor {
@@ -112,7 +125,8 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
             let text = read_text(&d)?;
             let parsed = ovf::parse(&text).map_err(|e| AgentError::source(&d, e))?;
             let files = parsed.disks.iter().map(|disk| resolve_ref(&d, &disk.href)).collect::<Result<Vec<_>>>()?;
-            (parsed.name, "ovf", parsed.info, Some(text), files)
+            let kind = if path.is_file() && d != path { "ova" } else { "ovf" };
+            (parsed.name, kind, parsed.info, Some(text), files)
         }
         Some(d) => {
             let parsed = vmx::parse(&read_text(&d)?).map_err(|e| AgentError::source(&d, e))?;
@@ -128,7 +142,6 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
     if files.is_empty() {
         return Err(AgentError::source(path, "the VM has no disks to export"));
     }
-    let mut temp: Option<tempfile::TempDir> = None;
     let mut disks: Vec<SourceDisk> = Vec::new();
     for file in files {
         let mut head = [0u8; 512];
@@ -147,16 +160,7 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
             file.clone()
         } else {
             qemu::require_qemu_img(format!("read {} disk {}", format.qemu_name(), file.display()))?;
-            if temp.is_none() {
-                let root = temp_root.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-                temp = Some(
-                    tempfile::Builder::new()
-                        .prefix("hyperexport-src-")
-                        .tempdir_in(&root)
-                        .map_err(AgentError::io("create temp folder in", root))?,
-                );
-            }
-            let dst = temp.as_ref().expect("created above").path().join(format!("{name}.raw"));
+            let dst = temp_dir(&mut temp, temp_root)?.join(format!("{name}.raw"));
             qemu::convert(&file, format.qemu_name(), &dst, "raw", None)?;
             dst
         };
