@@ -46,7 +46,7 @@ impl RepoArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// A VM folder (with one .ovf or .vmx), an .ovf or .vmx file, or a disk image.
+    /// A VM folder (with one .ovf or .vmx), an .ovf, .vmx or .ova file, or a disk image.
     pub source: PathBuf,
     #[command(flatten)]
     pub repo: RepoArgs,
