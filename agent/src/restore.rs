@@ -7,12 +7,12 @@
 //! last, so a folder with a manifest is complete; a failed OVF restore can leave finished disks.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use hyperexport_shared::Repository;
+use hyperexport_shared::direct_io::DirectFile;
 use hyperexport_shared::lock::LockMode;
 use hyperexport_shared::ovf::{self, OutputDisk};
 use hyperexport_shared::point::{DiskRecord, RecoveryPoint};
@@ -190,7 +190,8 @@ fn restore_images(
 /// Restores one disk as a sparse raw image at `target`, verified against the point's SHA-256.
 pub fn restore_raw(repo: &Repository, disk: &DiskRecord, target: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
     let partial = partial_path(target);
-    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&partial).map_err(AgentError::io("create", &partial))?;
+    OpenOptions::new().write(true).create(true).truncate(true).open(&partial).map_err(AgentError::io("create", &partial))?;
+    let file = DirectFile::open(&partial).map_err(AgentError::io("open", &partial))?;
     let result = write_disk(repo, disk, &file, &partial, threads, progress);
     if let Err(e) = result {
         let _ = fs::remove_file(&partial);
@@ -228,8 +229,10 @@ fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     rename_durably(&partial, path)
 }
 
-fn write_disk(repo: &Repository, disk: &DiskRecord, file: &File, path: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
-    file.set_len(disk.size).map_err(AgentError::io("size", path))?;
+/// Writes a disk's chunks into `file` (direct I/O for whole blocks: a restored disk is not read
+/// back soon, and the page cache would only cost a copy per byte) and checks its SHA-256.
+fn write_disk(repo: &Repository, disk: &DiskRecord, file: &DirectFile, path: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
+    file.file().set_len(disk.size).map_err(AgentError::io("size", path))?;
     progress.disk_started(&disk.name, disk.size);
     let mut sha = Sha256::new();
     let zeros = vec![0u8; disk.chunk_size as usize];
@@ -246,7 +249,7 @@ fn write_disk(repo: &Repository, disk: &DiskRecord, file: &File, path: &Path, th
             offset: index as u64 * disk.chunk_size as u64,
             source,
         })?;
-        file.write_all_at(&data, index as u64 * disk.chunk_size as u64).map_err(AgentError::io("write", path))?;
+        file.write_at(index as u64 * disk.chunk_size as u64, &data).map_err(AgentError::io("write", path))?;
         Ok((index, Some(data)))
     };
     let consume = |(index, data): (usize, Option<Vec<u8>>)| -> Result<()> {
@@ -256,7 +259,7 @@ fn write_disk(repo: &Repository, disk: &DiskRecord, file: &File, path: &Path, th
         Ok(())
     };
     ordered_pipeline(threads.max(1), threads.max(1) * 2 + 2, produce, work, consume)?;
-    file.sync_all().map_err(AgentError::io("fsync", path))?;
+    file.file().sync_all().map_err(AgentError::io("fsync", path))?;
     progress.disk_finished(&disk.name);
     let actual = hex::encode(sha.finalize());
     if actual != disk.sha256 {

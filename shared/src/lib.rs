@@ -4,10 +4,10 @@
 //! only implementation.
 
 pub mod chunk;
-pub mod chunk_file;
 pub mod compress;
 pub mod config;
 pub mod crypto;
+pub mod direct_io;
 pub mod error;
 pub mod keys;
 pub mod lock;

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::chunk::{self, ChunkId, HEADER_LEN, MAX_CHUNK_SIZE};
-use crate::chunk_file::ChunkWriter;
 use crate::compress::Compression;
 use crate::config::{Encryption, REPO_FORMAT, REPO_VERSION, RepoConfig, parse_versioned};
 use crate::crypto::{self, MasterKey, RepoKeys};
+use crate::direct_io::ChunkWriter;
 use crate::error::{RepoError, Result};
 use crate::keys::{KEY_FORMAT, KEY_VERSION, KeySlot, MIN_KEY_FILE_LEN, Secret};
 use crate::lock::{LockMode, RepoLock};

@@ -1,4 +1,5 @@
-//! Writing chunk files: with `O_DIRECT` where the file system takes it, buffered otherwise.
+//! Writing with `O_DIRECT` where the file system takes it, buffered otherwise: chunk files of a
+//! repository ([`ChunkWriter`]) and the disks a restore writes ([`DirectFile`]).
 //!
 //! A repository's chunks are written once and rarely read soon after, so copying them through
 //! the page cache only costs CPU (on our VMs, more than compressing them) and evicts the source
@@ -11,6 +12,7 @@ use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,8 +59,14 @@ impl ChunkWriter {
 }
 
 fn write_direct(path: &Path, blob: &[u8]) -> io::Result<()> {
-    let padded = blob.len().next_multiple_of(ALIGN);
-    let mut file = OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_DIRECT).open(path)?;
+    let file = OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_DIRECT).open(path)?;
+    with_aligned(blob, |region| file.write_all_at(region, 0))?;
+    file.set_len(blob.len() as u64)
+}
+
+/// Runs `f` on a copy of `data` in an aligned, zero-padded scratch buffer of whole blocks.
+fn with_aligned<T>(data: &[u8], f: impl FnOnce(&[u8]) -> io::Result<T>) -> io::Result<T> {
+    let padded = data.len().next_multiple_of(ALIGN);
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         if scratch.len() < padded + ALIGN {
@@ -66,11 +74,47 @@ fn write_direct(path: &Path, blob: &[u8]) -> io::Result<()> {
         }
         let start = scratch.as_ptr().align_offset(ALIGN);
         let region = &mut scratch[start..start + padded];
-        region[..blob.len()].copy_from_slice(blob);
-        region[blob.len()..].fill(0);
-        file.write_all(region)
-    })?;
-    file.set_len(blob.len() as u64)
+        region[..data.len()].copy_from_slice(data);
+        region[data.len()..].fill(0);
+        f(region)
+    })
+}
+
+/// A file written at offsets, directly where the offset and length are whole blocks (and the
+/// file system allows it), through the page cache otherwise. Callers fsync [`DirectFile::file`]
+/// when done, which covers both kinds of writes.
+#[derive(Debug)]
+pub struct DirectFile {
+    file: File,
+    direct: Option<File>,
+    direct_ok: AtomicBool,
+}
+
+impl DirectFile {
+    /// Opens the existing file at `path` for writing.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok();
+        Ok(DirectFile { file, direct, direct_ok: AtomicBool::new(true) })
+    }
+
+    /// The buffered handle (for `set_len` and `sync_all`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Writes all of `data` at `offset`.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let whole_blocks = offset.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN);
+        if let Some(direct) = self.direct.as_ref().filter(|_| whole_blocks && self.direct_ok.load(Ordering::Relaxed)) {
+            match with_aligned(data, |region| direct.write_all_at(region, offset)) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct_ok.store(false, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all_at(data, offset)
+    }
 }
 
 /// Asks the kernel to start writing a file's dirty pages now, without waiting for them, so the
@@ -97,5 +141,21 @@ mod tests {
             assert_eq!(fs::read(&path).unwrap(), blob, "length {len}");
             assert!(writer.write_new(&path, &blob).is_err(), "an existing file is never overwritten");
         }
+    }
+
+    #[test]
+    fn direct_files_take_aligned_and_unaligned_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        File::create(&path).unwrap().set_len(3 * 4096 + 100).unwrap();
+        let f = DirectFile::open(&path).unwrap();
+        f.write_at(4096, &[1u8; 8192]).unwrap();
+        f.write_at(3 * 4096, &[2u8; 100]).unwrap();
+        f.file().sync_all().unwrap();
+        let back = fs::read(&path).unwrap();
+        assert_eq!(back.len(), 3 * 4096 + 100);
+        assert!(back[..4096].iter().all(|&b| b == 0));
+        assert!(back[4096..3 * 4096].iter().all(|&b| b == 1));
+        assert!(back[3 * 4096..].iter().all(|&b| b == 2));
     }
 }
