@@ -2,7 +2,7 @@
 
 # Build a sample VM, export it twice, verify, restore, print a summary.
 demo:
-    cargo run --release -p hyperexport -- demo
+    bash scripts/demo.sh
 
 # The whole test suite (installs missing system packages).
 test:

@@ -47,9 +47,15 @@ impl RepoArgs {
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// A VM folder (with one .ovf or .vmx), an .ovf, .vmx or .ova file, or a disk image.
-    pub source: PathBuf,
+    #[arg(required_unless_present = "vm", conflicts_with = "vm")]
+    pub source: Option<PathBuf>,
+    /// The repository folder (local export).
+    #[arg(long, value_name = "REPO", required_unless_present = "vm", conflicts_with = "vm")]
+    pub repo: Option<PathBuf>,
     #[command(flatten)]
-    pub repo: RepoArgs,
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub remote: crate::remote::SubmitArgs,
     /// Store chunks unencrypted (only when creating a repository).
     #[arg(long)]
     pub no_encryption: bool,
@@ -172,8 +178,13 @@ fn init_options(
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let chunk_size =
         a.chunk_size.as_deref().map(|s| parse_size(s).and_then(validate_chunk_size)).transpose().map_err(anyhow::Error::msg)?;
-    let secret = secrets::from_args(&a.repo.key)?;
-    let path = &a.repo.repo;
+    if !a.remote.vm.is_empty() {
+        return crate::remote::submit(&a.remote, a.output);
+    }
+    let (Some(source), Some(path)) = (&a.source, &a.repo) else {
+        bail!("a local export needs SOURCE and --repo (or --vm, --to and --coordinator to submit a job)");
+    };
+    let secret = secrets::from_args(&a.key)?;
     // An existing repository is unlocked before the source is touched (a wrong password fails
     // fast); a new one is created only once the source has opened (bad input creates nothing).
     let target = if Repository::exists(path) {
@@ -185,7 +196,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     } else {
         Err(init_options(path, secret, a.no_encryption, chunk_size, a.compression)?)
     };
-    let vm = source::open(&a.source, a.temp_dir.as_deref())?;
+    let vm = source::open(source, a.temp_dir.as_deref())?;
     let progress = progress_for(a.output, "export");
     let repo = match target {
         Ok(repo) => repo,

@@ -3,6 +3,7 @@
 mod commands;
 mod demo;
 mod progress;
+mod remote;
 mod sample;
 mod secrets;
 
@@ -55,6 +56,24 @@ enum Command {
     /// Manage the repository's keys.
     #[command(subcommand)]
     Key(commands::KeyCommand),
+    /// Run a coordinator: the export job API with durable state (agents that run jobs come next).
+    Coordinator(remote::CoordinatorArgs),
+    /// List the coordinator's jobs.
+    Jobs(remote::JobArgs),
+    /// Follow a job until it finishes (exit 0 only when it succeeded).
+    Watch {
+        /// Job id.
+        job: String,
+        #[command(flatten)]
+        args: remote::JobArgs,
+    },
+    /// Cancel a job that has not finished.
+    Cancel {
+        /// Job id.
+        job: String,
+        #[command(flatten)]
+        args: remote::JobArgs,
+    },
     /// Build a sample VM, export it twice with a change between, verify, restore, and print a summary.
     Demo(demo::DemoArgs),
     /// Tools for benchmarks and tests: make and mutate sample images.
@@ -70,6 +89,10 @@ fn main() -> ExitCode {
         Command::Verify(a) => commands::verify(a),
         Command::Restore(a) => commands::restore(a),
         Command::Key(c) => commands::key(c),
+        Command::Coordinator(a) => remote::coordinator(&a),
+        Command::Jobs(a) => remote::jobs(&a),
+        Command::Watch { job, args } => remote::watch(&args, &job),
+        Command::Cancel { job, args } => remote::cancel(&args, &job),
         Command::Demo(a) => demo::run(a),
         Command::Dev(c) => sample::run(c),
     };

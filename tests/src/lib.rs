@@ -140,6 +140,66 @@ impl Sandbox {
     }
 }
 
+/// A coordinator process started by [`Sandbox::start_coordinator`]; killed on drop, and its log
+/// printed when the test is failing.
+pub struct Coordinator {
+    child: Child,
+    /// `HOST:PORT` it serves on.
+    pub addr: String,
+    log: PathBuf,
+}
+
+impl Coordinator {
+    /// `--coordinator ADDR` for client commands.
+    pub fn flag(&self) -> Vec<String> {
+        vec!["--coordinator".into(), self.addr.clone()]
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- coordinator log ({}) ---\n{}", self.log.display(), fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+impl Sandbox {
+    /// Starts `hyperexport coordinator` on a free loopback port with its state in `data`, and
+    /// waits until it has said where it listens.
+    pub fn start_coordinator(&self, data: &str) -> Coordinator {
+        use std::io::BufRead;
+        let log = self.path(&format!("{data}.log"));
+        let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("coordinator log");
+        let mut child = Command::new(bin())
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--data"])
+            .arg(self.path(data))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("coordinator starts");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("coordinator stdout");
+        let addr = line.trim().strip_prefix("listening on ").map(str::to_string);
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            panic!("coordinator did not start: {line:?}\n{}", fs::read_to_string(&log).unwrap_or_default());
+        };
+        Coordinator { child, addr, log }
+    }
+}
+
 /// Builds an argument vector from string slices.
 pub fn args(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()

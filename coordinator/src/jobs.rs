@@ -1,0 +1,148 @@
+//! Jobs and their state machine: validation of a submission, the job state derived from its
+//! tasks, and the transitions the API allows.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyperexport_proto::v1::{Job, JobState, SubmitRequest, Task};
+
+use crate::error::{CoordinatorError, Result};
+
+/// Highest priority a job may ask for.
+pub const MAX_PRIORITY: i32 = 100;
+/// Most VMs one job may name.
+pub const MAX_VMS: usize = 10_000;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A new random id (16 hex digits).
+pub fn new_id() -> String {
+    let mut id = [0u8; 8];
+    hyperexport_shared::crypto::random_bytes(&mut id);
+    hex::encode(id)
+}
+
+/// Checks a target: `file:///absolute/path` for now.
+pub fn validate_target(target: &str) -> Result<()> {
+    let path = target.strip_prefix("file://").ok_or_else(|| {
+        CoordinatorError::Invalid(format!("target {target:?} is not a file:///absolute/path URL (the only kind of target so far)"))
+    })?;
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return Err(CoordinatorError::Invalid(format!("target {target:?} must name an absolute path without `..`")));
+    }
+    Ok(())
+}
+
+/// Builds a pending job, one task per VM, from a submission.
+pub fn new_job(req: SubmitRequest) -> Result<Job> {
+    if req.vms.is_empty() {
+        return Err(CoordinatorError::Invalid("vms is empty: name at least one VM".into()));
+    }
+    if req.vms.len() > MAX_VMS {
+        return Err(CoordinatorError::Invalid(format!("{} VMs in one job; at most {MAX_VMS}", req.vms.len())));
+    }
+    for (i, vm) in req.vms.iter().enumerate() {
+        if vm.trim().is_empty() || vm.len() > 255 || vm.chars().any(char::is_control) {
+            return Err(CoordinatorError::Invalid(format!("vms[{i}] {vm:?} is not a VM name (1-255 printable characters)")));
+        }
+        if req.vms[..i].contains(vm) {
+            return Err(CoordinatorError::Invalid(format!("vms[{i}] {vm:?} is named twice")));
+        }
+    }
+    validate_target(&req.target)?;
+    if !(0..=MAX_PRIORITY).contains(&req.priority) {
+        return Err(CoordinatorError::Invalid(format!("priority {} is outside 0-{MAX_PRIORITY}", req.priority)));
+    }
+    let now = now_ms();
+    let tasks = req.vms.into_iter().map(|vm| Task { id: new_id(), vm, state: JobState::Pending as i32, ..Default::default() }).collect();
+    let mut job =
+        Job { id: new_id(), state: 0, tasks, target: req.target, priority: req.priority, created_unix_ms: now, updated_unix_ms: now };
+    job.state = derive_state(&job.tasks) as i32;
+    Ok(job)
+}
+
+/// Whether a state is final.
+pub fn is_final(state: JobState) -> bool {
+    matches!(state, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+}
+
+fn task_state(t: &Task) -> JobState {
+    JobState::try_from(t.state).unwrap_or(JobState::Unspecified)
+}
+
+/// A job's state from its tasks: the least advanced unfinished state if any task is unfinished,
+/// else failed if any failed, else cancelled if any was cancelled, else succeeded.
+pub fn derive_state(tasks: &[Task]) -> JobState {
+    let states: Vec<JobState> = tasks.iter().map(task_state).collect();
+    if let Some(s) = states.iter().copied().filter(|s| !is_final(*s)).min_by_key(|s| *s as i32) {
+        return s;
+    }
+    if states.contains(&JobState::Failed) {
+        JobState::Failed
+    } else if states.contains(&JobState::Cancelled) {
+        JobState::Cancelled
+    } else {
+        JobState::Succeeded
+    }
+}
+
+/// Cancels every unfinished task of a job; an already finished job is a conflict.
+pub fn cancel(job: &mut Job) -> Result<()> {
+    let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
+    if is_final(state) {
+        return Err(CoordinatorError::Conflict(format!("job {} already finished ({})", job.id, state.as_str_name())));
+    }
+    for task in job.tasks.iter_mut().filter(|t| !is_final(task_state(t))) {
+        task.state = JobState::Cancelled as i32;
+    }
+    job.state = derive_state(&job.tasks) as i32;
+    job.updated_unix_ms = now_ms();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(vms: &[&str], target: &str, priority: i32) -> SubmitRequest {
+        SubmitRequest { vms: vms.iter().map(|s| s.to_string()).collect(), target: target.into(), priority }
+    }
+
+    #[test]
+    fn submissions_are_validated() {
+        let job = new_job(req(&["web", "db"], "file:///srv/repo", 5)).unwrap();
+        assert_eq!(job.tasks.len(), 2);
+        assert_eq!(job.state, JobState::Pending as i32);
+        assert_ne!(job.tasks[0].id, job.tasks[1].id);
+        for (bad, needle) in [
+            (req(&[], "file:///r", 0), "vms is empty"),
+            (req(&["a", "a"], "file:///r", 0), "named twice"),
+            (req(&[""], "file:///r", 0), "not a VM name"),
+            (req(&["a"], "s3://bucket", 0), "not a file:///"),
+            (req(&["a"], "file://relative", 0), "absolute path"),
+            (req(&["a"], "file:///r/../etc", 0), "absolute path"),
+            (req(&["a"], "file:///r", 101), "priority 101"),
+        ] {
+            let e = new_job(bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn state_is_derived_and_cancel_is_final() {
+        let t = |s: JobState| Task { state: s as i32, ..Default::default() };
+        assert_eq!(derive_state(&[t(JobState::Running), t(JobState::Pending)]), JobState::Pending);
+        assert_eq!(derive_state(&[t(JobState::Succeeded), t(JobState::Verifying)]), JobState::Verifying);
+        assert_eq!(derive_state(&[t(JobState::Succeeded), t(JobState::Failed)]), JobState::Failed);
+        assert_eq!(derive_state(&[t(JobState::Succeeded), t(JobState::Cancelled)]), JobState::Cancelled);
+        assert_eq!(derive_state(&[t(JobState::Succeeded)]), JobState::Succeeded);
+        let mut job = new_job(req(&["a", "b"], "file:///r", 0)).unwrap();
+        job.tasks[0].state = JobState::Succeeded as i32;
+        cancel(&mut job).unwrap();
+        assert_eq!(job.tasks[0].state, JobState::Succeeded as i32, "finished tasks keep their state");
+        assert_eq!(job.state, JobState::Cancelled as i32);
+        assert!(cancel(&mut job).unwrap_err().to_string().contains("already finished"));
+    }
+}

@@ -1,0 +1,28 @@
+//! Serving the coordinator's gRPC API (with server reflection) on a listener.
+
+use std::future::Future;
+use std::path::Path;
+
+use hyperexport_proto::v1::FILE_DESCRIPTOR_SET;
+use hyperexport_proto::v1::export_service_server::ExportServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::{CoordinatorError, Result};
+use crate::service::ExportApi;
+use crate::store::JobStore;
+
+/// Serves the API on `listener` with state in `data`, until `shutdown` completes.
+pub async fn serve(listener: TcpListener, data: &Path, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let store = JobStore::open(data)?;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Serve(format!("reflection descriptor: {e}")))?;
+    tonic::transport::Server::builder()
+        .add_service(ExportServiceServer::new(ExportApi::new(store)))
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| CoordinatorError::Serve(e.to_string()))
+}

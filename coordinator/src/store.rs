@@ -1,0 +1,88 @@
+//! The embedded store: jobs in a redb file under the coordinator's data folder. Every write is a
+//! committed (fsynced) transaction before the caller goes on.
+
+use std::path::Path;
+
+use hyperexport_proto::v1::Job;
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::{CoordinatorError, Result};
+
+/// Jobs by id, each a protobuf-encoded `hyperexport.v1.Job`.
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs_v1");
+
+/// File name of the database inside the data folder.
+pub const DB_FILE: &str = "coordinator.redb";
+
+fn fail<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> CoordinatorError {
+    move |e| CoordinatorError::Store { op, detail: e.to_string() }
+}
+
+/// The coordinator's durable state.
+pub struct JobStore {
+    db: redb::Database,
+}
+
+impl JobStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(fail("create data folder"))?;
+        let db = redb::Database::create(dir.join(DB_FILE)).map_err(fail("open"))?;
+        let txn = db.begin_write().map_err(fail("begin"))?;
+        txn.open_table(JOBS).map_err(fail("create table"))?;
+        txn.commit().map_err(fail("commit"))?;
+        Ok(JobStore { db })
+    }
+
+    /// Writes a job durably.
+    pub fn put(&self, job: &Job) -> Result<()> {
+        let txn = self.db.begin_write().map_err(fail("begin"))?;
+        {
+            let mut table = txn.open_table(JOBS).map_err(fail("open table"))?;
+            table.insert(job.id.as_str(), job.encode_to_vec().as_slice()).map_err(fail("insert"))?;
+        }
+        txn.commit().map_err(fail("commit"))
+    }
+
+    /// One job.
+    pub fn get(&self, id: &str) -> Result<Option<Job>> {
+        let txn = self.db.begin_read().map_err(fail("begin"))?;
+        let table = txn.open_table(JOBS).map_err(fail("open table"))?;
+        let value = table.get(id).map_err(fail("get"))?;
+        value.map(|v| Job::decode(v.value()).map_err(fail("decode job"))).transpose()
+    }
+
+    /// Every job, newest first.
+    pub fn list(&self) -> Result<Vec<Job>> {
+        let txn = self.db.begin_read().map_err(fail("begin"))?;
+        let table = txn.open_table(JOBS).map_err(fail("open table"))?;
+        let mut jobs = Vec::new();
+        for entry in table.iter().map_err(fail("scan"))? {
+            let (_, value) = entry.map_err(fail("scan"))?;
+            jobs.push(Job::decode(value.value()).map_err(fail("decode job"))?);
+        }
+        jobs.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms).then_with(|| b.id.cmp(&a.id)));
+        Ok(jobs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = Job { id: "j1".into(), created_unix_ms: 5, ..Default::default() };
+        {
+            let store = JobStore::open(dir.path()).unwrap();
+            store.put(&job).unwrap();
+            store.put(&Job { id: "j2".into(), created_unix_ms: 9, ..Default::default() }).unwrap();
+        }
+        let store = JobStore::open(dir.path()).unwrap();
+        assert_eq!(store.get("j1").unwrap(), Some(job));
+        assert_eq!(store.get("nope").unwrap(), None);
+        assert_eq!(store.list().unwrap().iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["j2", "j1"]);
+    }
+}

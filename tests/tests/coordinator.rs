@@ -1,0 +1,80 @@
+//! The coordinator's job API through the real binary: submit, list, watch, cancel, restarts, and
+//! clear errors for bad requests. (Agents that run jobs arrive with the rest of the control plane.)
+
+use std::io::{BufRead, BufReader};
+
+use hyperexport_tests::*;
+
+fn with(c: &Coordinator, parts: &[&str]) -> Vec<String> {
+    let mut a = args(parts);
+    a.extend(c.flag());
+    a
+}
+
+#[test]
+fn jobs_are_accepted_listed_cancelled_and_survive_a_crash() {
+    let sb = Sandbox::new();
+    let c = sb.start_coordinator("coord");
+    let job =
+        sb.ok(&with(&c, &["export", "--vm", "web", "--vm", "db", "--to", "file:///srv/repo", "--priority", "7"])).stdout.trim().to_string();
+    assert_eq!(job.len(), 16, "job id: {job:?}");
+    let listed: serde_json::Value = serde_json::from_str(&sb.ok(&with(&c, &["jobs", "--output", "json"])).stdout).unwrap();
+    assert_eq!(listed[0]["id"], job);
+    assert_eq!(listed[0]["state"], "pending");
+    assert_eq!(listed[0]["priority"], 7);
+    assert_eq!(listed[0]["tasks"].as_array().unwrap().iter().map(|t| t["vm"].as_str().unwrap()).collect::<Vec<_>>(), ["web", "db"]);
+
+    // kill -9 and start again on the same data: the job is still there, unchanged.
+    c.kill();
+    let c = sb.start_coordinator("coord");
+    let again: serde_json::Value = serde_json::from_str(&sb.ok(&with(&c, &["jobs", "--output", "json"])).stdout).unwrap();
+    assert_eq!(again, listed, "the job changed across a crash");
+
+    // Two watchers, then a cancel: both see the same final state.
+    let watchers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut w = sb.spawn(&with(&c, &["watch", &job, "--output", "json"]), &[]);
+            let mut first = String::new();
+            BufReader::new(w.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+            assert!(first.contains(r#""state":"pending""#), "{first}");
+            w
+        })
+        .collect();
+    let cancelled = sb.ok(&with(&c, &["cancel", &job, "--output", "json"])).result();
+    assert_eq!(cancelled["state"], "cancelled");
+    for w in watchers {
+        let out = w.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "watch exits non-zero for a job that did not succeed");
+        let last = String::from_utf8(out.stdout).unwrap().lines().last().map(str::to_string).unwrap();
+        let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(last["job"]["state"], "cancelled");
+    }
+    sb.run(&with(&c, &["cancel", &job])).assert_clean_failure("already finished (JOB_STATE_CANCELLED)");
+}
+
+#[test]
+fn bad_requests_and_unreachable_coordinators_get_clear_errors() {
+    let sb = Sandbox::new();
+    let c = sb.start_coordinator("coord");
+    let cases: [(&[&str], &str); 6] = [
+        (&["export", "--vm", "a", "--to", "s3://bucket/x"], "is not a file:///absolute/path URL"),
+        (&["export", "--vm", "a", "--to", "file:///r/../etc"], "absolute path without `..`"),
+        (&["export", "--vm", "a", "--vm", "a", "--to", "file:///r"], "named twice"),
+        (&["export", "--vm", "a", "--to", "file:///r", "--priority", "101"], "priority 101 is outside 0-100"),
+        (&["cancel", "0123456789abcdef"], "no job with id"),
+        (&["watch", "nope"], "no job with id"),
+    ];
+    for (a, needle) in cases {
+        let r = sb.run(&with(&c, a));
+        r.assert_clean_failure(needle);
+    }
+    sb.run(&args(&["export", "--vm", "a"])).assert_clean_failure("--to TARGET is needed");
+    sb.run(&args(&["jobs"])).assert_clean_failure("no coordinator: give --coordinator URL or set HYPEREXPORT_COORDINATOR");
+    sb.run(&args(&["jobs", "--coordinator", "127.0.0.1:1"])).assert_clean_failure("cannot reach the coordinator at http://127.0.0.1:1");
+    // The environment variable stands for --coordinator.
+    let r = sb.run_with_env(&args(&["jobs"]), &[("HYPEREXPORT_COORDINATOR", &c.addr)]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // A port already taken is named.
+    let taken = sb.run(&args(&["coordinator", "--listen", &c.addr, "--data", sb.path("other").to_str().unwrap()]));
+    taken.assert_clean_failure(&format!("cannot listen on {}", c.addr));
+}
