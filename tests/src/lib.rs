@@ -160,6 +160,13 @@ impl Coordinator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Asks it to stop with SIGTERM and waits; returns its exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("coordinator exits").code()
+    }
 }
 
 impl Drop for Coordinator {

@@ -50,6 +50,8 @@ fn jobs_are_accepted_listed_cancelled_and_survive_a_crash() {
         assert_eq!(last["job"]["state"], "cancelled");
     }
     sb.run(&with(&c, &["cancel", &job])).assert_clean_failure("already finished (JOB_STATE_CANCELLED)");
+    assert_eq!(c.terminate(), Some(0), "SIGTERM stops the coordinator cleanly");
+    assert!(std::fs::read_to_string(sb.path("coord.log")).unwrap().contains("coordinator stopped"));
 }
 
 #[test]
