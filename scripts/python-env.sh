@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-packages.sh python3:python3
-if ! python3 -m venv --help >/dev/null 2>&1; then
+# `venv` is in the standard library, but on Debian the `ensurepip` it needs comes with python3-venv.
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
 fi

@@ -2,9 +2,10 @@
 //!
 //! Every chunk is authenticated and re-hashed on the way, holes stay sparse, and each disk's
 //! SHA-256 is recomputed and compared with the point before the output is renamed into place:
-//! a restore either produces exactly the exported bytes or fails without leaving a final file.
-//! In an OVF folder the disks are renamed into place one by one and the `.ovf` and `.mf` come
-//! last, so a folder with a manifest is complete; a failed OVF restore can leave finished disks.
+//! each output file either holds exactly the exported bytes or is not there. Disks are renamed
+//! into place one by one, so a restore of several disks that fails part way leaves the disks
+//! finished before the failure; in an OVF folder the `.ovf` and `.mf` come last, so a folder with
+//! a manifest is complete.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -179,7 +180,7 @@ fn restore_images(
             None => restore_raw(repo, disk, target, opts.threads, progress)?,
             Some((fmt, options)) => {
                 let raw = partial_path(target).with_extension("raw");
-                restore_raw(repo, disk, &raw, opts.threads, progress)?;
+                write_raw(repo, disk, &raw, opts.threads, progress)?;
                 convert_into_place(&raw, target, fmt, options)?;
             }
         }
@@ -190,14 +191,27 @@ fn restore_images(
 /// Restores one disk as a sparse raw image at `target`, verified against the point's SHA-256.
 pub fn restore_raw(repo: &Repository, disk: &DiskRecord, target: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
     let partial = partial_path(target);
-    OpenOptions::new().write(true).create(true).truncate(true).open(&partial).map_err(AgentError::io("create", &partial))?;
-    let file = DirectFile::open(&partial).map_err(AgentError::io("open", &partial))?;
-    let result = write_disk(repo, disk, &file, &partial, threads, progress);
-    if let Err(e) = result {
+    write_raw(repo, disk, &partial, threads, progress)?;
+    let synced = File::open(&partial).and_then(|f| f.sync_all()).map_err(AgentError::io("fsync", &partial));
+    if let Err(e) = synced {
         let _ = fs::remove_file(&partial);
         return Err(e);
     }
     rename_durably(&partial, target)
+}
+
+/// Writes a disk as a sparse raw image at `path` (removed again on failure), its SHA-256
+/// checked, without fsync: for final outputs [`restore_raw`] adds that; a scratch image that
+/// qemu-img converts and deletes does not need it.
+fn write_raw(repo: &Repository, disk: &DiskRecord, path: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
+    OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(AgentError::io("create", path))?;
+    let result = DirectFile::open(path)
+        .map_err(AgentError::io("open", path))
+        .and_then(|file| write_disk(repo, disk, &file, path, threads, progress));
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    result
 }
 
 /// Renames a finished file into place and makes the rename durable.
@@ -207,12 +221,13 @@ fn rename_durably(from: &Path, to: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(AgentError::io("fsync folder", dir))
 }
 
-/// Converts the temporary raw image `raw` to `target` in format `fmt` with qemu-img, through a
-/// partial file renamed into place; the raw image is removed, and so is the partial file when the
-/// conversion fails.
+/// Converts the scratch raw image `raw` to `target` in format `fmt` with qemu-img, through a
+/// partial file that is fsynced (qemu-img does not) and renamed into place; the raw image is
+/// removed, and so is the partial file when anything fails.
 fn convert_into_place(raw: &Path, target: &Path, fmt: &str, options: Option<&str>) -> Result<()> {
     let partial = partial_path(target);
-    let converted = qemu::convert(raw, "raw", &partial, fmt, options);
+    let converted = qemu::convert(raw, "raw", &partial, fmt, options)
+        .and_then(|()| File::open(&partial).and_then(|f| f.sync_all()).map_err(AgentError::io("fsync", &partial)));
     let _ = fs::remove_file(raw);
     if converted.is_err() {
         let _ = fs::remove_file(&partial);
@@ -259,7 +274,6 @@ fn write_disk(repo: &Repository, disk: &DiskRecord, file: &DirectFile, path: &Pa
         Ok(())
     };
     ordered_pipeline(threads.max(1), threads.max(1) * 2 + 2, produce, work, consume)?;
-    file.file().sync_all().map_err(AgentError::io("fsync", path))?;
     progress.disk_finished(&disk.name);
     let actual = hex::encode(sha.finalize());
     if actual != disk.sha256 {
@@ -296,7 +310,7 @@ fn write_ovf_folder(
         let vmdk = dir.join(format!("{stem}-disk{}.vmdk", i + 1));
         check_free(&vmdk, opts.force)?;
         let raw = partial_path(&vmdk).with_extension("raw");
-        restore_raw(repo, disk, &raw, opts.threads, progress)?;
+        write_raw(repo, disk, &raw, opts.threads, progress)?;
         convert_into_place(&raw, &vmdk, "vmdk", Some("subformat=streamOptimized"))?;
         let file_size = fs::metadata(&vmdk).map_err(AgentError::io("stat", &vmdk))?.len();
         disks.push(OutputDisk {

@@ -176,11 +176,23 @@ fn init_options(
 }
 
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
-    let chunk_size =
-        a.chunk_size.as_deref().map(|s| parse_size(s).and_then(validate_chunk_size)).transpose().map_err(anyhow::Error::msg)?;
     if !a.remote.vm.is_empty() {
+        let local_only = [
+            ("--password-file", a.key.password_file.is_some()),
+            ("--key-file", a.key.key_file.is_some()),
+            ("--no-encryption", a.no_encryption),
+            ("--compression", a.compression.is_some()),
+            ("--chunk-size", a.chunk_size.is_some()),
+            ("--threads", a.threads.is_some()),
+            ("--temp-dir", a.temp_dir.is_some()),
+        ];
+        if let Some((flag, _)) = local_only.iter().find(|(_, given)| *given) {
+            bail!("{flag} applies to local exports (SOURCE --repo REPO), not to jobs submitted with --vm");
+        }
         return crate::remote::submit(&a.remote, a.output);
     }
+    let chunk_size =
+        a.chunk_size.as_deref().map(|s| parse_size(s).and_then(validate_chunk_size)).transpose().map_err(anyhow::Error::msg)?;
     let (Some(source), Some(path)) = (&a.source, &a.repo) else {
         bail!("a local export needs SOURCE and --repo (or --vm, --to and --coordinator to submit a job)");
     };

@@ -115,10 +115,20 @@ pub fn submit(a: &SubmitArgs, output: Output) -> Result<ExitCode> {
     })
 }
 
-/// Lists the coordinator's jobs.
+/// Lists the coordinator's jobs (every page).
 pub fn jobs(a: &JobArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
-        let jobs = connect(&a.url).await?.list(ListJobsRequest {}).await.map_err(refused)?.into_inner().jobs;
+        let mut client = connect(&a.url).await?;
+        let mut jobs = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client.list(ListJobsRequest { page_size: 0, page_token }).await.map_err(refused)?.into_inner();
+            jobs.extend(page.jobs);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
         match a.output {
             Output::Json => println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect())),
             Output::Text => {
@@ -167,13 +177,16 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    // The store opens first: "listening on" is printed only once the coordinator can serve.
+    let store = hyperexport_coordinator::store::JobStore::open(&a.data)
+        .with_context(|| format!("opening the coordinator state in {}", a.data.display()))?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
         println!("listening on {addr}");
         std::io::stdout().flush()?;
         tracing::info!(%addr, data = %a.data.display(), "coordinator started");
-        hyperexport_coordinator::server::serve(listener, &a.data, shutdown_signal()).await?;
+        hyperexport_coordinator::server::serve(listener, store, shutdown_signal()).await?;
         tracing::info!("coordinator stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -43,11 +43,12 @@ pub fn new_job(req: SubmitRequest) -> Result<Job> {
     if req.vms.len() > MAX_VMS {
         return Err(CoordinatorError::Invalid(format!("{} VMs in one job; at most {MAX_VMS}", req.vms.len())));
     }
+    let mut seen = std::collections::HashSet::new();
     for (i, vm) in req.vms.iter().enumerate() {
         if vm.trim().is_empty() || vm.len() > 255 || vm.chars().any(char::is_control) {
             return Err(CoordinatorError::Invalid(format!("vms[{i}] {vm:?} is not a VM name (1-255 printable characters)")));
         }
-        if req.vms[..i].contains(vm) {
+        if !seen.insert(vm.as_str()) {
             return Err(CoordinatorError::Invalid(format!("vms[{i}] {vm:?} is named twice")));
         }
     }
@@ -68,14 +69,10 @@ pub fn is_final(state: JobState) -> bool {
     matches!(state, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
 }
 
-fn task_state(t: &Task) -> JobState {
-    JobState::try_from(t.state).unwrap_or(JobState::Unspecified)
-}
-
 /// A job's state from its tasks: the least advanced unfinished state if any task is unfinished,
 /// else failed if any failed, else cancelled if any was cancelled, else succeeded.
 pub fn derive_state(tasks: &[Task]) -> JobState {
-    let states: Vec<JobState> = tasks.iter().map(task_state).collect();
+    let states: Vec<JobState> = tasks.iter().map(Task::state).collect();
     if let Some(s) = states.iter().copied().filter(|s| !is_final(*s)).min_by_key(|s| *s as i32) {
         return s;
     }
@@ -90,14 +87,14 @@ pub fn derive_state(tasks: &[Task]) -> JobState {
 
 /// Cancels every unfinished task of a job; an already finished job is a conflict.
 pub fn cancel(job: &mut Job) -> Result<()> {
-    let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
+    let state = job.state();
     if is_final(state) {
         return Err(CoordinatorError::Conflict(format!("job {} already finished ({})", job.id, state.as_str_name())));
     }
-    for task in job.tasks.iter_mut().filter(|t| !is_final(task_state(t))) {
-        task.state = JobState::Cancelled as i32;
+    for task in job.tasks.iter_mut().filter(|t| !is_final(t.state())) {
+        task.set_state(JobState::Cancelled);
     }
-    job.state = derive_state(&job.tasks) as i32;
+    job.set_state(derive_state(&job.tasks));
     job.updated_unix_ms = now_ms();
     Ok(())
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use hyperexport_proto::v1::export_service_server::ExportService;
 use hyperexport_proto::v1::{
-    CancelJobRequest, GetJobRequest, Job, JobState, ListJobsRequest, ListJobsResponse, SubmitRequest, SubmitResponse, WatchJobRequest,
+    CancelJobRequest, GetJobRequest, Job, ListJobsRequest, ListJobsResponse, SubmitRequest, SubmitResponse, WatchJobRequest,
 };
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -19,6 +19,9 @@ use crate::store::JobStore;
 
 /// How many job changes a slow watcher may fall behind before it is told to resubscribe.
 const WATCH_BACKLOG: usize = 1024;
+/// Jobs per `List` page when the client names no size, and the most it may ask for.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
 
 /// The job API over a [`JobStore`].
 pub struct ExportApi {
@@ -26,12 +29,14 @@ pub struct ExportApi {
     changes: broadcast::Sender<Job>,
     /// Serialises read-modify-write of jobs (cancel against cancel).
     writes: Mutex<()>,
+    /// Turns true when the server shuts down: open watches end so the server can stop.
+    stopping: watch::Receiver<bool>,
 }
 
 impl ExportApi {
-    /// The API over `store`.
-    pub fn new(store: JobStore) -> Self {
-        ExportApi { store: Arc::new(store), changes: broadcast::channel(WATCH_BACKLOG).0, writes: Mutex::new(()) }
+    /// The API over `store`; `stopping` turns true when the server shuts down.
+    pub fn new(store: JobStore, stopping: watch::Receiver<bool>) -> Self {
+        ExportApi { store: Arc::new(store), changes: broadcast::channel(WATCH_BACKLOG).0, writes: Mutex::new(()), stopping }
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static) -> Result<T> {
@@ -45,8 +50,13 @@ impl ExportApi {
     }
 }
 
-fn state_of(job: &Job) -> JobState {
-    JobState::try_from(job.state).unwrap_or(JobState::Unspecified)
+/// Completes once `stopping` is true (never, if its sender is gone without saying so).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    while !*stopping.borrow_and_update() {
+        if stopping.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -64,9 +74,16 @@ impl ExportService for ExportApi {
         Ok(Response::new(self.job(request.into_inner().job_id).await?))
     }
 
-    async fn list(&self, _request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
-        let jobs = self.blocking(|s| s.list()).await?;
-        Ok(Response::new(ListJobsResponse { jobs }))
+    async fn list(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = (!req.page_token.is_empty()).then_some(req.page_token);
+        let (jobs, more) = self.blocking(move |s| s.page(limit, after.as_deref())).await?;
+        let next_page_token = if more { jobs.last().map(|j| j.id.clone()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(ListJobsResponse { jobs, next_page_token }))
     }
 
     async fn cancel(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
@@ -88,25 +105,36 @@ impl ExportService for ExportApi {
         let mut changes = self.changes.subscribe();
         let current = self.job(id.clone()).await?;
         let (tx, rx) = mpsc::channel(16);
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let mut last = state_of(&current);
-            if tx.send(Ok(current)).await.is_err() || jobs::is_final(last) {
+            let stop = stopped(stopping);
+            tokio::pin!(stop);
+            // Ends at the job's final state, when the client goes away, or when the server stops.
+            let mut done = jobs::is_final(current.state());
+            if tx.send(Ok(current)).await.is_err() || done {
                 return;
             }
-            loop {
-                match changes.recv().await {
-                    Ok(job) if job.id == id => {
-                        last = state_of(&job);
-                        if tx.send(Ok(job)).await.is_err() || jobs::is_final(last) {
+            while !done {
+                tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(job) if job.id == id => {
+                            done = jobs::is_final(job.state());
+                            if tx.send(Ok(job)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let _ = tx.send(Err(Status::resource_exhausted(format!("watcher fell {n} changes behind; watch again")))).await;
                             return;
                         }
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx.send(Err(Status::resource_exhausted(format!("watcher fell {n} changes behind; watch again")))).await;
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = tx.closed() => return,
+                    () = &mut stop => {
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; watch again"))).await;
                         return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         });

@@ -53,6 +53,22 @@ impl JobStore {
         value.map(|v| Job::decode(v.value()).map_err(fail("decode job"))).transpose()
     }
 
+    /// Up to `limit` jobs, newest first, after the job `after` names (a page token: the id of the
+    /// last job of the previous page). Returns the page and whether more follow.
+    pub fn page(&self, limit: usize, after: Option<&str>) -> Result<(Vec<Job>, bool)> {
+        let jobs = self.list()?;
+        let start = match after {
+            Some(id) => jobs
+                .iter()
+                .position(|j| j.id == id)
+                .map(|i| i + 1)
+                .ok_or_else(|| CoordinatorError::Invalid(format!("page token {id:?} names no job")))?,
+            None => 0,
+        };
+        let more = jobs.len() > start + limit;
+        Ok((jobs.into_iter().skip(start).take(limit).collect(), more))
+    }
+
     /// Every job, newest first.
     pub fn list(&self) -> Result<Vec<Job>> {
         let txn = self.db.begin_read().map_err(fail("begin"))?;
@@ -84,5 +100,10 @@ mod tests {
         assert_eq!(store.get("j1").unwrap(), Some(job));
         assert_eq!(store.get("nope").unwrap(), None);
         assert_eq!(store.list().unwrap().iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["j2", "j1"]);
+        let (first, more) = store.page(1, None).unwrap();
+        assert_eq!((first[0].id.as_str(), more), ("j2", true));
+        let (second, more) = store.page(1, Some("j2")).unwrap();
+        assert_eq!((second[0].id.as_str(), more), ("j1", false));
+        assert!(store.page(1, Some("gone")).is_err());
     }
 }

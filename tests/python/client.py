@@ -45,6 +45,11 @@ def main() -> None:
         sys.exit("an empty submission was accepted")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "vms is empty" in e.details(), e
+    other = stub.Submit(pb.SubmitRequest(vms=["py-vm-3"], target="file:///srv/py")).job_id
+    page = stub.List(pb.ListJobsRequest(page_size=1))
+    assert [j.id for j in page.jobs] == [other] and page.next_page_token, page
+    rest = stub.List(pb.ListJobsRequest(page_size=1, page_token=page.next_page_token))
+    assert [j.id for j in rest.jobs] == [job_id] and not rest.next_page_token, rest
     print(f"python client ok: job {job_id} states {seen}")
 
 

@@ -71,6 +71,8 @@ fn bad_requests_and_unreachable_coordinators_get_clear_errors() {
         r.assert_clean_failure(needle);
     }
     sb.run(&args(&["export", "--vm", "a"])).assert_clean_failure("--to TARGET is needed");
+    sb.run(&with(&c, &["export", "--vm", "a", "--to", "file:///r", "--compression", "lz4"]))
+        .assert_clean_failure("--compression applies to local exports");
     sb.run(&args(&["jobs"])).assert_clean_failure("no coordinator: give --coordinator URL or set HYPEREXPORT_COORDINATOR");
     sb.run(&args(&["jobs", "--coordinator", "127.0.0.1:1"])).assert_clean_failure("cannot reach the coordinator at http://127.0.0.1:1");
     // The environment variable stands for --coordinator.
@@ -79,4 +81,19 @@ fn bad_requests_and_unreachable_coordinators_get_clear_errors() {
     // A port already taken is named.
     let taken = sb.run(&args(&["coordinator", "--listen", &c.addr, "--data", sb.path("other").to_str().unwrap()]));
     taken.assert_clean_failure(&format!("cannot listen on {}", c.addr));
+}
+
+#[test]
+fn sigterm_stops_the_coordinator_even_with_a_watch_open() {
+    let sb = Sandbox::new();
+    let c = sb.start_coordinator("coord");
+    let job = sb.ok(&with(&c, &["export", "--vm", "idle", "--to", "file:///srv/repo"])).stdout.trim().to_string();
+    let mut watcher = sb.spawn(&with(&c, &["watch", &job]), &[]);
+    let mut first = String::new();
+    BufReader::new(watcher.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("pending"), "{first}");
+    assert_eq!(c.terminate(), Some(0), "an open watch must not keep the coordinator from stopping");
+    let out = watcher.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shutting down"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -44,7 +44,12 @@ fn peak_memory_is_bounded_by_the_pipeline_not_the_disk() {
     let small_rss = export_peak_rss_kib(&sb, &small, "r1");
     let large_rss = export_peak_rss_kib(&sb, &large, "r2");
     eprintln!("peak RSS: 384 MiB disk {small_rss} KiB, 1536 MiB disk {large_rss} KiB");
-    // Four times the data, and both beyond the read-ahead window: the peak must stay put.
-    assert!(large_rss < small_rss + small_rss / 4 + 16 * 1024, "peak RSS grew with the disk: {small_rss} KiB -> {large_rss} KiB");
-    assert!(large_rss < 300 * 1024, "peak RSS {large_rss} KiB is over the 300 MiB budget");
+    // The pipeline lends at most 128 MiB of chunk buffers (agent/src/export.rs READ_AHEAD_BYTES);
+    // with the program, worker blobs and scratch buffers, both exports must stay within a fixed
+    // budget that does not depend on the disk: 4x the data must not need more. (Comparing the two
+    // peaks directly is flaky: whether the smaller export fills the window depends on timing.)
+    const BUDGET_KIB: i64 = 224 * 1024;
+    for (disk, rss) in [("384 MiB", small_rss), ("1536 MiB", large_rss)] {
+        assert!(rss < BUDGET_KIB, "peak RSS {rss} KiB of the {disk} export is over the {BUDGET_KIB} KiB budget");
+    }
 }

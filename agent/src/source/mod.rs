@@ -160,7 +160,10 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
             file.clone()
         } else {
             qemu::require_qemu_img(format!("read {} disk {}", format.qemu_name(), file.display()))?;
-            let dst = temp_dir(&mut temp, temp_root)?.join(format!("{name}.raw"));
+            // A folder of their own: an OVA's extracted files share the temp folder.
+            let converted = temp_dir(&mut temp, temp_root)?.join("converted");
+            fs::create_dir_all(&converted).map_err(AgentError::io("create folder", &converted))?;
+            let dst = converted.join(format!("{name}.raw"));
             qemu::convert(&file, format.qemu_name(), &dst, "raw", None)?;
             dst
         };
