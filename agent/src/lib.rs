@@ -12,6 +12,7 @@ pub mod ova;
 pub mod parallel;
 pub mod progress;
 pub mod qemu;
+pub mod read_back;
 pub mod restore;
 pub mod source;
 pub mod verify;

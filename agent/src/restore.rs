@@ -12,17 +12,18 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use hyperexport_shared::Repository;
+use hyperexport_shared::chunk::ChunkId;
 use hyperexport_shared::direct_io::DirectFile;
 use hyperexport_shared::lock::LockMode;
 use hyperexport_shared::ovf::{self, OutputDisk};
 use hyperexport_shared::point::{DiskRecord, RecoveryPoint};
+use hyperexport_shared::{RepoError, Repository};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{AgentError, Result};
-use crate::parallel::ordered_pipeline;
 use crate::progress::Progress;
+use crate::read_back::{Depth, read_back};
 use crate::{ova, qemu};
 
 /// Output format of a restore.
@@ -248,34 +249,13 @@ fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<()> {
 /// back soon, and the page cache would only cost a copy per byte) and checks its SHA-256.
 fn write_disk(repo: &Repository, disk: &DiskRecord, file: &DirectFile, path: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
     file.file().set_len(disk.size).map_err(AgentError::io("size", path))?;
-    progress.disk_started(&disk.name, disk.size);
-    let mut sha = Sha256::new();
-    let zeros = vec![0u8; disk.chunk_size as usize];
-    let mut next = 0usize;
-    let produce = || -> Result<Option<usize>> {
-        let item = (next < disk.chunks.len()).then_some(next);
-        next += 1;
-        Ok(item)
+    let offset = |index: usize| index as u64 * disk.chunk_size as u64;
+    let write = |index: usize, data: &[u8]| file.write_at(offset(index), data).map_err(AgentError::io("write", path));
+    let stop_on_bad_chunk = |index: usize, _: ChunkId, outcome: std::result::Result<(), RepoError>| {
+        outcome.map_err(|source| AgentError::DiskChunk { disk: disk.name.clone(), offset: offset(index), source })
     };
-    let work = |index: usize| -> Result<(usize, Option<Vec<u8>>)> {
-        let Some(id) = disk.chunks[index] else { return Ok((index, None)) };
-        let data = repo.load_chunk(&id, disk.chunk_len(index)).map_err(|source| AgentError::DiskChunk {
-            disk: disk.name.clone(),
-            offset: index as u64 * disk.chunk_size as u64,
-            source,
-        })?;
-        file.write_at(index as u64 * disk.chunk_size as u64, &data).map_err(AgentError::io("write", path))?;
-        Ok((index, Some(data)))
-    };
-    let consume = |(index, data): (usize, Option<Vec<u8>>)| -> Result<()> {
-        let len = disk.chunk_len(index);
-        sha.update(data.as_deref().unwrap_or(&zeros[..len]));
-        progress.advanced(&disk.name, len as u64);
-        Ok(())
-    };
-    ordered_pipeline(threads.max(1), threads.max(1) * 2 + 2, produce, work, consume)?;
-    progress.disk_finished(&disk.name);
-    let actual = hex::encode(sha.finalize());
+    let actual = read_back(repo, disk, Depth::Full, threads, progress, write, stop_on_bad_chunk)?
+        .expect("a full read that did not stop read every chunk");
     if actual != disk.sha256 {
         return Err(AgentError::DigestMismatch { disk: disk.name.clone(), expected: disk.sha256.clone(), actual });
     }
