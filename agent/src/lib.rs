@@ -5,6 +5,7 @@
 //! [`parallel::ordered_pipeline`]: hashing, compression and encryption never run on an async
 //! reactor, and memory is bounded by the pipeline's window whatever the disk size.
 
+pub mod actors;
 pub mod buffer_pool;
 pub mod error;
 pub mod export;

@@ -58,6 +58,10 @@ enum Command {
     Key(commands::KeyCommand),
     /// Run a coordinator: the export job API with durable state (agents that run jobs come next).
     Coordinator(remote::CoordinatorArgs),
+    /// Run an agent: attaches to the coordinator and reports the VMs of its source.
+    Agent(remote::AgentArgs),
+    /// List the VMs of all live agents.
+    Vms(remote::VmsArgs),
     /// List the coordinator's jobs.
     Jobs(remote::JobArgs),
     /// Follow a job until it finishes (exit 0 only when it succeeded).
@@ -90,6 +94,8 @@ fn main() -> ExitCode {
         Command::Restore(a) => commands::restore(a),
         Command::Key(c) => commands::key(c),
         Command::Coordinator(a) => remote::coordinator(&a),
+        Command::Agent(a) => remote::agent(&a),
+        Command::Vms(a) => remote::vms(&a),
         Command::Jobs(a) => remote::jobs(&a),
         Command::Watch { job, args } => remote::watch(&args, &job),
         Command::Cancel { job, args } => remote::cancel(&args, &job),

@@ -4,6 +4,7 @@
 //! What is here: submit, get, list, cancel and watch of jobs, durable across restarts. What is
 //! not yet: agents, placement and execution (see README.md, "What works today").
 
+pub mod agents;
 pub mod error;
 pub mod jobs;
 pub mod server;

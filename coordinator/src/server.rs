@@ -1,27 +1,43 @@
 //! Serving the coordinator's gRPC API (with server reflection) on a listener.
 
 use std::future::Future;
+use std::time::Duration;
 
 use hyperexport_proto::v1::FILE_DESCRIPTOR_SET;
+use hyperexport_proto::v1::agent_service_server::AgentServiceServer;
 use hyperexport_proto::v1::export_service_server::ExportServiceServer;
+use hyperexport_proto::v1::inventory_service_server::InventoryServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::agents::{AgentApi, Agents};
 use crate::error::{CoordinatorError, Result};
 use crate::service::ExportApi;
 use crate::store::JobStore;
 
+/// Completes once `stopping` is true (never, if its sender is gone without saying so).
+pub(crate) async fn stopped(mut stopping: watch::Receiver<bool>) {
+    while !*stopping.borrow_and_update() {
+        if stopping.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Serves the API on `listener` over `store` until `shutdown` completes; then open watches are
 /// ended so that the server can stop.
-pub async fn serve(listener: TcpListener, store: JobStore, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let (stop, stopping) = watch::channel(false);
+    let agents = AgentApi(Agents::new(heartbeat, stopping.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| CoordinatorError::Serve(format!("reflection descriptor: {e}")))?;
     tonic::transport::Server::builder()
         .add_service(ExportServiceServer::new(ExportApi::new(store, stopping)))
+        .add_service(AgentServiceServer::new(agents.clone()))
+        .add_service(InventoryServiceServer::new(agents))
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{CoordinatorError, Result};
 use crate::jobs;
+use crate::server::stopped;
 use crate::store::JobStore;
 
 /// How many job changes a slow watcher may fall behind before it is told to resubscribe.
@@ -47,15 +48,6 @@ impl ExportApi {
     async fn job(&self, id: String) -> Result<Job> {
         let lookup = id.clone();
         self.blocking(move |s| s.get(&lookup)).await?.ok_or(CoordinatorError::NotFound(id))
-    }
-}
-
-/// Completes once `stopping` is true (never, if its sender is gone without saying so).
-async fn stopped(mut stopping: watch::Receiver<bool>) {
-    while !*stopping.borrow_and_update() {
-        if stopping.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 }
 

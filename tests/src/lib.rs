@@ -179,16 +179,69 @@ impl Drop for Coordinator {
     }
 }
 
+/// A background process (an agent) that is killed on drop, its log printed when the test fails.
+pub struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log ({}) ---\n{}", self.log.display(), fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
 impl Sandbox {
+    /// Starts `hyperexport agent` for `region`, serving the VMs in `source`, with its state in
+    /// `data`; extra arguments follow.
+    pub fn start_agent(&self, coordinator: &Coordinator, region: &str, source: &Path, data: &str, extra: &[&str]) -> Service {
+        let log = self.path(&format!("{data}.log"));
+        let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("agent log");
+        let child = Command::new(bin())
+            .args(["agent", "--coordinator", &coordinator.addr, "--region", region, "--data"])
+            .arg(self.path(data))
+            .arg("--source")
+            .arg(format!("local:{}", source.display()))
+            .args(extra)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("agent starts");
+        Service { child, log }
+    }
+
     /// Starts `hyperexport coordinator` on a free loopback port with its state in `data`, and
     /// waits until it has said where it listens.
     pub fn start_coordinator(&self, data: &str) -> Coordinator {
+        self.start_coordinator_with(data, &[])
+    }
+
+    /// Like [`Sandbox::start_coordinator`], with extra arguments (e.g. `--heartbeat-ms`; a
+    /// `--listen` among them replaces the free port).
+    pub fn start_coordinator_with(&self, data: &str, extra: &[&str]) -> Coordinator {
         use std::io::BufRead;
         let log = self.path(&format!("{data}.log"));
         let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("coordinator log");
         let mut child = Command::new(bin())
-            .args(["coordinator", "--listen", "127.0.0.1:0", "--data"])
+            .arg("coordinator")
+            .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
+            .arg("--data")
             .arg(self.path(data))
+            .args(extra)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -5,6 +5,7 @@
 //! raw file in a temporary folder by `qemu-img` first; without `qemu-img` the error says so.
 
 pub mod disk;
+pub mod inventory;
 pub mod ova_archive;
 pub mod vmx;
 
