@@ -140,46 +140,8 @@ impl Sandbox {
     }
 }
 
-/// A coordinator process started by [`Sandbox::start_coordinator`]; killed on drop, and its log
-/// printed when the test is failing.
-pub struct Coordinator {
-    child: Child,
-    /// `HOST:PORT` it serves on.
-    pub addr: String,
-    log: PathBuf,
-}
-
-impl Coordinator {
-    /// `--coordinator ADDR` for client commands.
-    pub fn flag(&self) -> Vec<String> {
-        vec!["--coordinator".into(), self.addr.clone()]
-    }
-
-    /// Kills it with SIGKILL, as a crash would.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Asks it to stop with SIGTERM and waits; returns its exit code.
-    pub fn terminate(mut self) -> Option<i32> {
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().expect("coordinator exits").code()
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- coordinator log ({}) ---\n{}", self.log.display(), fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
-
-/// A background process (an agent) that is killed on drop, its log printed when the test fails.
+/// A background process (coordinator or agent): killed on drop, its log printed when the test
+/// is failing.
 pub struct Service {
     child: Child,
     log: PathBuf,
@@ -191,6 +153,13 @@ impl Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Asks it to stop with SIGTERM and waits; returns its exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("process exits").code()
+    }
 }
 
 impl Drop for Service {
@@ -200,6 +169,30 @@ impl Drop for Service {
         if std::thread::panicking() {
             eprintln!("--- log ({}) ---\n{}", self.log.display(), fs::read_to_string(&self.log).unwrap_or_default());
         }
+    }
+}
+
+/// A coordinator started by [`Sandbox::start_coordinator`].
+pub struct Coordinator {
+    service: Service,
+    /// `HOST:PORT` it serves on.
+    pub addr: String,
+}
+
+impl Coordinator {
+    /// `--coordinator ADDR` for client commands.
+    pub fn flag(&self) -> Vec<String> {
+        vec!["--coordinator".into(), self.addr.clone()]
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill(self) {
+        self.service.kill();
+    }
+
+    /// Asks it to stop with SIGTERM and waits; returns its exit code.
+    pub fn terminate(self) -> Option<i32> {
+        self.service.terminate()
     }
 }
 
@@ -256,7 +249,7 @@ impl Sandbox {
             let _ = child.kill();
             panic!("coordinator did not start: {line:?}\n{}", fs::read_to_string(&log).unwrap_or_default());
         };
-        Coordinator { child, addr, log }
+        Coordinator { service: Service { child, log }, addr }
     }
 }
 
