@@ -197,24 +197,28 @@ impl Coordinator {
 }
 
 impl Sandbox {
+    /// Spawns `hyperexport args...` in the background, its stderr in `<name>.log`.
+    fn spawn_service(&self, name: &str, args: &[String], stdout: Stdio) -> Service {
+        let log = self.path(&format!("{name}.log"));
+        let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("service log");
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        Service { child, log }
+    }
+
     /// Starts `hyperexport agent` for `region`, serving the VMs in `source`, with its state in
     /// `data`; extra arguments follow.
     pub fn start_agent(&self, coordinator: &Coordinator, region: &str, source: &Path, data: &str, extra: &[&str]) -> Service {
-        let log = self.path(&format!("{data}.log"));
-        let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("agent log");
-        let child = Command::new(bin())
-            .args(["agent", "--coordinator", &coordinator.addr, "--region", region, "--data"])
-            .arg(self.path(data))
-            .arg("--source")
-            .arg(format!("local:{}", source.display()))
-            .args(extra)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("agent starts");
-        Service { child, log }
+        let mut a = args(&["agent", "--coordinator", &coordinator.addr, "--region", region]);
+        a.extend(["--data".into(), self.path(data).display().to_string(), "--source".into(), format!("local:{}", source.display())]);
+        a.extend(args(extra));
+        self.spawn_service(data, &a, Stdio::null())
     }
 
     /// Starts `hyperexport coordinator` on a free loopback port with its state in `data`, and
@@ -227,29 +231,20 @@ impl Sandbox {
     /// `--listen` among them replaces the free port).
     pub fn start_coordinator_with(&self, data: &str, extra: &[&str]) -> Coordinator {
         use std::io::BufRead;
-        let log = self.path(&format!("{data}.log"));
-        let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("coordinator log");
-        let mut child = Command::new(bin())
-            .arg("coordinator")
-            .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
-            .arg("--data")
-            .arg(self.path(data))
-            .args(extra)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("coordinator starts");
+        let mut a = args(&["coordinator"]);
+        if !extra.contains(&"--listen") {
+            a.extend(args(&["--listen", "127.0.0.1:0"]));
+        }
+        a.extend(["--data".into(), self.path(data).display().to_string()]);
+        a.extend(args(extra));
+        let mut service = self.spawn_service(data, &a, Stdio::piped());
         let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
+        let stdout = service.child.stdout.take().expect("piped stdout");
         std::io::BufReader::new(stdout).read_line(&mut line).expect("coordinator stdout");
-        let addr = line.trim().strip_prefix("listening on ").map(str::to_string);
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            panic!("coordinator did not start: {line:?}\n{}", fs::read_to_string(&log).unwrap_or_default());
-        };
-        Coordinator { service: Service { child, log }, addr }
+        match line.trim().strip_prefix("listening on ") {
+            Some(addr) => Coordinator { addr: addr.to_string(), service },
+            None => panic!("coordinator did not start: {line:?}"),
+        }
     }
 }
 
