@@ -63,6 +63,14 @@ pub struct AgentRootState {
     backoff: Duration,
 }
 
+impl AgentRootState {
+    /// Schedules the next attach after the current backoff, then doubles it (up to the maximum).
+    fn retry_later(&mut self, myself: &ActorRef<AgentRootMsg>) {
+        myself.send_after(self.backoff, || AgentRootMsg::Attach);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// The root actor of an agent.
 pub struct AgentRoot;
 
@@ -115,8 +123,7 @@ impl Actor for AgentRoot {
                     }
                     Err(e) => {
                         tracing::warn!(coordinator = %state.config.coordinator, error = %e, retry_in_ms = state.backoff.as_millis() as u64, "cannot attach");
-                        myself.send_after(state.backoff, || AgentRootMsg::Attach);
-                        state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+                        state.retry_later(&myself);
                     }
                 }
             }
@@ -135,8 +142,7 @@ impl Actor for AgentRoot {
                 if state.outbound.as_ref().is_some_and(|(current, _)| *current == generation) {
                     state.outbound = None;
                     tracing::warn!(reason = %reason, retry_in_ms = state.backoff.as_millis() as u64, "detached from the coordinator");
-                    myself.send_after(state.backoff, || AgentRootMsg::Attach);
-                    state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+                    state.retry_later(&myself);
                 }
             }
         }

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{find_one, ova_archive, vmx};
+use super::{folder_descriptor, ova_archive, vmx};
 use crate::error::{AgentError, Result};
 
 /// Longest `.ovf` read out of an OVA for the inventory.
@@ -56,11 +56,7 @@ fn from_ova(path: &Path) -> Result<VmSummary> {
 pub fn describe(path: &Path) -> Result<VmSummary> {
     let meta = fs::metadata(path).map_err(AgentError::io("stat", path))?;
     if meta.is_dir() {
-        let descriptor = match find_one(path, "ovf")? {
-            Some(p) => p,
-            None => find_one(path, "vmx")?.ok_or_else(|| AgentError::source(path, "folder holds no .ovf or .vmx file"))?,
-        };
-        return from_descriptor(&descriptor);
+        return from_descriptor(&folder_descriptor(path)?);
     }
     match path.extension().map(|e| e.to_ascii_lowercase()).as_deref().and_then(|e| e.to_str()) {
         Some("ovf" | "vmx") => from_descriptor(path),

@@ -72,6 +72,14 @@ fn find_one(dir: &Path, ext: &str) -> Result<Option<PathBuf>> {
     }
 }
 
+/// The descriptor of a VM folder: its one `.ovf`, else its one `.vmx`.
+fn folder_descriptor(dir: &Path) -> Result<PathBuf> {
+    match find_one(dir, "ovf")? {
+        Some(p) => Ok(p),
+        None => find_one(dir, "vmx")?.ok_or_else(|| AgentError::source(dir, "folder holds no .ovf or .vmx file")),
+    }
+}
+
 /// Resolves a file reference from a descriptor against its folder, refusing anything that
 /// could leave the folder (absolute paths, `..`).
 fn resolve_ref(descriptor: &Path, reference: &str) -> Result<PathBuf> {
@@ -108,10 +116,7 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
     let mut temp: Option<tempfile::TempDir> = None;
     let meta = fs::metadata(path).map_err(AgentError::io("open source", path))?;
     let descriptor = if meta.is_dir() {
-        match find_one(path, "ovf")? {
-            Some(p) => Some(p),
-            None => Some(find_one(path, "vmx")?.ok_or_else(|| AgentError::source(path, "folder holds no .ovf or .vmx file"))?),
-        }
+        Some(folder_descriptor(path)?)
     } else {
         let ext = path.extension().map(|e| e.to_ascii_lowercase());
         if ext.as_deref() == Some("ova".as_ref()) {
