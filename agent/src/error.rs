@@ -71,6 +71,9 @@ pub enum AgentError {
     /// A request was invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The work was cancelled.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl AgentError {

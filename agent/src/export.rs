@@ -6,21 +6,21 @@
 //! disks are done the repository is synced and the point is published atomically.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyperexport_shared::chunk::ChunkId;
 use hyperexport_shared::compress::Compression;
-use hyperexport_shared::lock::LockMode;
+use hyperexport_shared::lock::{LockMode, RepoLock};
 use hyperexport_shared::point::{DiskRecord, RecoveryPoint, SourceInfo};
 use hyperexport_shared::repo::now_rfc3339;
 use hyperexport_shared::{RepoError, Repository, crypto};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-
 use crate::buffer_pool::{BufferPool, PooledBuf};
-use crate::error::Result;
+use crate::checkpoint::{DiskCheckpoint, DiskControl, DiskResume, SavedStates, checkpoint_every};
+use crate::digest::ResumableSha256;
+use crate::error::{AgentError, Result};
 use crate::parallel::ordered_pipeline;
 use crate::progress::Progress;
 use crate::source::VmSource;
@@ -37,9 +37,53 @@ pub struct ExportOptions {
     pub threads: usize,
     /// How long to wait for another writer's lock.
     pub lock_wait: Duration,
-    /// Fault injection for crash tests: after this many new chunks are stored, every worker
-    /// stalls forever instead of storing more, so a test can kill the process at a known point.
+    /// Fault injection for tests (off unless the test environment variables are set).
+    pub faults: TestFaults,
+}
+
+/// Faults tests inject into exports through the environment, so that a real process can be
+/// killed or cancelled at a known point. Both are off in normal use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TestFaults {
+    /// After this many new chunks are stored, every worker stalls (until cancelled) instead of
+    /// storing more (`HYPEREXPORT_TEST_STALL_AFTER_CHUNKS`).
     pub stall_after_new_chunks: Option<u64>,
+    /// Each new chunk waits this long before it is stored (`HYPEREXPORT_TEST_CHUNK_DELAY_MS`).
+    pub delay_per_new_chunk: Option<Duration>,
+}
+
+impl TestFaults {
+    /// Reads the test environment variables.
+    pub fn from_env() -> Self {
+        let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        TestFaults {
+            stall_after_new_chunks: number("HYPEREXPORT_TEST_STALL_AFTER_CHUNKS"),
+            delay_per_new_chunk: number("HYPEREXPORT_TEST_CHUNK_DELAY_MS").map(Duration::from_millis),
+        }
+    }
+
+    /// Applies the faults before a new chunk is stored; `Err(Cancelled)` once `cancel` is set
+    /// during a stall or delay.
+    fn before_store(&self, stored: &AtomicU64, cancel: &AtomicBool) -> Result<()> {
+        let pause = |until: Option<Instant>| {
+            while until.is_none_or(|t| Instant::now() < t) {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(AgentError::Cancelled);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        };
+        if let Some(limit) = self.stall_after_new_chunks
+            && stored.fetch_add(1, Ordering::SeqCst) >= limit
+        {
+            pause(None)?;
+        }
+        if let Some(delay) = self.delay_per_new_chunk {
+            pause(Some(Instant::now() + delay))?;
+        }
+        Ok(())
+    }
 }
 
 /// What one disk's export did.
@@ -72,6 +116,8 @@ pub struct DiskReport {
     pub found_bytes: u64,
     /// Chunks found in the repository but damaged (e.g. torn by a power loss), written again.
     pub repaired_chunks: u64,
+    /// Bytes an earlier attempt's checkpoint covered, so not read again.
+    pub resumed_bytes: u64,
 }
 
 impl DiskReport {
@@ -87,8 +133,12 @@ impl DiskReport {
         self.found_chunks += o.found_chunks;
         self.found_bytes += o.found_bytes;
         self.repaired_chunks += o.repaired_chunks;
+        self.resumed_bytes += o.resumed_bytes;
     }
 }
+
+/// A finished disk: its record for the point and what its export did.
+pub type DiskResult = (DiskRecord, DiskReport);
 
 /// What an export did.
 #[derive(Debug, Clone, Serialize)]
@@ -128,91 +178,196 @@ enum Outcome {
     Found(ChunkId),
 }
 
-/// Exports `source` into `repo` as a new recovery point.
-pub fn export(repo: &Repository, source: &VmSource, opts: &ExportOptions, progress: &dyn Progress) -> Result<ExportReport> {
-    let started = Instant::now();
-    let _lock = repo.lock(LockMode::Exclusive, opts.lock_wait, &format!("export of {}", source.name))?;
-    // Taken once the lock is held, just before the first read: a local source has no snapshot,
-    // so this is the best consistency time it has.
-    let time = now_rfc3339();
-    let parent = repo.latest_point_of(&source.name)?;
-    let known: HashSet<ChunkId> = parent.iter().flat_map(|p| p.disks.iter()).flat_map(|d| d.chunks.iter().flatten().copied()).collect();
-    let claimed = Mutex::new(HashSet::new());
-    let stored = AtomicU64::new(0);
-    let ctx = DiskContext { repo, opts, known: &known, claimed: &claimed, stored: &stored, progress };
+/// Exports `source` into `repo` as a new recovery point, in one go (the local `export` command).
+pub fn export(repo: &Arc<Repository>, source: &Arc<VmSource>, opts: &ExportOptions, progress: &dyn Progress) -> Result<ExportReport> {
+    let never = AtomicBool::new(false);
+    let run = ExportRun::begin(Arc::clone(repo), Arc::clone(source), opts.clone(), &never)?;
     let mut disks = Vec::new();
-    let mut reports = Vec::new();
-    for disk in &source.disks {
+    for index in 0..source.disks.len() {
+        disks.push(run.disk(index, progress, &DiskControl { cancel: &never, resume: None, checkpoint: None })?);
+    }
+    run.publish(disks, progress)
+}
+
+/// How long one wait for the repository lock lasts before the cancel flag is looked at again.
+const LOCK_STEP: Duration = Duration::from_millis(250);
+
+/// An export under way: the repository locked against other writers, the previous point read.
+/// Disks are exported one at a time with [`ExportRun::disk`]; [`ExportRun::publish`] then makes
+/// the point visible. Dropping it without publishing leaves no point (chunks already stored are
+/// found again by the next attempt).
+pub struct ExportRun {
+    repo: Arc<Repository>,
+    source: Arc<VmSource>,
+    opts: ExportOptions,
+    _lock: RepoLock,
+    time: String,
+    parent: Option<RecoveryPoint>,
+    known: HashSet<ChunkId>,
+    claimed: Mutex<HashSet<ChunkId>>,
+    stored: AtomicU64,
+    started: Instant,
+}
+
+impl ExportRun {
+    /// Locks the repository (waiting up to the options' `lock_wait`, or until `cancel` is set)
+    /// and reads the VM's previous point.
+    pub fn begin(repo: Arc<Repository>, source: Arc<VmSource>, opts: ExportOptions, cancel: &AtomicBool) -> Result<Self> {
+        let started = Instant::now();
+        let deadline = started + opts.lock_wait;
+        let purpose = format!("export of {}", source.name);
+        let lock = loop {
+            let step = deadline.saturating_duration_since(Instant::now()).min(LOCK_STEP);
+            match repo.lock(LockMode::Exclusive, step, &purpose) {
+                Ok(lock) => break lock,
+                Err(_) if cancel.load(Ordering::Relaxed) => return Err(AgentError::Cancelled),
+                Err(RepoError::Locked { .. }) if Instant::now() < deadline => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // Taken once the lock is held, just before the first read: a local source has no
+        // snapshot, so this is the best consistency time it has.
+        let time = now_rfc3339();
+        let parent = repo.latest_point_of(&source.name)?;
+        let known = parent.iter().flat_map(|p| p.disks.iter()).flat_map(|d| d.chunks.iter().flatten().copied()).collect();
+        Ok(ExportRun {
+            repo,
+            source,
+            opts,
+            _lock: lock,
+            time,
+            parent,
+            known,
+            claimed: Mutex::new(HashSet::new()),
+            stored: AtomicU64::new(0),
+            started,
+        })
+    }
+
+    /// The repository it writes to.
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// The chunk size it cuts disks with.
+    pub fn chunk_size(&self) -> u32 {
+        self.opts.chunk_size
+    }
+
+    /// The VM it exports.
+    pub fn source(&self) -> &VmSource {
+        &self.source
+    }
+
+    /// Exports disk `index` of the source.
+    pub fn disk(&self, index: usize, progress: &dyn Progress, control: &DiskControl) -> Result<DiskResult> {
+        let disk = self.source.disks.get(index).ok_or_else(|| AgentError::Invalid(format!("VM {:?} has no disk {index}", self.source.name)))?;
         let raw = RawDisk::open(&disk.raw_path)?;
-        let (record, report) = export_disk(&ctx, &disk.name, &raw)?;
-        disks.push(record);
-        reports.push(report);
+        let ctx = DiskContext { run: self, progress, cancel: control.cancel };
+        export_disk(&ctx, &disk.name, &raw, control)
     }
-    let found: u64 = reports.iter().map(|r| r.found_chunks).sum();
-    if found > 0 {
-        progress.note(&format!(
-            "resumed: {found} chunks were already in the repository (an interrupted run, or another VM) and were checked, not written again"
-        ));
+
+    /// Syncs the repository and publishes the point made of `disks` (in the source's order).
+    pub fn publish(&self, disks: Vec<DiskResult>, progress: &dyn Progress) -> Result<ExportReport> {
+        let (records, reports): (Vec<DiskRecord>, Vec<DiskReport>) = disks.into_iter().unzip();
+        if records.len() != self.source.disks.len() {
+            return Err(AgentError::Invalid(format!("{} of {} disks exported; nothing published", records.len(), self.source.disks.len())));
+        }
+        let found: u64 = reports.iter().map(|r| r.found_chunks).sum();
+        if found > 0 {
+            progress.note(&format!(
+                "resumed: {found} chunks were already in the repository (an interrupted run, or another VM) and were checked, not written again"
+            ));
+        }
+        self.repo.sync()?;
+        let mut id = [0u8; 16];
+        crypto::random_bytes(&mut id);
+        let point = RecoveryPoint {
+            id: hex::encode(id),
+            vm: self.source.name.clone(),
+            time: self.time.clone(),
+            source: SourceInfo { kind: self.source.kind.into(), location: self.source.location.clone() },
+            vm_info: self.source.info.clone(),
+            ovf_descriptor: self.source.ovf_descriptor.clone(),
+            parent: self.parent.as_ref().map(|p| p.id.clone()),
+            disks: records,
+        };
+        self.repo.write_point(&point)?;
+        let mut total = DiskReport::default();
+        reports.iter().for_each(|r| total.add(r));
+        Ok(ExportReport {
+            point: point.id,
+            vm: point.vm,
+            parent: point.parent,
+            seconds: self.started.elapsed().as_secs_f64(),
+            total,
+            disks: reports,
+        })
     }
-    repo.sync()?;
-    let mut id = [0u8; 16];
-    crypto::random_bytes(&mut id);
-    let point = RecoveryPoint {
-        id: hex::encode(id),
-        vm: source.name.clone(),
-        time,
-        source: SourceInfo { kind: source.kind.into(), location: source.location.clone() },
-        vm_info: source.info.clone(),
-        ovf_descriptor: source.ovf_descriptor.clone(),
-        parent: parent.map(|p| p.id),
-        disks,
-    };
-    repo.write_point(&point)?;
-    let mut total = DiskReport::default();
-    reports.iter().for_each(|r| total.add(r));
-    Ok(ExportReport {
-        point: point.id,
-        vm: point.vm,
-        parent: point.parent,
-        seconds: started.elapsed().as_secs_f64(),
-        total,
-        disks: reports,
-    })
 }
 
-/// What every disk of one export shares.
+/// What every chunk of one disk's export shares.
 struct DiskContext<'a> {
-    repo: &'a Repository,
-    opts: &'a ExportOptions,
-    /// Chunk ids of the previous point: present without checking.
-    known: &'a HashSet<ChunkId>,
-    /// Ids this export has already handled, so a repeated chunk is stored once.
-    claimed: &'a Mutex<HashSet<ChunkId>>,
-    /// New chunks stored so far (for the stall fault injection).
-    stored: &'a AtomicU64,
+    run: &'a ExportRun,
     progress: &'a dyn Progress,
+    cancel: &'a AtomicBool,
 }
 
-fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskRecord, DiskReport)> {
-    let DiskContext { opts, progress, .. } = *ctx;
+/// The chunks of `resume` if they fit this disk and are all still in the repository.
+fn usable_resume(ctx: &DiskContext, name: &str, size: u64, resume: Option<&DiskResume>) -> Option<DiskResume> {
+    let resume = resume?;
+    let fits = resume.size == size
+        && resume.chunk_size == ctx.run.opts.chunk_size
+        && resume.chunks.len() as u64 <= size.div_ceil(resume.chunk_size as u64)
+        && resume.chunks.iter().flatten().all(|id| ctx.run.repo.has_chunk(id));
+    if !fits {
+        ctx.progress.note(&format!("the checkpoint of disk {name} does not fit the disk or the repository any more; starting it over"));
+        return None;
+    }
+    Some(resume.clone())
+}
+
+fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk, control: &DiskControl) -> Result<DiskResult> {
+    let DiskContext { run, progress, cancel } = *ctx;
+    let opts = &run.opts;
     let size = raw.size();
     let chunk_size = opts.chunk_size as u64;
     let count = size.div_ceil(chunk_size);
     let threads = opts.threads.max(1);
     let window = (READ_AHEAD_BYTES / opts.chunk_size as usize).max(threads * 2 + 2);
     let mut report = DiskReport { name: name.to_string(), size, ..Default::default() };
-    let mut chunks = Vec::with_capacity(count as usize);
-    let mut index = 0u64;
+    let resume = usable_resume(ctx, name, size, control.resume.as_ref());
+    let (mut chunks, hasher) = match &resume {
+        Some(r) => {
+            let done = r.chunks.len() as u64 * chunk_size;
+            let hasher = ResumableSha256::resume(&r.sha256_state, done.min(size))
+                .ok_or_else(|| AgentError::Invalid(format!("checkpoint of disk {name} ends inside a chunk")))?;
+            (r.chunks.clone(), hasher)
+        }
+        None => (Vec::with_capacity(count as usize), ResumableSha256::new()),
+    };
+    let first = chunks.len() as u64;
+    report.resumed_bytes = (first * chunk_size).min(size);
+    let every = checkpoint_every(count, chunk_size);
+    let saved = &SavedStates::default();
+    let mut checkpointed = first;
+    let mut index = first;
     let bytes_read = AtomicU64::new(0);
     let read_counter = &bytes_read;
     let pool = &BufferPool::new(window);
     progress.disk_started(name, size);
+    if report.resumed_bytes > 0 {
+        progress.advanced(name, report.resumed_bytes);
+    }
     // The SHA-256 of the whole disk is the one computation that cannot be parallel: it gets a
     // thread of its own, fed in order by the reader, so neither waits for the other's work.
     let (hash_tx, hash_rx) = crossbeam_channel::bounded::<HashInput>(window);
     let produce = move || -> Result<Option<Item>> {
         if index == count {
             return Ok(None);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(AgentError::Cancelled);
         }
         let offset = index * chunk_size;
         let len = (size - offset).min(chunk_size);
@@ -224,6 +379,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
         let mut buf = pool.take(len as usize);
         raw.read_at(offset, buf.as_mut_slice())?;
         read_counter.fetch_add(len, Ordering::Relaxed);
+        progress.read(len);
         let buf = Arc::new(buf);
         let _ = hash_tx.send(HashInput::Data(Arc::clone(&buf)));
         Ok(Some(Item::Data(buf)))
@@ -233,47 +389,72 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk) -> Result<(DiskReco
             Item::Hole(len) => return Ok((len, Outcome::Hole)),
             Item::Data(d) => d,
         };
+        if cancel.load(Ordering::Relaxed) {
+            return Err(AgentError::Cancelled);
+        }
         Ok((data.len() as u64, store_if_new(ctx, &data)?))
     };
     let consume = |(len, outcome): (u64, Outcome)| -> Result<()> {
-        let id = match outcome {
-            Outcome::Hole => {
-                report.hole_bytes += len;
-                None
-            }
-            Outcome::New(id, stored, repaired) => {
-                report.new_chunks += 1;
-                report.repaired_chunks += repaired as u64;
-                report.new_bytes += len;
-                report.stored_bytes += stored;
-                Some(id)
-            }
-            Outcome::Reused(id) => {
-                report.reused_chunks += 1;
-                report.reused_bytes += len;
-                Some(id)
-            }
-            Outcome::Found(id) => {
-                report.found_chunks += 1;
-                report.found_bytes += len;
-                Some(id)
-            }
-        };
-        chunks.push(id);
+        chunks.push(report.count(len, outcome));
         progress.advanced(name, len);
+        let done = chunks.len() as u64;
+        if let Some(sink) = control.checkpoint
+            && done.is_multiple_of(every)
+            && let Some((end, state)) = saved.latest_until(done)
+            && end > checkpointed
+        {
+            run.repo.sync()?;
+            let chunks = chunks[checkpointed as usize..end as usize].to_vec();
+            sink(DiskCheckpoint { start_chunk: checkpointed, chunks, sha256_state: state, sha256: None });
+            checkpointed = end;
+        }
         Ok(())
     };
     let digest = std::thread::scope(|s| {
-        let hasher = s.spawn(|| hash_in_order(hash_rx));
+        let hasher = s.spawn(move || hash_in_order(hasher, hash_rx, first, every, saved));
         let result = ordered_pipeline(threads, window, produce, work, consume);
         let digest = hasher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         result.map(|()| digest)
     })?;
+    if let Some(sink) = control.checkpoint {
+        run.repo.sync()?;
+        let rest = chunks[checkpointed as usize..].to_vec();
+        sink(DiskCheckpoint { start_chunk: checkpointed, chunks: rest, sha256_state: [0; 32], sha256: Some(digest.clone()) });
+    }
     progress.disk_finished(name);
     report.bytes_read = bytes_read.into_inner();
     report.sha256 = digest;
     let record = DiskRecord { name: name.to_string(), size, chunk_size: opts.chunk_size, sha256: report.sha256.clone(), chunks };
     Ok((record, report))
+}
+
+impl DiskReport {
+    /// Counts one chunk's outcome; returns its id for the point (`None`: a hole).
+    fn count(&mut self, len: u64, outcome: Outcome) -> Option<ChunkId> {
+        match outcome {
+            Outcome::Hole => {
+                self.hole_bytes += len;
+                None
+            }
+            Outcome::New(id, stored, repaired) => {
+                self.new_chunks += 1;
+                self.repaired_chunks += repaired as u64;
+                self.new_bytes += len;
+                self.stored_bytes += stored;
+                Some(id)
+            }
+            Outcome::Reused(id) => {
+                self.reused_chunks += 1;
+                self.reused_bytes += len;
+                Some(id)
+            }
+            Outcome::Found(id) => {
+                self.found_chunks += 1;
+                self.found_bytes += len;
+                Some(id)
+            }
+        }
+    }
 }
 
 /// What the hashing thread receives, in disk order.
@@ -284,13 +465,14 @@ enum HashInput<'a> {
     Zeros(u64),
 }
 
-/// Hashes a disk's chunks in order until the reader hangs up; returns the SHA-256 in hex.
-fn hash_in_order(input: crossbeam_channel::Receiver<HashInput>) -> String {
+/// Hashes a disk's chunks in order, from chunk `first` on, until the reader hangs up; saves the
+/// state every `every` chunks. Returns the SHA-256 in hex.
+fn hash_in_order(mut sha: ResumableSha256, input: crossbeam_channel::Receiver<HashInput>, first: u64, every: u64, saved: &SavedStates) -> String {
     let zeros = vec![0u8; 1 << 20];
-    let mut sha = Sha256::new();
+    let mut index = first;
     for message in input {
         match message {
-            HashInput::Data(data) => sha.update(&**data),
+            HashInput::Data(data) => sha.update(&data),
             HashInput::Zeros(mut left) => {
                 while left > 0 {
                     let n = left.min(zeros.len() as u64) as usize;
@@ -299,6 +481,12 @@ fn hash_in_order(input: crossbeam_channel::Receiver<HashInput>) -> String {
                 }
             }
         }
+        index += 1;
+        if index.is_multiple_of(every)
+            && let Some(state) = sha.save()
+        {
+            saved.push(index, state);
+        }
     }
     hex::encode(sha.finalize())
 }
@@ -306,7 +494,7 @@ fn hash_in_order(input: crossbeam_channel::Receiver<HashInput>) -> String {
 /// Decides what to do with one chunk of data and does it: a hole, a chunk the previous point or
 /// this export already has, one found intact in the repository, or a new one stored now.
 fn store_if_new(ctx: &DiskContext, data: &[u8]) -> Result<Outcome> {
-    let DiskContext { repo, opts, known, claimed, .. } = *ctx;
+    let ExportRun { repo, opts, known, claimed, stored, .. } = ctx.run;
     if is_zero(data) {
         return Ok(Outcome::Hole);
     }
@@ -322,13 +510,7 @@ fn store_if_new(ctx: &DiskContext, data: &[u8]) -> Result<Outcome> {
         Err(RepoError::CorruptChunk { .. }) => true,
         Err(e) => return Err(e.into()),
     };
-    if let Some(limit) = opts.stall_after_new_chunks
-        && ctx.stored.fetch_add(1, Ordering::SeqCst) >= limit
-    {
-        loop {
-            std::thread::park();
-        }
-    }
+    opts.faults.before_store(stored, ctx.cancel)?;
     let stored = repo.store_chunk(opts.compression, &id, data)?;
     Ok(Outcome::New(id, stored, damaged))
 }

@@ -6,7 +6,10 @@
 //! reactor, and memory is bounded by the pipeline's window whatever the disk size.
 
 pub mod actors;
+pub mod attach;
 pub mod buffer_pool;
+pub mod checkpoint;
+pub mod digest;
 pub mod error;
 pub mod export;
 pub mod ova;
@@ -15,7 +18,10 @@ pub mod progress;
 pub mod qemu;
 pub mod read_back;
 pub mod restore;
+pub mod resume;
 pub mod source;
+pub mod target;
+pub mod task_progress;
 pub mod verify;
 
 pub use error::AgentError;

@@ -6,6 +6,8 @@ pub trait Progress: Sync {
     fn disk_started(&self, _disk: &str, _total: u64) {}
     /// `bytes` more of `disk` are done (holes count as done when passed).
     fn advanced(&self, _disk: &str, _bytes: u64) {}
+    /// `bytes` were read from the source.
+    fn read(&self, _bytes: u64) {}
     /// The disk is done.
     fn disk_finished(&self, _disk: &str) {}
     /// A notable event in words (lower case, no trailing period).

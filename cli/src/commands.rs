@@ -3,11 +3,12 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use hyperexport_agent::export::{ExportOptions, ExportReport};
+use hyperexport_agent::export::{ExportOptions, ExportReport, TestFaults};
 use hyperexport_agent::progress::Progress;
 use hyperexport_agent::restore::{RestoreFormat, RestoreOptions};
 use hyperexport_agent::{export as exporter, restore as restorer, source, verify as verifier};
@@ -23,7 +24,6 @@ use crate::progress::{Bars, JsonLines, Quiet, print_json};
 use crate::{KeyArgs, Output, secrets};
 
 /// Fault injection for the crash tests: stall the export after this many new chunks.
-const ENV_STALL: &str = "HYPEREXPORT_TEST_STALL_AFTER_CHUNKS";
 
 /// Exit code of `verify` when a point has missing or corrupt data.
 pub const EXIT_VERIFY_FAILED: u8 = 3;
@@ -148,7 +148,7 @@ pub fn progress_for(output: Output, operation: &'static str) -> Box<dyn Progress
 
 /// Worker threads: as asked, else one per CPU plus one, so a CPU stays busy while a worker
 /// waits for a direct write to reach the disk.
-fn threads(n: Option<usize>) -> usize {
+pub(crate) fn threads(n: Option<usize>) -> usize {
     n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) + 1).max(1)
 }
 
@@ -189,7 +189,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         if let Some((flag, _)) = local_only.iter().find(|(_, given)| *given) {
             bail!("{flag} applies to local exports (SOURCE --repo REPO), not to jobs submitted with --vm");
         }
-        return crate::remote::submit(&a.remote, a.output);
+        return crate::jobs_cli::submit(&a.remote, a.output);
     }
     let chunk_size =
         a.chunk_size.as_deref().map(|s| parse_size(s).and_then(validate_chunk_size)).transpose().map_err(anyhow::Error::msg)?;
@@ -231,9 +231,9 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         compression,
         threads: threads(a.threads),
         lock_wait: Duration::from_secs(a.lock_wait),
-        stall_after_new_chunks: std::env::var(ENV_STALL).ok().and_then(|v| v.parse().ok()),
+        faults: TestFaults::from_env(),
     };
-    let report = exporter::export(&repo, &vm, &opts, progress.as_ref())?;
+    let report = exporter::export(&Arc::new(repo), &Arc::new(vm), &opts, progress.as_ref())?;
     drop(progress);
     match a.output {
         Output::Json => print_json(&json!({"event": "result", "operation": "export", "result": report})),

@@ -78,24 +78,24 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     );
     std::fs::write(vm_dir.join("demo-vm.ovf"), descriptor)?;
 
-    let repo = Repository::init(
+    let repo = std::sync::Arc::new(Repository::init(
         &repo_dir,
         InitOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             compression: Compression::Zstd(DEFAULT_ZSTD_LEVEL),
             secret: Some(Secret::Password(b"demo password".to_vec())),
         },
-    )?;
+    )?);
     let opts = ExportOptions {
         chunk_size: DEFAULT_CHUNK_SIZE,
         compression: Compression::Zstd(DEFAULT_ZSTD_LEVEL),
         threads,
         lock_wait: std::time::Duration::from_secs(5),
-        stall_after_new_chunks: None,
+        faults: Default::default(),
     };
     let mut rows = Vec::new();
 
-    let vm = source::open(&vm_dir, None)?;
+    let vm = std::sync::Arc::new(source::open(&vm_dir, None)?);
     let first = export::export(&repo, &vm, &opts, progress_for(Output::Text, "export").as_ref())?;
     rows.push(export_row("export (full)", &first));
 

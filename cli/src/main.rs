@@ -2,6 +2,7 @@
 
 mod commands;
 mod demo;
+mod jobs_cli;
 mod progress;
 mod remote;
 mod sample;
@@ -56,9 +57,9 @@ enum Command {
     /// Manage the repository's keys.
     #[command(subcommand)]
     Key(commands::KeyCommand),
-    /// Run a coordinator: the export job API with durable state (agents that run jobs come next).
+    /// Run a coordinator: the export job API with durable state; shards tasks across agents.
     Coordinator(remote::CoordinatorArgs),
-    /// Run an agent: attaches to the coordinator and reports the VMs of its source.
+    /// Run an agent: attaches to the coordinator, reports the VMs of its source and runs tasks.
     Agent(remote::AgentArgs),
     /// List the VMs of all live agents.
     Vms(remote::VmsArgs),
@@ -96,9 +97,9 @@ fn main() -> ExitCode {
         Command::Coordinator(a) => remote::coordinator(&a),
         Command::Agent(a) => remote::agent(&a),
         Command::Vms(a) => remote::vms(&a),
-        Command::Jobs(a) => remote::jobs(&a),
-        Command::Watch { job, args } => remote::watch(&args, &job),
-        Command::Cancel { job, args } => remote::cancel(&args, &job),
+        Command::Jobs(a) => jobs_cli::jobs(&a),
+        Command::Watch { job, args } => jobs_cli::watch(&args, &job),
+        Command::Cancel { job, args } => jobs_cli::cancel(&args, &job),
         Command::Demo(a) => demo::run(a),
         Command::Dev(c) => sample::run(c),
     };

@@ -1,5 +1,5 @@
-//! Commands that talk to a coordinator: `coordinator` (runs one), `export --vm` (submits a job),
-//! `jobs`, `watch` and `cancel`.
+//! The distributed side of the CLI: `coordinator` and `agent` (run one), `vms`, and the arguments
+//! of the job commands (in `jobs_cli`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,14 +8,15 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use hyperexport_agent::actors::agent_root::{AgentRoot, AgentRootConfig};
+use hyperexport_agent::attach::AttachConfig;
+use hyperexport_agent::target::TargetAccess;
 use hyperexport_proto::v1::export_service_client::ExportServiceClient;
 use hyperexport_proto::v1::inventory_service_client::InventoryServiceClient;
-use hyperexport_proto::v1::{CancelJobRequest, Job, JobState, ListJobsRequest, ListVmsRequest, SubmitRequest, WatchJobRequest};
+use hyperexport_proto::v1::ListVmsRequest;
 use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::Output;
-use crate::progress::print_json;
 
 /// Where the coordinator is.
 #[derive(Debug, Clone, Args)]
@@ -37,6 +38,18 @@ pub struct SubmitArgs {
     /// 0 (lowest) to 100.
     #[arg(long, default_value_t = 0, requires = "vm")]
     pub priority: i32,
+    /// Run only on agents of this region.
+    #[arg(long, requires = "vm")]
+    pub region: Option<String>,
+    /// Run only on agents with this label, KEY=VALUE (repeat for several).
+    #[arg(long = "agent-label", value_name = "KEY=VALUE", requires = "vm")]
+    pub labels: Vec<String>,
+    /// Tasks of the job running at once (0: no limit).
+    #[arg(long, default_value_t = 0, requires = "vm")]
+    pub max_parallel: u32,
+    /// Follow the job with progress per disk; exit 0 only when it succeeds.
+    #[arg(long, requires = "vm")]
+    pub wait: bool,
     #[command(flatten)]
     pub url: CoordinatorUrl,
 }
@@ -78,6 +91,15 @@ pub struct AgentArgs {
     /// Tasks it runs at once.
     #[arg(long, default_value_t = 2)]
     pub capacity: u32,
+    /// Worker threads per task (default: the number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Secret of the target repositories (also HYPEREXPORT_PASSWORD, HYPEREXPORT_PASSWORD_FILE).
+    #[command(flatten)]
+    pub key: crate::KeyArgs,
+    /// Create targets that do not exist yet unencrypted when the agent has no secret.
+    #[arg(long)]
+    pub no_encryption: bool,
 }
 
 /// `vms`: the inventory across agents.
@@ -108,7 +130,7 @@ pub struct JobArgs {
     pub output: Output,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
@@ -128,7 +150,7 @@ async fn channel(url: &CoordinatorUrl) -> Result<Channel> {
         .with_context(|| format!("cannot reach the coordinator at {full}"))
 }
 
-async fn connect(url: &CoordinatorUrl) -> Result<ExportServiceClient<Channel>> {
+pub(crate) async fn connect(url: &CoordinatorUrl) -> Result<ExportServiceClient<Channel>> {
     Ok(ExportServiceClient::new(channel(url).await?))
 }
 
@@ -192,19 +214,26 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
         let (k, v) = l.split_once('=').ok_or_else(|| anyhow!("label {l:?} is not KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let config = AgentRootConfig {
+    let attach = AttachConfig {
         coordinator: coordinator_url(&a.url)?,
         agent_id: agent_id(&a.data)?,
         region: a.region.clone(),
         site: a.site.clone(),
         labels,
+        capacity: a.capacity.max(1),
+    };
+    let access = TargetAccess { secret: crate::secrets::from_args(&a.key)?, allow_unencrypted: a.no_encryption };
+    let config = AgentRootConfig {
+        attach,
         source,
-        capacity: a.capacity,
+        access,
+        threads: crate::commands::threads(a.threads),
+        faults: hyperexport_agent::export::TestFaults::from_env(),
     };
     init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
-        let (root, handle) = ractor::Actor::spawn(Some(config.agent_id.clone()), AgentRoot, config)
+        let (root, handle) = ractor::Actor::spawn(Some(config.attach.agent_id.clone()), AgentRoot, config)
             .await
             .map_err(|e| anyhow!("agent failed to start: {e}"))?;
         shutdown_signal().await;
@@ -224,97 +253,8 @@ fn init_logs() {
 }
 
 /// Turns a gRPC status into an error that names the coordinator's reason.
-fn refused(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow!("coordinator: {} ({:?})", status.message(), status.code())
-}
-
-fn state_name(state: i32) -> &'static str {
-    JobState::try_from(state).map(|s| s.as_str_name().trim_start_matches("JOB_STATE_")).unwrap_or("UNKNOWN")
-}
-
-fn job_json(job: &Job) -> serde_json::Value {
-    json!({
-        "id": job.id, "state": state_name(job.state).to_lowercase(), "target": job.target, "priority": job.priority,
-        "created_unix_ms": job.created_unix_ms, "updated_unix_ms": job.updated_unix_ms,
-        "tasks": job.tasks.iter().map(|t| json!({
-            "id": t.id, "vm": t.vm, "state": state_name(t.state).to_lowercase(), "agent": t.agent, "error": t.error,
-            "bytes_done": t.bytes_done, "bytes_total": t.bytes_total,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-fn print_job_line(job: &Job) {
-    let vms: Vec<&str> = job.tasks.iter().map(|t| t.vm.as_str()).collect();
-    println!("{:<16}  {:<10}  {:>3}  {:<32}  {}", job.id, state_name(job.state).to_lowercase(), job.priority, job.target, vms.join(","));
-}
-
-/// Submits a job; prints its id.
-pub fn submit(a: &SubmitArgs, output: Output) -> Result<ExitCode> {
-    let target = a.to.clone().ok_or_else(|| anyhow!("--to TARGET is needed with --vm (e.g. file:///srv/hyperexport/repo)"))?;
-    runtime()?.block_on(async {
-        let mut client = connect(&a.url).await?;
-        let req = SubmitRequest { vms: a.vm.clone(), target, priority: a.priority };
-        let id = client.submit(req).await.map_err(refused)?.into_inner().job_id;
-        match output {
-            Output::Json => print_json(&json!({"event": "result", "operation": "submit", "result": {"job_id": id}})),
-            Output::Text => println!("{id}"),
-        }
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// Lists the coordinator's jobs (every page).
-pub fn jobs(a: &JobArgs) -> Result<ExitCode> {
-    runtime()?.block_on(async {
-        let mut client = connect(&a.url).await?;
-        let mut jobs = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = client.list(ListJobsRequest { page_size: 0, page_token }).await.map_err(refused)?.into_inner();
-            jobs.extend(page.jobs);
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-        match a.output {
-            Output::Json => println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect())),
-            Output::Text => {
-                println!("{:<16}  {:<10}  {:>3}  {:<32}  VMS", "JOB", "STATE", "PRI", "TARGET");
-                jobs.iter().for_each(print_job_line);
-            }
-        }
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// Cancels a job.
-pub fn cancel(a: &JobArgs, job: &str) -> Result<ExitCode> {
-    runtime()?.block_on(async {
-        let job = connect(&a.url).await?.cancel(CancelJobRequest { job_id: job.to_string() }).await.map_err(refused)?.into_inner();
-        match a.output {
-            Output::Json => print_json(&json!({"event": "result", "operation": "cancel", "result": job_json(&job)})),
-            Output::Text => print_job_line(&job),
-        }
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// Follows a job until it finishes; exits 0 only when it succeeded.
-pub fn watch(a: &JobArgs, job: &str) -> Result<ExitCode> {
-    runtime()?.block_on(async {
-        let mut stream = connect(&a.url).await?.watch(WatchJobRequest { job_id: job.to_string() }).await.map_err(refused)?.into_inner();
-        let mut last = None;
-        while let Some(update) = stream.message().await.map_err(refused)? {
-            match a.output {
-                Output::Json => print_json(&json!({"event": "job", "job": job_json(&update)})),
-                Output::Text => print_job_line(&update),
-            }
-            let _ = std::io::stdout().flush();
-            last = Some(update.state);
-        }
-        Ok(if last == Some(JobState::Succeeded as i32) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-    })
 }
 
 /// Runs a coordinator until SIGINT or SIGTERM.

@@ -1,11 +1,10 @@
-//! Live agents: `AgentService.Attach` (register, then heartbeats) and the inventory they report
-//! (`InventoryService.ListVms`). An agent that misses three heartbeats, or whose stream ends, is
-//! no longer listed.
+//! Agents' streams (`AgentService.Attach`) and the inventory they report
+//! (`InventoryService.ListVms`). A stream's messages go to the scheduler, which keeps the live
+//! agents: one that misses three heartbeats, or whose stream ends, is no longer listed.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::agent_service_server::AgentService;
@@ -18,40 +17,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{CoordinatorError, Result};
+use crate::scheduler::{Event, SchedulerHandle};
 use crate::server::stopped;
 
-/// Heartbeats an agent may miss before it is taken for dead.
-const MISSED_HEARTBEATS: u32 = 3;
-
-struct Entry {
-    register: Register,
-    last_seen: Instant,
-    /// Which stream registered it (a reconnect replaces the entry; the old stream's end must
-    /// not remove the new one).
-    connection: u64,
-}
-
-/// The agents attached to this coordinator.
-pub struct Agents {
-    entries: Mutex<HashMap<String, Entry>>,
-    heartbeat: Duration,
-    next_connection: std::sync::atomic::AtomicU64,
-    /// Turns true when the server shuts down: agent streams end so the server can stop.
-    stopping: watch::Receiver<bool>,
-}
-
-impl Agents {
-    /// A registry asking agents for a heartbeat every `heartbeat`.
-    pub fn new(heartbeat: Duration, stopping: watch::Receiver<bool>) -> Arc<Self> {
-        Arc::new(Agents { entries: Mutex::new(HashMap::new()), heartbeat, next_connection: 0.into(), stopping })
-    }
-
-    fn live(&self) -> Vec<Register> {
-        let deadline = self.heartbeat * MISSED_HEARTBEATS;
-        let entries = self.entries.lock().expect("agents lock");
-        entries.values().filter(|e| e.last_seen.elapsed() <= deadline).map(|e| e.register.clone()).collect()
-    }
-}
+/// Messages to an agent that may wait to be sent (assignments, cancels, releases).
+const AGENT_QUEUE: usize = 1024;
 
 fn validate(r: &Register) -> Result<()> {
     let plain = |what: &str, v: &str| {
@@ -92,9 +62,21 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// `AgentService` and `InventoryService` over the registry.
+/// `AgentService` and `InventoryService`, backed by the scheduler.
 #[derive(Clone)]
-pub struct AgentApi(pub Arc<Agents>);
+pub struct AgentApi {
+    scheduler: SchedulerHandle,
+    next_connection: Arc<AtomicU64>,
+    /// Turns true when the server shuts down: agent streams end so the server can stop.
+    stopping: watch::Receiver<bool>,
+}
+
+impl AgentApi {
+    /// The agent services over `scheduler`.
+    pub fn new(scheduler: SchedulerHandle, stopping: watch::Receiver<bool>) -> Self {
+        AgentApi { scheduler, next_connection: Arc::new(AtomicU64::new(0)), stopping }
+    }
+}
 
 type AttachStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
 
@@ -109,45 +91,38 @@ impl AgentService for AgentApi {
             _ => return Err(CoordinatorError::Invalid("an agent's first message must be Register".into()).into()),
         };
         validate(&register)?;
-        let agents = Arc::clone(&self.0);
-        let connection = agents.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = register.agent_id.clone();
-        tracing::info!(agent = %id, region = %register.region, vms = register.vms.len(), "agent attached");
-        agents.entries.lock().expect("agents lock").insert(id.clone(), Entry { register, last_seen: Instant::now(), connection });
-        let (tx, rx) = mpsc::channel(16);
-        let registered = Registered { heartbeat_interval_ms: agents.heartbeat.as_millis() as u32 };
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let agent = register.agent_id.clone();
+        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+        let registered = Registered { heartbeat_interval_ms: self.scheduler.heartbeat.as_millis() as u32 };
         tx.send(Ok(CoordinatorMessage { body: Some(CoordinatorBody::Registered(registered)) }))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
-        let stop = stopped(agents.stopping.clone());
+        self.scheduler.send(Event::Attached { register, connection, tx: tx.clone() });
+        let scheduler = self.scheduler.clone();
+        let stop = stopped(self.stopping.clone());
         tokio::spawn(async move {
             tokio::pin!(stop);
-            // Heartbeats until the stream ends or the server stops; a second Register is a
-            // protocol error.
+            // Everything after Register goes to the scheduler; a second Register is a protocol
+            // error.
             let reason = loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     () = &mut stop => break "coordinator stopping",
                 };
                 match message {
-                    Ok(Some(AgentMessage { body: Some(AgentBody::Heartbeat(_)) })) => {
-                        if let Some(e) = agents.entries.lock().expect("agents lock").get_mut(&id).filter(|e| e.connection == connection) {
-                            e.last_seen = Instant::now();
-                        }
-                    }
-                    Ok(Some(_)) => {
+                    Ok(Some(AgentMessage { body: Some(AgentBody::Register(_)) | None })) => {
                         let _ = tx.send(Err(Status::invalid_argument("unexpected message after Register"))).await;
                         break "protocol error";
+                    }
+                    Ok(Some(AgentMessage { body: Some(body) })) => {
+                        scheduler.send(Event::FromAgent { agent: agent.clone(), connection, body });
                     }
                     Ok(None) => break "stream closed",
                     Err(_) => break "stream broken",
                 }
             };
-            let mut entries = agents.entries.lock().expect("agents lock");
-            if entries.get(&id).is_some_and(|e| e.connection == connection) {
-                entries.remove(&id);
-            }
-            tracing::info!(agent = %id, reason, "agent detached");
+            scheduler.send(Event::Detached { agent, connection, reason });
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -158,8 +133,9 @@ impl InventoryService for AgentApi {
     async fn list_vms(&self, request: Request<ListVmsRequest>) -> Result<Response<ListVmsResponse>, Status> {
         let q = request.into_inner();
         let mut vms: Vec<VmLocation> = self
-            .0
-            .live()
+            .scheduler
+            .live_agents()
+            .await?
             .into_iter()
             .filter(|a| q.region.is_empty() || a.region == q.region)
             .flat_map(|a| {

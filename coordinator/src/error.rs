@@ -9,12 +9,21 @@ pub enum CoordinatorError {
     /// No job has this id.
     #[error("no job with id {0:?}")]
     NotFound(String),
+    /// A VM of a submission is in no live agent's inventory.
+    #[error("VM {0:?} is in the inventory of no live agent (see `hyperexport vms`)")]
+    UnknownVm(String),
+    /// No live agent can run a submission where it asks (region, labels).
+    #[error("{0}")]
+    NoAgent(String),
     /// The job is in a state that does not allow the operation.
     #[error("{0}")]
     Conflict(String),
     /// The gRPC server failed (e.g. the listener broke).
     #[error("serving the API: {0}")]
     Serve(String),
+    /// The coordinator is stopping.
+    #[error("the coordinator is stopping")]
+    Stopping,
     /// The embedded store failed.
     #[error("store {op}: {detail}")]
     Store {
@@ -30,8 +39,10 @@ impl From<CoordinatorError> for tonic::Status {
         let message = e.to_string();
         match e {
             CoordinatorError::Invalid(_) => tonic::Status::invalid_argument(message),
-            CoordinatorError::NotFound(_) => tonic::Status::not_found(message),
+            CoordinatorError::NotFound(_) | CoordinatorError::UnknownVm(_) => tonic::Status::not_found(message),
+            CoordinatorError::NoAgent(_) => tonic::Status::failed_precondition(message),
             CoordinatorError::Conflict(_) => tonic::Status::failed_precondition(message),
+            CoordinatorError::Stopping => tonic::Status::unavailable(message),
             CoordinatorError::Store { .. } | CoordinatorError::Serve(_) => tonic::Status::internal(message),
         }
     }

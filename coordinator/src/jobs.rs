@@ -58,8 +58,26 @@ pub fn new_job(req: SubmitRequest) -> Result<Job> {
     }
     let now = now_ms();
     let tasks = req.vms.into_iter().map(|vm| Task { id: new_id(), vm, state: JobState::Pending as i32, ..Default::default() }).collect();
-    let mut job =
-        Job { id: new_id(), state: 0, tasks, target: req.target, priority: req.priority, created_unix_ms: now, updated_unix_ms: now };
+    for (k, v) in &req.labels {
+        if k.is_empty() || k.len() > 128 || v.len() > 128 || k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(CoordinatorError::Invalid(format!("label {k:?}={v:?}: keys 1-128 and values 0-128 printable characters")));
+        }
+    }
+    if req.region.len() > 128 || req.region.chars().any(char::is_control) {
+        return Err(CoordinatorError::Invalid(format!("region {:?} is not 0-128 printable characters", req.region)));
+    }
+    let mut job = Job {
+        id: new_id(),
+        state: 0,
+        tasks,
+        target: req.target,
+        priority: req.priority,
+        created_unix_ms: now,
+        updated_unix_ms: now,
+        region: req.region,
+        labels: req.labels,
+        max_parallel: req.max_parallel,
+    };
     job.state = derive_state(&job.tasks) as i32;
     Ok(job)
 }
@@ -104,7 +122,7 @@ mod tests {
     use super::*;
 
     fn req(vms: &[&str], target: &str, priority: i32) -> SubmitRequest {
-        SubmitRequest { vms: vms.iter().map(|s| s.to_string()).collect(), target: target.into(), priority }
+        SubmitRequest { vms: vms.iter().map(|s| s.to_string()).collect(), target: target.into(), priority, ..Default::default() }
     }
 
     #[test]

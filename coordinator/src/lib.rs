@@ -1,14 +1,15 @@
-//! The HyperExport coordinator: accepts export jobs over gRPC (`hyperexport.v1.ExportService`)
-//! and keeps them in an embedded store (redb), every change persisted before it is answered.
-//!
-//! What is here: submit, get, list, cancel and watch of jobs, durable across restarts. What is
-//! not yet: agents, placement and execution (see README.md, "What works today").
+//! The HyperExport coordinator: accepts export jobs over gRPC (`hyperexport.v1.ExportService`),
+//! keeps them in an embedded store (redb), and shards their tasks across the agents attached to
+//! it (`AgentService`), every change persisted before it is acted on.
 
 pub mod agents;
 pub mod error;
 pub mod jobs;
+pub mod placement;
+pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod task_state;
 
 pub use error::CoordinatorError;

@@ -1,6 +1,7 @@
 //! Serving the coordinator's gRPC API (with server reflection) on a listener.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyperexport_proto::v1::FILE_DESCRIPTOR_SET;
@@ -11,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::agents::{AgentApi, Agents};
+use crate::agents::AgentApi;
+use crate::scheduler;
 use crate::error::{CoordinatorError, Result};
 use crate::service::ExportApi;
 use crate::store::JobStore;
@@ -29,13 +31,15 @@ pub(crate) async fn stopped(mut stopping: watch::Receiver<bool>) {
 /// ended so that the server can stop.
 pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let (stop, stopping) = watch::channel(false);
-    let agents = AgentApi(Agents::new(heartbeat, stopping.clone()));
+    let store = Arc::new(store);
+    let scheduler = scheduler::start(Arc::clone(&store), heartbeat, stopping.clone())?;
+    let agents = AgentApi::new(scheduler.clone(), stopping.clone());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| CoordinatorError::Serve(format!("reflection descriptor: {e}")))?;
     tonic::transport::Server::builder()
-        .add_service(ExportServiceServer::new(ExportApi::new(store, stopping)))
+        .add_service(ExportServiceServer::new(ExportApi::new(store, scheduler, stopping)))
         .add_service(AgentServiceServer::new(agents.clone()))
         .add_service(InventoryServiceServer::new(agents))
         .add_service(reflection)

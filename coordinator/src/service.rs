@@ -1,5 +1,6 @@
-//! `hyperexport.v1.ExportService`: the job API. Store calls (each an fsynced transaction) run on
-//! tokio's blocking pool; every change is persisted before it is answered or broadcast.
+//! `hyperexport.v1.ExportService`: the job API. Submit and cancel go through the scheduler (the
+//! only writer of jobs), which answers once the change is stored; reads come from the store on
+//! tokio's blocking pool; watches follow the scheduler's stream of job changes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,18 +9,17 @@ use hyperexport_proto::v1::export_service_server::ExportService;
 use hyperexport_proto::v1::{
     CancelJobRequest, GetJobRequest, Job, ListJobsRequest, ListJobsResponse, SubmitRequest, SubmitResponse, WatchJobRequest,
 };
-use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::{CoordinatorError, Result};
 use crate::jobs;
+use crate::scheduler::SchedulerHandle;
 use crate::server::stopped;
 use crate::store::JobStore;
 
-/// How many job changes a slow watcher may fall behind before it is told to resubscribe.
-const WATCH_BACKLOG: usize = 1024;
 /// Jobs per `List` page when the client names no size, and the most it may ask for.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -27,17 +27,15 @@ const MAX_PAGE: usize = 1000;
 /// The job API over a [`JobStore`].
 pub struct ExportApi {
     store: Arc<JobStore>,
-    changes: broadcast::Sender<Job>,
-    /// Serialises read-modify-write of jobs (cancel against cancel).
-    writes: Mutex<()>,
+    scheduler: SchedulerHandle,
     /// Turns true when the server shuts down: open watches end so the server can stop.
     stopping: watch::Receiver<bool>,
 }
 
 impl ExportApi {
-    /// The API over `store`; `stopping` turns true when the server shuts down.
-    pub fn new(store: JobStore, stopping: watch::Receiver<bool>) -> Self {
-        ExportApi { store: Arc::new(store), changes: broadcast::channel(WATCH_BACKLOG).0, writes: Mutex::new(()), stopping }
+    /// The API over `store` and `scheduler`; `stopping` turns true when the server shuts down.
+    pub fn new(store: Arc<JobStore>, scheduler: SchedulerHandle, stopping: watch::Receiver<bool>) -> Self {
+        ExportApi { store, scheduler, stopping }
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static) -> Result<T> {
@@ -55,10 +53,7 @@ impl ExportApi {
 impl ExportService for ExportApi {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let job = jobs::new_job(request.into_inner())?;
-        let stored = job.clone();
-        self.blocking(move |s| s.put(&stored)).await?;
-        tracing::info!(job = %job.id, tasks = job.tasks.len(), target = %job.target, "job accepted");
-        let _ = self.changes.send(job.clone());
+        let job = self.scheduler.submit(job).await?;
         Ok(Response::new(SubmitResponse { job_id: job.id }))
     }
 
@@ -79,14 +74,7 @@ impl ExportService for ExportApi {
     }
 
     async fn cancel(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
-        let _guard = self.writes.lock().await;
-        let mut job = self.job(request.into_inner().job_id).await?;
-        jobs::cancel(&mut job)?;
-        let stored = job.clone();
-        self.blocking(move |s| s.put(&stored)).await?;
-        tracing::info!(job = %job.id, "job cancelled");
-        let _ = self.changes.send(job.clone());
-        Ok(Response::new(job))
+        Ok(Response::new(self.scheduler.cancel(request.into_inner().job_id).await?))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<Job, Status>> + Send>>;
@@ -94,7 +82,7 @@ impl ExportService for ExportApi {
     async fn watch(&self, request: Request<WatchJobRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let id = request.into_inner().job_id;
         // Subscribe before reading, so no change between the read and the subscription is lost.
-        let mut changes = self.changes.subscribe();
+        let mut changes = self.scheduler.subscribe();
         let current = self.job(id.clone()).await?;
         let (tx, rx) = mpsc::channel(16);
         let stopping = self.stopping.clone();

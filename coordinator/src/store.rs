@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hyperexport_proto::v1::Job;
+use hyperexport_proto::v1::{Job, TaskCheckpointState};
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -11,6 +11,30 @@ use crate::error::{CoordinatorError, Result};
 
 /// Jobs by id, each a protobuf-encoded `hyperexport.v1.Job`.
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs_v1");
+/// Checkpoints of unfinished tasks by task id, each a protobuf-encoded
+/// `hyperexport.v1.TaskCheckpointState`.
+const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints_v1");
+
+/// Changes written together in one transaction.
+#[derive(Default)]
+pub struct Batch {
+    /// Jobs to write.
+    pub jobs: Vec<Job>,
+    /// Checkpoints to write, by task id.
+    pub checkpoints: Vec<(String, TaskCheckpointState)>,
+    /// Checkpoints to delete (their tasks are finished).
+    pub forget: Vec<String>,
+    /// Whether the commit must be on disk when it returns (state changes); progress alone may
+    /// wait for the next durable commit.
+    pub durable: bool,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.checkpoints.is_empty() && self.forget.is_empty()
+    }
+}
 
 /// File name of the database inside the data folder.
 pub const DB_FILE: &str = "coordinator.redb";
@@ -31,6 +55,7 @@ impl JobStore {
         let db = redb::Database::create(dir.join(DB_FILE)).map_err(fail("open"))?;
         let txn = db.begin_write().map_err(fail("begin"))?;
         txn.open_table(JOBS).map_err(fail("create table"))?;
+        txn.open_table(CHECKPOINTS).map_err(fail("create table"))?;
         txn.commit().map_err(fail("commit"))?;
         Ok(JobStore { db })
     }
@@ -43,6 +68,40 @@ impl JobStore {
             table.insert(job.id.as_str(), job.encode_to_vec().as_slice()).map_err(fail("insert"))?;
         }
         txn.commit().map_err(fail("commit"))
+    }
+
+    /// Writes a batch in one transaction.
+    pub fn write(&self, batch: &Batch) -> Result<()> {
+        let mut txn = self.db.begin_write().map_err(fail("begin"))?;
+        if !batch.durable {
+            txn.set_durability(redb::Durability::None).map_err(fail("set durability"))?;
+        }
+        {
+            let mut jobs = txn.open_table(JOBS).map_err(fail("open table"))?;
+            for job in &batch.jobs {
+                jobs.insert(job.id.as_str(), job.encode_to_vec().as_slice()).map_err(fail("insert"))?;
+            }
+            let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(fail("open table"))?;
+            for (task, state) in &batch.checkpoints {
+                checkpoints.insert(task.as_str(), state.encode_to_vec().as_slice()).map_err(fail("insert"))?;
+            }
+            for task in &batch.forget {
+                checkpoints.remove(task.as_str()).map_err(fail("remove"))?;
+            }
+        }
+        txn.commit().map_err(fail("commit"))
+    }
+
+    /// Every checkpoint of an unfinished task, by task id.
+    pub fn checkpoints(&self) -> Result<Vec<(String, TaskCheckpointState)>> {
+        let txn = self.db.begin_read().map_err(fail("begin"))?;
+        let table = txn.open_table(CHECKPOINTS).map_err(fail("open table"))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(fail("scan"))? {
+            let (key, value) = entry.map_err(fail("scan"))?;
+            out.push((key.value().to_string(), TaskCheckpointState::decode(value.value()).map_err(fail("decode checkpoint"))?));
+        }
+        Ok(out)
     }
 
     /// One job.
@@ -105,5 +164,13 @@ mod tests {
         let (second, more) = store.page(1, Some("j2")).unwrap();
         assert_eq!((second[0].id.as_str(), more), ("j1", false));
         assert!(store.page(1, Some("gone")).is_err());
+        let state = TaskCheckpointState { disks: vec![Default::default()] };
+        let batch = Batch { checkpoints: vec![("t1".into(), state.clone())], durable: true, ..Default::default() };
+        store.write(&batch).unwrap();
+        drop(store);
+        let store = JobStore::open(dir.path()).unwrap();
+        assert_eq!(store.checkpoints().unwrap(), vec![("t1".to_string(), state)]);
+        store.write(&Batch { forget: vec!["t1".into()], durable: true, ..Default::default() }).unwrap();
+        assert!(store.checkpoints().unwrap().is_empty());
     }
 }

@@ -20,6 +20,7 @@ const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 const MAX_KDF_ITERATIONS: u32 = 64;
 
 /// What unlocks a repository.
+#[derive(Clone)]
 pub enum Secret {
     /// A password (bytes as given, without a trailing newline).
     Password(Vec<u8>),

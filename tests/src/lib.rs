@@ -156,9 +156,14 @@ impl Service {
 
     /// Asks it to stop with SIGTERM and waits; returns its exit code.
     pub fn terminate(mut self) -> Option<i32> {
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.signal(libc::SIGTERM);
         self.child.wait().expect("process exits").code()
+    }
+
+    /// Sends it a signal (e.g. SIGSTOP and SIGCONT to make it go silent and wake up).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 }
 
@@ -198,11 +203,12 @@ impl Coordinator {
 
 impl Sandbox {
     /// Spawns `hyperexport args...` in the background, its stderr in `<name>.log`.
-    fn spawn_service(&self, name: &str, args: &[String], stdout: Stdio) -> Service {
+    fn spawn_service(&self, name: &str, args: &[String], stdout: Stdio, env: &[(&str, &str)]) -> Service {
         let log = self.path(&format!("{name}.log"));
         let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("service log");
         let child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -213,12 +219,39 @@ impl Sandbox {
     }
 
     /// Starts `hyperexport agent` for `region`, serving the VMs in `source`, with its state in
-    /// `data`; extra arguments follow.
+    /// `data` and the sandbox's password for its targets; extra arguments follow.
     pub fn start_agent(&self, coordinator: &Coordinator, region: &str, source: &Path, data: &str, extra: &[&str]) -> Service {
+        self.start_agent_with_env(coordinator, region, source, data, extra, &[])
+    }
+
+    /// Like [`Sandbox::start_agent`], with extra environment variables (e.g. test faults).
+    pub fn start_agent_with_env(
+        &self,
+        coordinator: &Coordinator,
+        region: &str,
+        source: &Path,
+        data: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Service {
         let mut a = args(&["agent", "--coordinator", &coordinator.addr, "--region", region]);
         a.extend(["--data".into(), self.path(data).display().to_string(), "--source".into(), format!("local:{}", source.display())]);
+        a.extend(["--password-file".into(), self.path("password").display().to_string()]);
         a.extend(args(extra));
-        self.spawn_service(data, &a, Stdio::null())
+        self.spawn_service(data, &a, Stdio::null(), env)
+    }
+
+    /// The id an agent started with data folder `data` keeps there.
+    pub fn agent_id(&self, data: &str) -> String {
+        fs::read_to_string(self.path(data).join("agent-id")).map(|s| s.trim().to_string()).unwrap_or_default()
+    }
+
+    /// The coordinator's view of a job (`jobs --output json`, this job's entry).
+    pub fn job(&self, coordinator: &Coordinator, id: &str) -> Value {
+        let mut a = args(&["jobs", "--output", "json"]);
+        a.extend(coordinator.flag());
+        let jobs: Value = serde_json::from_str(&self.ok(&a).stdout).expect("jobs JSON");
+        jobs.as_array().and_then(|j| j.iter().find(|j| j["id"] == id).cloned()).unwrap_or(Value::Null)
     }
 
     /// Starts `hyperexport coordinator` on a free loopback port with its state in `data`, and
@@ -237,7 +270,7 @@ impl Sandbox {
         }
         a.extend(["--data".into(), self.path(data).display().to_string()]);
         a.extend(args(extra));
-        let mut service = self.spawn_service(data, &a, Stdio::piped());
+        let mut service = self.spawn_service(data, &a, Stdio::piped(), &[]);
         let mut line = String::new();
         let stdout = service.child.stdout.take().expect("piped stdout");
         std::io::BufReader::new(stdout).read_line(&mut line).expect("coordinator stdout");

@@ -1,54 +1,75 @@
 //! `AgentRoot`: attaches the agent to its coordinator (`AgentService.Attach`), registers it with
-//! its region, labels and inventory, sends heartbeats at the interval the coordinator asks for,
-//! and reattaches with exponential backoff whenever the stream fails.
+//! its region, labels, inventory and running tasks, sends heartbeats at the interval the
+//! coordinator asks for, and reattaches with exponential backoff whenever the stream fails.
+//!
+//! It supervises one `JobSupervisor` per assigned task, passes cancels down and the tasks' news
+//! up. A task's result is kept until the coordinator releases it, and checkpoints made while the
+//! coordinator is away are kept in order, so both survive a reconnect. A supervisor that stops
+//! without a result is reported as a retryable failure.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
-use hyperexport_proto::v1::agent_service_client::AgentServiceClient;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
-use hyperexport_proto::v1::{AgentMessage, Heartbeat, Register, Vm};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use hyperexport_proto::v1::{AgentMessage, Assign, Heartbeat, RunningTask, TaskFinished, TaskOutcome, Vm};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use crate::source::inventory;
+use super::job_supervisor::{JobSupervisor, JobSupervisorConfig, JobSupervisorMsg};
+use crate::attach::{AttachConfig, attach, inventory_of};
+use crate::export::TestFaults;
+use crate::target::TargetAccess;
 
 /// First wait before reattaching; doubled after each failure up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// What an agent is and where its coordinator is.
-#[derive(Debug, Clone)]
+/// What an agent is, where its coordinator is, and how it runs tasks.
+#[derive(Clone)]
 pub struct AgentRootConfig {
-    /// `http://HOST:PORT` of the coordinator.
-    pub coordinator: String,
-    /// Stable id of this agent.
-    pub agent_id: String,
-    /// Region it runs in.
-    pub region: String,
-    /// Site within the region.
-    pub site: String,
-    /// Free-form labels for placement.
-    pub labels: HashMap<String, String>,
+    /// Identity, location and coordinator.
+    pub attach: AttachConfig,
     /// Folder of local VMs it serves.
     pub source: PathBuf,
-    /// Tasks it runs at once.
-    pub capacity: u32,
+    /// How tasks open their targets.
+    pub access: TargetAccess,
+    /// Worker threads per task.
+    pub threads: usize,
+    /// Fault injection for tests.
+    pub faults: TestFaults,
 }
 
 /// Messages `AgentRoot` handles.
-#[derive(Debug)]
 pub enum AgentRootMsg {
     /// Try to attach now.
     Attach,
     /// Time for the heartbeat of attachment `generation`.
     Heartbeat { generation: u64 },
+    /// The coordinator sent something on attachment `generation`.
+    Down { generation: u64, body: CoordinatorBody },
     /// The stream of attachment `generation` ended.
     Detached { generation: u64, reason: String },
+    /// News of a task for the coordinator.
+    Up { task_id: String, body: AgentBody },
+    /// A task's supervisor stopped; if its result has not come by the time this is handled
+    /// (results are sent before the supervisor stops), the task was lost.
+    SupervisorStopped { task_id: String, reason: Option<String> },
+}
+
+/// A task this agent runs or has run.
+struct TaskSlot {
+    attempt: u32,
+    cancel: Arc<AtomicBool>,
+    supervisor: Option<ActorRef<JobSupervisorMsg>>,
+    /// The result, kept until the coordinator releases it.
+    finished: Option<TaskFinished>,
+    /// Checkpoints not yet sent (the stream was down).
+    unsent: Vec<AgentMessage>,
 }
 
 /// `AgentRoot`'s state, built in `pre_start`.
@@ -61,6 +82,7 @@ pub struct AgentRootState {
     heartbeat: Duration,
     sequence: u64,
     backoff: Duration,
+    tasks: HashMap<String, TaskSlot>,
 }
 
 impl AgentRootState {
@@ -69,24 +91,118 @@ impl AgentRootState {
         myself.send_after(self.backoff, || AgentRootMsg::Attach);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
+
+    /// Sends a message on the stream; false if there is none or it is gone.
+    async fn send(&self, body: AgentBody) -> bool {
+        match &self.outbound {
+            Some((_, tx)) => tx.send(AgentMessage { body: Some(body) }).await.is_ok(),
+            None => false,
+        }
+    }
+
+    fn running(&self) -> Vec<RunningTask> {
+        let live = self.tasks.iter().filter(|(_, t)| t.finished.is_none() && t.supervisor.is_some());
+        live.map(|(id, t)| RunningTask { task_id: id.clone(), attempt: t.attempt }).collect()
+    }
+
+    /// After (re)attaching: checkpoints kept while away, then results not yet released.
+    async fn flush(&mut self) {
+        let mut pending = Vec::new();
+        for slot in self.tasks.values_mut() {
+            pending.append(&mut slot.unsent);
+            pending.extend(slot.finished.clone().map(|f| AgentMessage { body: Some(AgentBody::Finished(f)) }));
+        }
+        for message in pending {
+            if let Some(body) = message.body
+                && !self.send(body).await
+            {
+                break;
+            }
+        }
+    }
+
+    async fn assign(&mut self, myself: &ActorRef<AgentRootMsg>, assign: Assign) -> Result<(), ActorProcessingErr> {
+        if let Some(slot) = self.tasks.get(&assign.task_id)
+            && slot.finished.is_none()
+        {
+            tracing::warn!(task = %assign.task_id, attempt = assign.attempt, running = slot.attempt, "already running this task; assignment ignored");
+            return Ok(());
+        }
+        let busy = self.tasks.values().filter(|t| t.finished.is_none()).count() as u32;
+        if busy >= self.config.attach.capacity {
+            let full = TaskFinished {
+                task_id: assign.task_id.clone(),
+                attempt: assign.attempt,
+                outcome: TaskOutcome::Failed as i32,
+                error: format!("agent {} is full ({busy} tasks running)", self.config.attach.agent_id),
+                point: String::new(),
+                retryable: true,
+            };
+            self.send(AgentBody::Finished(full)).await;
+            return Ok(());
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let config = JobSupervisorConfig {
+            assign: assign.clone(),
+            source_dir: self.config.source.clone(),
+            access: self.config.access.clone(),
+            threads: self.config.threads,
+            faults: self.config.faults,
+            cancel: Arc::clone(&cancel),
+            root: myself.clone(),
+        };
+        let (supervisor, _) = JobSupervisor::spawn_linked(None, JobSupervisor, config, myself.get_cell()).await?;
+        let slot = TaskSlot { attempt: assign.attempt, cancel, supervisor: Some(supervisor), finished: None, unsent: Vec::new() };
+        self.tasks.insert(assign.task_id, slot);
+        Ok(())
+    }
+
+    async fn down(&mut self, myself: &ActorRef<AgentRootMsg>, body: CoordinatorBody) -> Result<(), ActorProcessingErr> {
+        match body {
+            CoordinatorBody::Assign(a) => self.assign(myself, a).await?,
+            CoordinatorBody::Cancel(c) => match self.tasks.get(&c.task_id) {
+                Some(TaskSlot { cancel, supervisor: Some(s), finished: None, .. }) => {
+                    cancel.store(true, Ordering::SeqCst);
+                    let _ = s.send_message(JobSupervisorMsg::Cancel);
+                }
+                Some(TaskSlot { finished: Some(f), .. }) => {
+                    let f = f.clone();
+                    self.send(AgentBody::Finished(f)).await;
+                }
+                _ => {
+                    let unknown = TaskFinished { task_id: c.task_id, outcome: TaskOutcome::Cancelled as i32, ..Default::default() };
+                    self.send(AgentBody::Finished(unknown)).await;
+                }
+            },
+            CoordinatorBody::Release(r) => {
+                if self.tasks.get(&r.task_id).is_some_and(|t| t.finished.is_some()) {
+                    self.tasks.remove(&r.task_id);
+                }
+            }
+            CoordinatorBody::Registered(_) => tracing::warn!("unexpected second Registered from the coordinator"),
+        }
+        Ok(())
+    }
+
+    async fn up(&mut self, task_id: String, body: AgentBody) {
+        let checkpoint = matches!(body, AgentBody::Checkpoint(_));
+        if let AgentBody::Finished(f) = &body
+            && let Some(slot) = self.tasks.get_mut(&task_id)
+        {
+            slot.finished = Some(f.clone());
+        }
+        let kept = body.clone();
+        if !self.send(body).await
+            && checkpoint
+            && let Some(slot) = self.tasks.get_mut(&task_id)
+        {
+            slot.unsent.push(AgentMessage { body: Some(kept) });
+        }
+    }
 }
 
 /// The root actor of an agent.
 pub struct AgentRoot;
-
-/// Lists the VMs under the source folder; entries that are not VMs are logged and left out.
-fn inventory_of(source: &Path) -> Result<Vec<Vm>, ActorProcessingErr> {
-    let mut vms = Vec::new();
-    for (path, summary) in inventory::scan(source)? {
-        match summary {
-            Ok(s) => {
-                vms.push(Vm { name: s.name, provider: "local".into(), kind: s.kind.into(), disks: s.disks, power_state: "unknown".into() })
-            }
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "not a VM, left out of the inventory"),
-        }
-    }
-    Ok(vms)
-}
 
 impl Actor for AgentRoot {
     type Msg = AgentRootMsg;
@@ -95,7 +211,7 @@ impl Actor for AgentRoot {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, config: AgentRootConfig) -> Result<Self::State, ActorProcessingErr> {
         let vms = inventory_of(&config.source)?;
-        tracing::info!(agent = %config.agent_id, vms = vms.len(), source = %config.source.display(), "inventory read");
+        tracing::info!(agent = %config.attach.agent_id, vms = vms.len(), source = %config.source.display(), "inventory read");
         myself.send_message(AgentRootMsg::Attach)?;
         Ok(AgentRootState {
             config,
@@ -105,6 +221,7 @@ impl Actor for AgentRoot {
             heartbeat: Duration::from_secs(2),
             sequence: 0,
             backoff: MIN_BACKOFF,
+            tasks: HashMap::new(),
         })
     }
 
@@ -113,29 +230,38 @@ impl Actor for AgentRoot {
             AgentRootMsg::Attach => {
                 state.generation += 1;
                 let generation = state.generation;
-                match attach(&state.config, &state.vms, generation, myself.clone()).await {
+                let down = myself.clone();
+                let on_message = move |body| down.send_message(AgentRootMsg::Down { generation, body }).is_ok();
+                let gone = myself.clone();
+                let on_end = move |reason| {
+                    let _ = gone.send_message(AgentRootMsg::Detached { generation, reason });
+                };
+                match attach(&state.config.attach, &state.vms, state.running(), on_message, on_end).await {
                     Ok((tx, heartbeat)) => {
-                        tracing::info!(agent = %state.config.agent_id, coordinator = %state.config.coordinator, "attached");
+                        tracing::info!(agent = %state.config.attach.agent_id, coordinator = %state.config.attach.coordinator, "attached");
                         state.outbound = Some((generation, tx));
                         state.heartbeat = heartbeat;
                         state.backoff = MIN_BACKOFF;
                         myself.send_after(heartbeat, move || AgentRootMsg::Heartbeat { generation });
+                        state.flush().await;
                     }
                     Err(e) => {
-                        tracing::warn!(coordinator = %state.config.coordinator, error = %e, retry_in_ms = state.backoff.as_millis() as u64, "cannot attach");
+                        tracing::warn!(coordinator = %state.config.attach.coordinator, error = %e, retry_in_ms = state.backoff.as_millis() as u64, "cannot attach");
                         state.retry_later(&myself);
                     }
                 }
             }
             AgentRootMsg::Heartbeat { generation } => {
-                if let Some((current, tx)) = &state.outbound
-                    && *current == generation
-                {
+                if state.outbound.as_ref().is_some_and(|(current, _)| *current == generation) {
                     state.sequence += 1;
-                    let beat = AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { sequence: state.sequence })) };
-                    if tx.send(beat).await.is_ok() {
+                    if state.send(AgentBody::Heartbeat(Heartbeat { sequence: state.sequence })).await {
                         myself.send_after(state.heartbeat, move || AgentRootMsg::Heartbeat { generation });
                     }
+                }
+            }
+            AgentRootMsg::Down { generation, body } => {
+                if state.outbound.as_ref().is_some_and(|(current, _)| *current == generation) {
+                    state.down(&myself, body).await?;
                 }
             }
             AgentRootMsg::Detached { generation, reason } => {
@@ -145,48 +271,29 @@ impl Actor for AgentRoot {
                     state.retry_later(&myself);
                 }
             }
+            AgentRootMsg::Up { task_id, body } => state.up(task_id, body).await,
+            AgentRootMsg::SupervisorStopped { task_id, reason } => {
+                let Some(slot) = state.tasks.get(&task_id).filter(|s| s.finished.is_none()) else { return Ok(()) };
+                let error = format!("the task's supervisor stopped without a result: {}", reason.unwrap_or_else(|| "no reason given".into()));
+                tracing::error!(task = %task_id, error = %error, "task lost");
+                let lost = TaskFinished { task_id: task_id.clone(), attempt: slot.attempt, outcome: TaskOutcome::Failed as i32, error, retryable: true, ..Default::default() };
+                state.up(task_id, AgentBody::Finished(lost)).await;
+            }
         }
         Ok(())
     }
-}
 
-/// Opens the stream, registers, and waits for `Registered`; a task then watches the stream and
-/// tells `myself` when it ends.
-async fn attach(
-    config: &AgentRootConfig,
-    vms: &[Vm],
-    generation: u64,
-    myself: ActorRef<AgentRootMsg>,
-) -> Result<(mpsc::Sender<AgentMessage>, Duration), ActorProcessingErr> {
-    let mut client = AgentServiceClient::connect(config.coordinator.clone()).await?;
-    let (tx, rx) = mpsc::channel(16);
-    let register = Register {
-        agent_id: config.agent_id.clone(),
-        region: config.region.clone(),
-        site: config.site.clone(),
-        labels: config.labels.clone(),
-        providers: vec!["local".into()],
-        capacity: config.capacity,
-        vms: vms.to_vec(),
-    };
-    tx.send(AgentMessage { body: Some(AgentBody::Register(register)) }).await?;
-    let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
-    let heartbeat = match inbound.message().await? {
-        Some(m) => match m.body {
-            Some(CoordinatorBody::Registered(r)) => Duration::from_millis(r.heartbeat_interval_ms.max(50) as u64),
-            None => return Err("the coordinator answered Register with an empty message".into()),
-        },
-        None => return Err("the coordinator closed the stream after Register".into()),
-    };
-    tokio::spawn(async move {
-        let reason = loop {
-            match inbound.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => break "the coordinator closed the stream".to_string(),
-                Err(status) => break format!("stream failed: {}", status.message()),
-            }
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
+            SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),
+            _ => return Ok(()),
         };
-        let _ = myself.send_message(AgentRootMsg::Detached { generation, reason });
-    });
-    Ok((tx, heartbeat))
+        if let Some((id, slot)) = state.tasks.iter_mut().find(|(_, t)| t.supervisor.as_ref().is_some_and(|s| s.get_id() == cell.get_id())) {
+            slot.supervisor = None;
+            // Supervision events overtake ordinary messages: the result may still be queued.
+            myself.send_message(AgentRootMsg::SupervisorStopped { task_id: id.clone(), reason })?;
+        }
+        Ok(())
+    }
 }

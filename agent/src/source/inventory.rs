@@ -85,6 +85,16 @@ pub fn scan(dir: &Path) -> Result<Vec<(PathBuf, Result<VmSummary>)>> {
         .collect())
 }
 
+/// The path of the VM named `vm` in `dir`; an error if none or several carry that name.
+pub fn find(dir: &Path, vm: &str) -> Result<PathBuf> {
+    let found: Vec<PathBuf> = scan(dir)?.into_iter().filter(|(_, s)| s.as_ref().is_ok_and(|s| s.name == vm)).map(|(p, _)| p).collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(AgentError::source(dir, format!("holds no VM named {vm:?}"))),
+        many => Err(AgentError::source(dir, format!("holds {} VMs named {vm:?}; rename all but one", many.len()))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +119,7 @@ mod tests {
         assert!(names[1].as_ref().unwrap_err().contains("not a valid OVA"));
         assert_eq!(names[2], Ok(("db".into(), "ova", 0)));
         assert_eq!(names[3], Ok(("web".into(), "image", 1)));
+        assert_eq!(find(dir.path(), "db").unwrap(), dir.path().join("db.ova"));
+        assert!(find(dir.path(), "nope").unwrap_err().to_string().contains("no VM named"));
     }
 }

@@ -1,0 +1,330 @@
+//! `JobSupervisor`: runs one task (one VM to one target). It opens the source and the target,
+//! then runs a `DiskReader` per disk, one after the other, and an `Uploader` for the target.
+//!
+//! Restart policy: a child that fails is started again after a backoff (1 s, doubling, at most
+//! 8 s) while the task's retry budget lasts ([`RESTART_BUDGET`] restarts); a restarted reader goes
+//! on from the disk's last checkpoint. When the budget is spent, or the failure happens before
+//! any child runs, the task fails and the coordinator decides whether to retry it elsewhere. On
+//! cancel the children stop, the repository lock is released and no point is published.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyperexport_proto::v1::agent_message::Body as AgentBody;
+use hyperexport_proto::v1::{self as pb, Assign, TaskFinished, TaskOutcome, TaskPhase};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::agent_root::AgentRootMsg;
+use super::disk_reader::{DiskReader, DiskReaderConfig};
+use super::uploader::{Uploader, UploaderConfig};
+use crate::AgentError;
+use crate::checkpoint::{DiskCheckpoint, DiskResume, encode_chunks};
+use crate::export::{DiskResult, ExportOptions, ExportRun, TestFaults};
+use crate::resume::{ResumePlan, plan_resume};
+use crate::source::disk::RawDisk;
+use crate::progress::Progress;
+use crate::task_progress::TaskCounters;
+use crate::target::{TargetAccess, open_or_create, target_path};
+
+/// Restarts of children a task may use before it fails.
+pub const RESTART_BUDGET: u32 = 3;
+/// Wait before the first restart; doubled for each further one, up to [`MAX_RESTART_BACKOFF`].
+pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait before a restart.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(8);
+/// How often progress goes to the coordinator while it changes.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// One task and what the agent gives it.
+#[derive(Clone)]
+pub struct JobSupervisorConfig {
+    /// The coordinator's assignment.
+    pub assign: Assign,
+    /// Folder of the agent's local VMs.
+    pub source_dir: std::path::PathBuf,
+    /// How to open targets.
+    pub access: TargetAccess,
+    /// Export settings (chunk size and compression are the target's).
+    pub threads: usize,
+    /// Fault injection for tests.
+    pub faults: TestFaults,
+    /// Set by `AgentRoot` on cancel (also read while waiting for the repository lock).
+    pub cancel: Arc<AtomicBool>,
+    /// Who gets the task's news.
+    pub root: ActorRef<AgentRootMsg>,
+}
+
+/// Messages `JobSupervisor` handles.
+pub enum JobSupervisorMsg {
+    /// Open the source and the target, then start the first disk.
+    Start,
+    /// A reader made part of disk `index` durable.
+    Checkpoint { index: usize, checkpoint: DiskCheckpoint },
+    /// Disk `index` is exported.
+    DiskDone { index: usize, result: Box<DiskResult> },
+    /// The point is published.
+    Published { point: String },
+    /// Stop the task (the cancel flag is already set).
+    Cancel,
+    /// Time to report progress.
+    Tick,
+    /// Start the child for the current step again (after a failure's backoff).
+    Restart,
+}
+
+/// `JobSupervisor`'s state.
+pub struct JobSupervisorState {
+    config: JobSupervisorConfig,
+    counters: Arc<TaskCounters>,
+    run: Option<Arc<ExportRun>>,
+    /// Per disk: where to resume it, or its result once done.
+    resume: Vec<Option<DiskResume>>,
+    done: Vec<Option<DiskResult>>,
+    sizes: Vec<u64>,
+    phase: TaskPhase,
+    restarts: u32,
+    child: Option<ActorCell>,
+    last_progress: Option<pb::TaskProgress>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+    finished: bool,
+}
+
+/// Supervises one task.
+pub struct JobSupervisor;
+
+impl JobSupervisorState {
+    fn task_id(&self) -> &str {
+        &self.config.assign.task_id
+    }
+
+    fn up(&self, body: AgentBody) {
+        let _ = self.config.root.send_message(AgentRootMsg::Up { task_id: self.task_id().to_string(), body });
+    }
+
+    /// Reports the outcome and stops the supervisor.
+    fn finish(&mut self, myself: &ActorRef<JobSupervisorMsg>, outcome: TaskOutcome, error: String, point: String, retryable: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.send_progress();
+        let a = &self.config.assign;
+        tracing::info!(task = %a.task_id, vm = %a.vm, attempt = a.attempt, outcome = outcome.as_str_name(), error = %error, "task finished");
+        let finished = TaskFinished { task_id: a.task_id.clone(), attempt: a.attempt, outcome: outcome as i32, error, point, retryable };
+        self.up(AgentBody::Finished(finished));
+        myself.stop(None);
+    }
+
+    fn send_progress(&mut self) {
+        let a = &self.config.assign;
+        let now = self.counters.snapshot(&a.task_id, a.attempt, self.phase);
+        if self.last_progress.as_ref() != Some(&now) {
+            self.last_progress = Some(now.clone());
+            self.up(AgentBody::Progress(now));
+        }
+    }
+
+    /// Starts the child for the next step: the first disk not done, else the uploader.
+    async fn start_next(&mut self, myself: &ActorRef<JobSupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        let run = Arc::clone(self.run.as_ref().ok_or("the export is not open")?);
+        let cell = match self.done.iter().position(Option::is_none) {
+            Some(index) => {
+                let config = DiskReaderConfig {
+                    run,
+                    index,
+                    resume: self.resume[index].clone(),
+                    cancel: Arc::clone(&self.config.cancel),
+                    counters: Arc::clone(&self.counters),
+                    supervisor: myself.clone(),
+                };
+                DiskReader::spawn_linked(None, DiskReader, config, myself.get_cell()).await?.0.get_cell()
+            }
+            None => {
+                self.phase = TaskPhase::Verifying;
+                self.send_progress();
+                let disks = self.done.iter().flatten().cloned().collect();
+                let config = UploaderConfig { run, disks, counters: Arc::clone(&self.counters), supervisor: myself.clone() };
+                Uploader::spawn_linked(None, Uploader, config, myself.get_cell()).await?.0.get_cell()
+            }
+        };
+        self.child = Some(cell);
+        Ok(())
+    }
+}
+
+/// An opened task: the export under way, its disks' sizes and where to resume them.
+struct Opened {
+    run: ExportRun,
+    sizes: Vec<u64>,
+    plan: ResumePlan,
+}
+
+/// Opens the source VM and the target, locks the target for the export and plans the resume.
+fn open(config: &JobSupervisorConfig) -> Result<Opened, AgentError> {
+    let a = &config.assign;
+    let path = crate::source::inventory::find(&config.source_dir, &a.vm)?;
+    let source = Arc::new(crate::source::open(&path, None)?);
+    let repo = Arc::new(open_or_create(&target_path(&a.target)?, &config.access)?);
+    let compression = repo.config().compression.parse().map_err(|e: String| AgentError::Invalid(format!("target compression: {e}")))?;
+    let opts = ExportOptions {
+        chunk_size: repo.config().chunk_size,
+        compression,
+        threads: config.threads,
+        lock_wait: Duration::from_secs(24 * 3600),
+        faults: config.faults,
+    };
+    let sizes: Vec<u64> = source.disks.iter().map(|d| RawDisk::open(&d.raw_path).map(|r| r.size())).collect::<Result<_, _>>()?;
+    let run = ExportRun::begin(repo, source, opts, &config.cancel)?;
+    let plan = plan_resume(&run, &sizes, a.resume.as_ref());
+    Ok(Opened { run, sizes, plan })
+}
+
+impl Actor for JobSupervisor {
+    type Msg = JobSupervisorMsg;
+    type State = JobSupervisorState;
+    type Arguments = JobSupervisorConfig;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, config: JobSupervisorConfig) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_message(JobSupervisorMsg::Start)?;
+        let ticker = myself.send_interval(PROGRESS_EVERY, || JobSupervisorMsg::Tick);
+        Ok(JobSupervisorState {
+            config,
+            counters: Arc::new(TaskCounters::new([])),
+            run: None,
+            resume: Vec::new(),
+            done: Vec::new(),
+            sizes: Vec::new(),
+            phase: TaskPhase::Running,
+            restarts: 0,
+            child: None,
+            last_progress: None,
+            ticker: Some(ticker),
+            finished: false,
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if state.finished {
+            return Ok(());
+        }
+        match message {
+            JobSupervisorMsg::Start => {
+                let task = &state.config.assign;
+                tracing::info!(task = %task.task_id, vm = %task.vm, target = %task.target, attempt = task.attempt, "task started");
+                let config = state.config.clone();
+                let opened = match tokio::task::spawn_blocking(move || open(&config)).await? {
+                    Ok(opened) => opened,
+                    Err(AgentError::Cancelled) => {
+                        state.finish(&myself, TaskOutcome::Cancelled, String::new(), String::new(), false);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let retryable = !matches!(e, AgentError::Invalid(_) | AgentError::Source { .. });
+                        state.finish(&myself, TaskOutcome::Failed, e.to_string(), String::new(), retryable);
+                        return Ok(());
+                    }
+                };
+                let Opened { run, sizes, plan } = opened;
+                let names = run.source().disks.iter().map(|d| d.name.clone());
+                state.counters = Arc::new(TaskCounters::new(names.zip(sizes.iter().copied())));
+                for (_, report) in plan.complete.iter().flatten() {
+                    state.counters.disk_started(&report.name, report.size);
+                    state.counters.advanced(&report.name, report.size);
+                }
+                state.resume = plan.partial;
+                state.done = plan.complete;
+                state.sizes = sizes;
+                state.run = Some(Arc::new(run));
+                state.start_next(&myself).await?;
+            }
+            JobSupervisorMsg::Checkpoint { index, checkpoint } => {
+                let Some(run) = &state.run else { return Ok(()) };
+                let disk = &run.source().disks[index];
+                let size = state.sizes[index];
+                let message = pb::DiskCheckpoint {
+                    index: index as u32,
+                    name: disk.name.clone(),
+                    size,
+                    chunk_size: run.chunk_size(),
+                    start_chunk: checkpoint.start_chunk,
+                    chunk_ids: encode_chunks(&checkpoint.chunks),
+                    sha256_state: checkpoint.sha256_state.to_vec(),
+                    sha256: checkpoint.sha256.clone().unwrap_or_default(),
+                };
+                let resume = state.resume[index].get_or_insert_with(|| DiskResume {
+                    size,
+                    chunk_size: run.chunk_size(),
+                    chunks: Vec::new(),
+                    sha256_state: [0; 32],
+                });
+                if resume.chunks.len() as u64 == checkpoint.start_chunk && checkpoint.sha256.is_none() {
+                    resume.chunks.extend(checkpoint.chunks);
+                    resume.sha256_state = checkpoint.sha256_state;
+                }
+                let a = &state.config.assign;
+                let body = pb::TaskCheckpoint { task_id: a.task_id.clone(), attempt: a.attempt, disk: Some(message) };
+                state.up(AgentBody::Checkpoint(body));
+            }
+            JobSupervisorMsg::DiskDone { index, result } => {
+                state.done[index] = Some(*result);
+                state.resume[index] = None;
+                state.child = None;
+                state.start_next(&myself).await?;
+            }
+            JobSupervisorMsg::Published { point } => {
+                state.child = None;
+                state.finish(&myself, TaskOutcome::Succeeded, String::new(), point, false);
+            }
+            JobSupervisorMsg::Cancel => {
+                state.config.cancel.store(true, Ordering::SeqCst);
+                if state.child.is_none() {
+                    state.finish(&myself, TaskOutcome::Cancelled, String::new(), String::new(), false);
+                }
+            }
+            JobSupervisorMsg::Tick => state.send_progress(),
+            JobSupervisorMsg::Restart => {
+                if state.config.cancel.load(Ordering::SeqCst) {
+                    state.finish(&myself, TaskOutcome::Cancelled, String::new(), String::new(), false);
+                } else {
+                    state.start_next(&myself).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        let (cell, error) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),
+            _ => return Ok(()),
+        };
+        if state.child.as_ref().map(ActorCell::get_id) != Some(cell.get_id()) {
+            return Ok(());
+        }
+        state.child = None;
+        if state.config.cancel.load(Ordering::SeqCst) {
+            state.finish(&myself, TaskOutcome::Cancelled, String::new(), String::new(), false);
+            return Ok(());
+        }
+        let Some(error) = error else { return Ok(()) };
+        if state.restarts >= RESTART_BUDGET {
+            let message = format!("{error} (after {} restarts)", state.restarts);
+            state.finish(&myself, TaskOutcome::Failed, message, String::new(), true);
+            return Ok(());
+        }
+        let backoff = (RESTART_BACKOFF * 2u32.pow(state.restarts)).min(MAX_RESTART_BACKOFF);
+        state.restarts += 1;
+        tracing::warn!(task = %state.task_id(), error = %error, restart = state.restarts, backoff_ms = backoff.as_millis() as u64, "task step failed; restarting it");
+        myself.send_after(backoff, || JobSupervisorMsg::Restart);
+        Ok(())
+    }
+}

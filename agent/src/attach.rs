@@ -1,0 +1,101 @@
+//! The agent's side of `AgentService.Attach`: open the stream, register, wait for `Registered`,
+//! then hand every message from the coordinator to a callback until the stream ends.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use hyperexport_proto::v1::agent_message::Body as AgentBody;
+use hyperexport_proto::v1::agent_service_client::AgentServiceClient;
+use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
+use hyperexport_proto::v1::{AgentMessage, Register, RunningTask, Vm};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::source::inventory;
+
+/// Messages that may wait on the way to the coordinator (progress and checkpoints of several
+/// tasks between two network round trips).
+const OUTBOUND_QUEUE: usize = 256;
+
+/// Who the agent is and where its coordinator is.
+#[derive(Debug, Clone)]
+pub struct AttachConfig {
+    /// `http://HOST:PORT` of the coordinator.
+    pub coordinator: String,
+    /// Stable id of this agent.
+    pub agent_id: String,
+    /// Region it runs in.
+    pub region: String,
+    /// Site within the region.
+    pub site: String,
+    /// Free-form labels for placement.
+    pub labels: HashMap<String, String>,
+    /// Tasks it runs at once.
+    pub capacity: u32,
+}
+
+/// Lists the VMs under the source folder; entries that are not VMs are logged and left out.
+pub fn inventory_of(source: &Path) -> Result<Vec<Vm>, crate::AgentError> {
+    let mut vms = Vec::new();
+    for (path, summary) in inventory::scan(source)? {
+        match summary {
+            Ok(s) => {
+                vms.push(Vm { name: s.name, provider: "local".into(), kind: s.kind.into(), disks: s.disks, power_state: "unknown".into() })
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "not a VM, left out of the inventory"),
+        }
+    }
+    Ok(vms)
+}
+
+/// Opens the stream, registers, and waits for `Registered`. A task then passes each message
+/// from the coordinator to `on_message` (which returns false once nobody listens) and calls
+/// `on_end` with the reason when the stream ends. Returns the sender for messages up and the
+/// heartbeat interval the coordinator asked for.
+pub async fn attach(
+    config: &AttachConfig,
+    vms: &[Vm],
+    running: Vec<RunningTask>,
+    on_message: impl Fn(CoordinatorBody) -> bool + Send + 'static,
+    on_end: impl FnOnce(String) + Send + 'static,
+) -> Result<(mpsc::Sender<AgentMessage>, Duration), Box<dyn std::error::Error + Send + Sync>> {
+    let mut client = AgentServiceClient::connect(config.coordinator.clone()).await?;
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let register = Register {
+        agent_id: config.agent_id.clone(),
+        region: config.region.clone(),
+        site: config.site.clone(),
+        labels: config.labels.clone(),
+        providers: vec!["local".into()],
+        capacity: config.capacity,
+        vms: vms.to_vec(),
+        running,
+    };
+    tx.send(AgentMessage { body: Some(AgentBody::Register(register)) }).await?;
+    let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+    let heartbeat = match inbound.message().await? {
+        Some(m) => match m.body {
+            Some(CoordinatorBody::Registered(r)) => Duration::from_millis(r.heartbeat_interval_ms.max(50) as u64),
+            _ => return Err("the coordinator answered Register with something else than Registered".into()),
+        },
+        None => return Err("the coordinator closed the stream after Register".into()),
+    };
+    tokio::spawn(async move {
+        let reason = loop {
+            match inbound.message().await {
+                Ok(Some(m)) => {
+                    if let Some(body) = m.body
+                        && !on_message(body)
+                    {
+                        break "the agent is stopping".to_string();
+                    }
+                }
+                Ok(None) => break "the coordinator closed the stream".to_string(),
+                Err(status) => break format!("stream failed: {}", status.message()),
+            }
+        };
+        on_end(reason);
+    });
+    Ok((tx, heartbeat))
+}

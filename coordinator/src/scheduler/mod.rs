@@ -1,0 +1,354 @@
+//! The scheduler: one tokio task owns the coordinator's live state (unfinished jobs, checkpoints,
+//! attached agents) and is the only writer of jobs. Everything reaches it as an [`Event`].
+//!
+//! Each turn takes every waiting event, expires silent agents, places queued tasks, then writes
+//! all changes in one store transaction; only after that commit are assignments and cancels sent
+//! to agents, watchers told and API calls answered. So nothing is acted on before it is durable,
+//! and a turn under load batches many changes into one commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyperexport_proto::v1::agent_message::Body as AgentBody;
+use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
+use hyperexport_proto::v1::{CancelTask, CoordinatorMessage, Job, JobState, Register, TaskCheckpointState};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tonic::Status;
+
+use crate::error::{CoordinatorError, Result};
+use crate::jobs::{self, is_final, now_ms};
+use crate::placement::eligible;
+use crate::server::stopped;
+use crate::store::JobStore;
+use crate::task_state::{self, holds_agent, is_active};
+
+mod turn;
+
+/// Heartbeats an agent may miss before it is taken for dead.
+pub const MISSED_HEARTBEATS: u32 = 3;
+/// Job changes a slow watcher may fall behind before it is told to resubscribe.
+const WATCH_BACKLOG: usize = 1024;
+/// Events handled in one turn at most, so that a flood still commits and answers regularly.
+const MAX_EVENTS_PER_TURN: usize = 4096;
+
+/// The sending half of an agent's stream.
+pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// What the scheduler acts on.
+pub enum Event {
+    /// A validated new job.
+    Submit(Job, oneshot::Sender<Result<Job>>),
+    /// Cancel a job.
+    Cancel(String, oneshot::Sender<Result<Job>>),
+    /// An agent registered on a new stream (`Registered` already sent).
+    Attached { register: Register, connection: u64, tx: AgentSender },
+    /// A message from an agent's stream.
+    FromAgent { agent: String, connection: u64, body: AgentBody },
+    /// An agent's stream ended.
+    Detached { agent: String, connection: u64, reason: &'static str },
+    /// The registrations of the live agents.
+    LiveAgents(oneshot::Sender<Vec<Register>>),
+}
+
+/// How the API and the agent streams talk to the scheduler.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    events: mpsc::UnboundedSender<Event>,
+    changes: broadcast::Sender<Job>,
+    /// The agents' heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+impl SchedulerHandle {
+    /// Hands an event to the scheduler.
+    pub fn send(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    async fn ask<T>(&self, event: impl FnOnce(oneshot::Sender<T>) -> Event) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.send(event(tx));
+        rx.await.map_err(|_| CoordinatorError::Stopping)
+    }
+
+    /// Accepts a job once it is stored.
+    pub async fn submit(&self, job: Job) -> Result<Job> {
+        self.ask(|tx| Event::Submit(job, tx)).await?
+    }
+
+    /// Cancels a job; returns it as stored.
+    pub async fn cancel(&self, id: String) -> Result<Job> {
+        self.ask(|tx| Event::Cancel(id, tx)).await?
+    }
+
+    /// The live agents.
+    pub async fn live_agents(&self) -> Result<Vec<Register>> {
+        self.ask(Event::LiveAgents).await
+    }
+
+    /// Every job change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Job> {
+        self.changes.subscribe()
+    }
+}
+
+struct AgentConn {
+    register: Register,
+    connection: u64,
+    tx: AgentSender,
+    last_seen: Instant,
+}
+
+/// What a turn changed, written and sent at its end.
+#[derive(Default)]
+struct Turn {
+    jobs: HashSet<String>,
+    checkpoints: HashSet<String>,
+    forget: Vec<String>,
+    durable: bool,
+    outbox: Vec<(String, CoordinatorBody)>,
+    replies: Vec<(oneshot::Sender<Result<Job>>, Result<String>)>,
+}
+
+/// The scheduler's state.
+pub struct Scheduler {
+    store: Arc<JobStore>,
+    heartbeat: Duration,
+    /// Until then, tasks of agents that have not reattached since a restart are left alone.
+    grace_until: Instant,
+    jobs: HashMap<String, Job>,
+    /// Task id → (job id, position in the job).
+    tasks: HashMap<String, (String, usize)>,
+    checkpoints: HashMap<String, TaskCheckpointState>,
+    agents: HashMap<String, AgentConn>,
+    changes: broadcast::Sender<Job>,
+    turn: Turn,
+}
+
+/// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
+/// `stopping` turns true.
+pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receiver<bool>) -> Result<SchedulerHandle> {
+    let mut jobs = HashMap::new();
+    let mut tasks = HashMap::new();
+    for job in store.list()?.into_iter().filter(|j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t))) {
+        for (i, t) in job.tasks.iter().enumerate() {
+            tasks.insert(t.id.clone(), (job.id.clone(), i));
+        }
+        jobs.insert(job.id.clone(), job);
+    }
+    let checkpoints = store.checkpoints()?.into_iter().collect();
+    tracing::info!(unfinished_jobs = jobs.len(), "scheduler loaded");
+    let (events, mut rx) = mpsc::unbounded_channel();
+    let changes = broadcast::channel(WATCH_BACKLOG).0;
+    let mut scheduler = Scheduler {
+        store,
+        heartbeat,
+        grace_until: Instant::now() + heartbeat * MISSED_HEARTBEATS,
+        jobs,
+        tasks,
+        checkpoints,
+        agents: HashMap::new(),
+        changes: changes.clone(),
+        turn: Turn::default(),
+    };
+    tokio::spawn(async move {
+        let stop = stopped(stopping);
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(heartbeat / 2);
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(e) => scheduler.handle(e),
+                    None => break,
+                },
+                _ = tick.tick() => {}
+                () = &mut stop => break,
+            }
+            for _ in 0..MAX_EVENTS_PER_TURN {
+                match rx.try_recv() {
+                    Ok(e) => scheduler.handle(e),
+                    Err(_) => break,
+                }
+            }
+            scheduler.expire();
+            scheduler.place();
+            scheduler.commit().await;
+        }
+    });
+    Ok(SchedulerHandle { events, changes, heartbeat })
+}
+
+impl Scheduler {
+    fn task_mut(&mut self, task_id: &str) -> Option<(&mut Job, usize)> {
+        let (job_id, index) = self.tasks.get(task_id)?;
+        let index = *index;
+        self.jobs.get_mut(job_id).map(|j| (j, index))
+    }
+
+    fn changed(&mut self, job_id: &str, durable: bool) {
+        self.turn.jobs.insert(job_id.to_string());
+        self.turn.durable |= durable;
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit(job, reply) => {
+                let result = self.admit(&job).map(|()| job.id.clone());
+                if result.is_ok() {
+                    for (i, t) in job.tasks.iter().enumerate() {
+                        self.tasks.insert(t.id.clone(), (job.id.clone(), i));
+                    }
+                    tracing::info!(job = %job.id, tasks = job.tasks.len(), target = %job.target, "job accepted");
+                    self.changed(&job.id, true);
+                    self.jobs.insert(job.id.clone(), job);
+                }
+                self.turn.replies.push((reply, result));
+            }
+            Event::Cancel(id, reply) => {
+                let result = self.cancel(&id).map(|()| id);
+                self.turn.replies.push((reply, result));
+            }
+            Event::Attached { register, connection, tx } => self.attached(register, connection, tx),
+            Event::FromAgent { agent, connection, body } => {
+                match self.agents.get_mut(&agent) {
+                    Some(a) if a.connection == connection => a.last_seen = Instant::now(),
+                    _ => return,
+                }
+                self.on_agent_message(&agent, body);
+            }
+            Event::Detached { agent, connection, reason } => {
+                if self.agents.get(&agent).is_some_and(|a| a.connection == connection) {
+                    self.lost(&agent, reason);
+                }
+            }
+            Event::LiveAgents(reply) => {
+                let _ = reply.send(self.agents.values().map(|a| a.register.clone()).collect());
+            }
+        }
+    }
+
+    /// Checks that every VM of a new job can be placed somewhere now.
+    fn admit(&self, job: &Job) -> Result<()> {
+        if !job.region.is_empty() && !self.agents.values().any(|a| a.register.region == job.region) {
+            return Err(CoordinatorError::NoAgent(format!("no live agent in region {:?}", job.region)));
+        }
+        for task in &job.tasks {
+            let serving: Vec<&Register> =
+                self.agents.values().map(|a| &a.register).filter(|r| r.vms.iter().any(|v| v.name == task.vm)).collect();
+            if serving.is_empty() {
+                return Err(CoordinatorError::UnknownVm(task.vm.clone()));
+            }
+            if !serving.iter().any(|r| eligible(job, r)) {
+                let regions: HashSet<&str> = serving.iter().map(|r| r.region.as_str()).collect();
+                return Err(CoordinatorError::NoAgent(format!(
+                    "VM {:?} is served only by agents that do not match the job's region/labels (its regions: {})",
+                    task.vm,
+                    regions.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn cancel(&mut self, id: &str) -> Result<()> {
+        let Some(job) = self.jobs.get_mut(id) else {
+            // Not in memory: finished (a conflict) or unknown.
+            return match self.store.get(id)? {
+                Some(mut job) => jobs::cancel(&mut job),
+                None => Err(CoordinatorError::NotFound(id.to_string())),
+            };
+        };
+        let holders: Vec<(String, String)> =
+            job.tasks.iter().filter(|t| is_active(t) && !t.agent.is_empty()).map(|t| (t.agent.clone(), t.id.clone())).collect();
+        jobs::cancel(job)?;
+        let now = now_ms();
+        for task in job.tasks.iter_mut().filter(|t| t.state() == JobState::Cancelled && t.finished_unix_ms == 0) {
+            if !holders.iter().any(|(_, id)| *id == task.id) || !self.agents.contains_key(&task.agent) {
+                task.finished_unix_ms = now;
+            }
+        }
+        for (agent, task_id) in holders {
+            self.turn.outbox.push((agent, CoordinatorBody::Cancel(CancelTask { task_id })));
+        }
+        tracing::info!(job = %id, "job cancelled");
+        self.changed(id, true);
+        Ok(())
+    }
+
+    fn attached(&mut self, register: Register, connection: u64, tx: AgentSender) {
+        let id = register.agent_id.clone();
+        tracing::info!(agent = %id, region = %register.region, vms = register.vms.len(), holds = register.running.len(), "agent attached");
+        let held: HashMap<String, u32> = register.running.iter().map(|r| (r.task_id.clone(), r.attempt)).collect();
+        self.agents.insert(id.clone(), AgentConn { register, connection, tx, last_seen: Instant::now() });
+        // Tasks it holds: take back those still meant for it, cancel the others (a finished one
+        // answers with its result, which is then released).
+        for (task_id, attempt) in &held {
+            let keep = match self.task_mut(task_id) {
+                Some((job, i)) => {
+                    let t = &mut job.tasks[i];
+                    let mine = t.attempt == *attempt && ((is_active(t) && t.agent == id) || (t.state() == JobState::Pending && t.agent.is_empty()));
+                    if mine && t.state() == JobState::Pending {
+                        t.set_state(JobState::Running);
+                        t.agent = id.clone();
+                        t.error.clear();
+                        let job_id = job.id.clone();
+                        self.changed(&job_id, true);
+                    }
+                    mine
+                }
+                None => false,
+            };
+            if !keep {
+                self.turn.outbox.push((id.clone(), CoordinatorBody::Cancel(CancelTask { task_id: task_id.clone() })));
+            }
+        }
+        // Tasks meant for it that it no longer holds were lost with its previous run.
+        let lost: Vec<String> = self
+            .jobs
+            .values()
+            .flat_map(|j| j.tasks.iter())
+            .filter(|t| t.agent == id && is_active(t) && !held.contains_key(&t.id))
+            .map(|t| t.id.clone())
+            .collect();
+        for task_id in lost {
+            self.requeue(&task_id, format!("agent {id} restarted without the task; resuming from the last checkpoint"));
+        }
+    }
+
+    fn requeue(&mut self, task_id: &str, why: String) {
+        if let Some((job, i)) = self.task_mut(task_id) {
+            tracing::warn!(task = %task_id, reason = %why, "task requeued");
+            task_state::requeue(&mut job.tasks[i], why);
+            let state = jobs::derive_state(&job.tasks);
+            job.set_state(state);
+            let job_id = job.id.clone();
+            self.changed(&job_id, true);
+        }
+    }
+
+    /// An agent is gone: its tasks go back to the queue and resume elsewhere.
+    fn lost(&mut self, agent: &str, reason: &str) {
+        tracing::warn!(agent = %agent, reason, "agent detached");
+        if let Some(conn) = self.agents.remove(agent) {
+            // Ends its stream if it is still open (silent, not gone): it attaches again and is
+            // told which of its tasks now run elsewhere.
+            let _ = conn.tx.try_send(Err(Status::unavailable(format!("agent {agent} dropped: {reason}; attach again"))));
+        }
+        let now = now_ms();
+        let mut requeue = Vec::new();
+        for job in self.jobs.values_mut() {
+            for t in job.tasks.iter_mut().filter(|t| t.agent == agent) {
+                if is_active(t) {
+                    requeue.push(t.id.clone());
+                } else if holds_agent(t) {
+                    t.finished_unix_ms = now;
+                    self.turn.jobs.insert(job.id.clone());
+                }
+            }
+        }
+        for task_id in requeue {
+            self.requeue(&task_id, format!("agent {agent} lost ({reason}); resuming from the last checkpoint"));
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The scheduler's turn: news from agents, expiry of silent agents, placement, and the commit
+//! that makes a turn's changes durable before anyone hears of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyperexport_proto::v1::agent_message::Body as AgentBody;
+use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
+use hyperexport_proto::v1::{Assign, CoordinatorMessage, JobState, ReleaseTask};
+
+use super::{MISSED_HEARTBEATS, Scheduler};
+use crate::error::CoordinatorError;
+use crate::jobs::{self, is_final, now_ms};
+use crate::placement::{Candidate, choose, queue_key};
+use crate::store::Batch;
+use crate::task_state::{self, holds_agent, is_active};
+
+impl Scheduler {
+    /// Applies a message of agent `agent` about one of its tasks. News of a task the agent no
+    /// longer owns (another attempt runs elsewhere) is dropped; a stale result is released.
+    pub(super) fn on_agent_message(&mut self, agent: &str, body: AgentBody) {
+        let (task_id, attempt) = match &body {
+            AgentBody::Progress(p) => (p.task_id.clone(), p.attempt),
+            AgentBody::Checkpoint(c) => (c.task_id.clone(), c.attempt),
+            AgentBody::Finished(f) => (f.task_id.clone(), f.attempt),
+            AgentBody::Heartbeat(_) | AgentBody::Register(_) => return,
+        };
+        let release = |s: &mut Self| s.turn.outbox.push((agent.to_string(), CoordinatorBody::Release(ReleaseTask { task_id: task_id.clone() })));
+        let Some((job, i)) = self.task_mut(&task_id) else {
+            if matches!(body, AgentBody::Finished(_)) {
+                release(self);
+            }
+            return;
+        };
+        let task = &mut job.tasks[i];
+        if task.agent != agent || task.attempt != attempt || !holds_agent(task) {
+            if matches!(body, AgentBody::Finished(_)) {
+                release(self);
+            }
+            return;
+        }
+        let job_id = job.id.clone();
+        match body {
+            AgentBody::Progress(p) => {
+                let moved = task_state::apply_progress(task, p);
+                if moved {
+                    job.set_state(jobs::derive_state(&job.tasks));
+                }
+                job.updated_unix_ms = now_ms();
+                self.changed(&job_id, moved);
+            }
+            AgentBody::Checkpoint(c) => {
+                let Some(disk) = c.disk else { return };
+                let state = self.checkpoints.entry(task_id.clone()).or_default();
+                if task_state::append_checkpoint(state, disk) {
+                    let bytes = task_state::checkpoint_bytes(state);
+                    if let Some((job, i)) = self.task_mut(&task_id) {
+                        job.tasks[i].checkpoint_bytes = bytes;
+                    }
+                    self.turn.checkpoints.insert(task_id.clone());
+                    self.changed(&job_id, true);
+                } else {
+                    tracing::warn!(task = %task_id, "checkpoint does not follow the previous one; ignored");
+                }
+            }
+            AgentBody::Finished(f) => {
+                task_state::apply_finished(task, f, agent);
+                let settled = is_final(task.state());
+                job.set_state(jobs::derive_state(&job.tasks));
+                job.updated_unix_ms = now_ms();
+                if settled {
+                    self.checkpoints.remove(&task_id);
+                    self.turn.forget.push(task_id.clone());
+                }
+                self.changed(&job_id, true);
+                release(self);
+            }
+            AgentBody::Heartbeat(_) | AgentBody::Register(_) => {}
+        }
+    }
+
+    /// Drops agents that missed their heartbeats, and after a restart's grace period requeues
+    /// tasks whose agent never came back.
+    pub(super) fn expire(&mut self) {
+        let deadline = self.heartbeat * MISSED_HEARTBEATS;
+        let silent: Vec<String> = self.agents.iter().filter(|(_, a)| a.last_seen.elapsed() > deadline).map(|(id, _)| id.clone()).collect();
+        for agent in silent {
+            self.lost(&agent, "missed heartbeats");
+        }
+        if Instant::now() < self.grace_until {
+            return;
+        }
+        let now = now_ms();
+        let mut orphans = Vec::new();
+        for job in self.jobs.values_mut() {
+            for t in job.tasks.iter_mut().filter(|t| !t.agent.is_empty() && !self.agents.contains_key(&t.agent)) {
+                if is_active(t) {
+                    orphans.push((t.id.clone(), t.agent.clone()));
+                } else if holds_agent(t) {
+                    t.finished_unix_ms = now;
+                    self.turn.jobs.insert(job.id.clone());
+                }
+            }
+        }
+        for (task_id, agent) in orphans {
+            self.requeue(&task_id, format!("agent {agent} did not come back after the coordinator restarted; resuming from the last checkpoint"));
+        }
+    }
+
+    /// Assigns queued tasks to agents, most urgent first, while agents have free slots.
+    pub(super) fn place(&mut self) {
+        let now = now_ms();
+        let mut running: HashMap<&str, u32> = HashMap::new();
+        let mut job_running: HashMap<&str, u32> = HashMap::new();
+        let mut queue = Vec::new();
+        for job in self.jobs.values() {
+            for (i, t) in job.tasks.iter().enumerate() {
+                if holds_agent(t) {
+                    *running.entry(t.agent.as_str()).or_default() += 1;
+                    *job_running.entry(job.id.as_str()).or_default() += 1;
+                } else if t.state() == JobState::Pending && t.not_before_unix_ms <= now {
+                    queue.push((queue_key(job, i), t.vm.as_str()));
+                }
+            }
+        }
+        if queue.is_empty() || self.agents.is_empty() {
+            return;
+        }
+        queue.sort();
+        let mut candidates: HashMap<String, Candidate> = self
+            .agents
+            .iter()
+            .map(|(id, a)| (id.clone(), Candidate { register: &a.register, running: running.get(id.as_str()).copied().unwrap_or(0) }))
+            .collect();
+        let mut serving: HashMap<&str, Vec<String>> = HashMap::new();
+        for (id, a) in &self.agents {
+            for vm in &a.register.vms {
+                serving.entry(vm.name.as_str()).or_default().push(id.clone());
+            }
+        }
+        let mut free: u32 = candidates.values().map(|c| c.register.capacity.max(1).saturating_sub(c.running)).sum();
+        let mut placed = Vec::new();
+        for ((_, _, job_id, index), vm) in queue {
+            if free == 0 {
+                break;
+            }
+            let job = &self.jobs[&job_id];
+            let busy = job_running.get(job_id.as_str()).copied().unwrap_or(0);
+            if job.max_parallel > 0 && busy >= job.max_parallel {
+                continue;
+            }
+            let Some(agent) = choose(job, vm, &candidates, serving.get(vm).map(Vec::as_slice).unwrap_or_default()).map(str::to_string) else {
+                continue;
+            };
+            candidates.get_mut(&agent).expect("chosen among candidates").running += 1;
+            *job_running.entry(self.jobs.get_key_value(&job_id).expect("queued job").0.as_str()).or_default() += 1;
+            free -= 1;
+            placed.push((job_id, index, agent));
+        }
+        drop(candidates);
+        for (job_id, index, agent) in placed {
+            let job = self.jobs.get_mut(&job_id).expect("queued job");
+            let t = &mut job.tasks[index];
+            t.set_state(JobState::Scheduled);
+            t.agent = agent.clone();
+            t.attempt += 1;
+            t.finished_unix_ms = 0;
+            t.not_before_unix_ms = 0;
+            let assign = Assign {
+                task_id: t.id.clone(),
+                job_id: job_id.clone(),
+                vm: t.vm.clone(),
+                target: job.target.clone(),
+                attempt: t.attempt,
+                resume: self.checkpoints.get(&t.id).cloned(),
+            };
+            tracing::info!(task = %t.id, vm = %t.vm, agent = %agent, attempt = t.attempt, "task assigned");
+            job.set_state(jobs::derive_state(&job.tasks));
+            job.updated_unix_ms = now;
+            self.turn.outbox.push((agent, CoordinatorBody::Assign(assign)));
+            self.changed(&job_id, true);
+        }
+    }
+
+    /// Writes the turn's changes in one transaction, then tells watchers, sends to agents and
+    /// answers the API. Jobs with nothing left to track leave memory (they stay in the store).
+    pub(super) async fn commit(&mut self) {
+        let turn = std::mem::take(&mut self.turn);
+        let jobs: Vec<_> = turn.jobs.iter().filter_map(|id| self.jobs.get(id).cloned()).collect();
+        let checkpoints = turn.checkpoints.iter().filter_map(|id| self.checkpoints.get(id).map(|c| (id.clone(), c.clone()))).collect();
+        let batch = Batch { jobs, checkpoints, forget: turn.forget, durable: turn.durable };
+        let written = if batch.is_empty() {
+            Ok(batch)
+        } else {
+            let store = Arc::clone(&self.store);
+            match tokio::task::spawn_blocking(move || store.write(&batch).map(|()| batch)).await {
+                Ok(r) => r,
+                Err(e) => Err(CoordinatorError::Store { op: "write", detail: e.to_string() }),
+            }
+        };
+        let batch = match written {
+            Ok(batch) => batch,
+            Err(e) => {
+                // Nothing of this turn is announced; API callers get the error.
+                tracing::error!(error = %e, "store write failed");
+                for (reply, _) in turn.replies {
+                    let _ = reply.send(Err(CoordinatorError::Store { op: "write", detail: e.to_string() }));
+                }
+                return;
+            }
+        };
+        for job in &batch.jobs {
+            let _ = self.changes.send(job.clone());
+        }
+        for (agent, body) in turn.outbox {
+            let failed = self.agents.get(&agent).is_some_and(|a| a.tx.try_send(Ok(CoordinatorMessage { body: Some(body) })).is_err());
+            if failed {
+                // Its tasks are requeued in the next turn's commit.
+                self.lost(&agent, "stream full or closed");
+            }
+        }
+        for (reply, result) in turn.replies {
+            let answer = result.and_then(|id| match self.jobs.get(&id) {
+                Some(job) => Ok(job.clone()),
+                None => self.store.get(&id)?.ok_or(CoordinatorError::NotFound(id)),
+            });
+            let _ = reply.send(answer);
+        }
+        self.jobs.retain(|_, j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t)));
+        let jobs = &self.jobs;
+        self.tasks.retain(|_, (job, _)| jobs.contains_key(job));
+    }
+}
