@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hyperexport_shared::chunk::ChunkId;
 use hyperexport_shared::compress::Compression;
-use hyperexport_shared::lock::{LockMode, RepoLock};
+use hyperexport_shared::repo::ExportLocks;
 use hyperexport_shared::point::{DiskRecord, RecoveryPoint, SourceInfo};
 use hyperexport_shared::repo::now_rfc3339;
 use hyperexport_shared::{RepoError, Repository, crypto};
@@ -200,7 +200,7 @@ pub struct ExportRun {
     repo: Arc<Repository>,
     source: Arc<VmSource>,
     opts: ExportOptions,
-    _lock: RepoLock,
+    _lock: ExportLocks,
     time: String,
     parent: Option<RecoveryPoint>,
     known: HashSet<ChunkId>,
@@ -218,7 +218,7 @@ impl ExportRun {
         let purpose = format!("export of {}", source.name);
         let lock = loop {
             let step = deadline.saturating_duration_since(Instant::now()).min(LOCK_STEP);
-            match repo.lock(LockMode::Exclusive, step, &purpose) {
+            match repo.lock_for_export(&source.name, step, &purpose) {
                 Ok(lock) => break lock,
                 Err(_) if cancel.load(Ordering::Relaxed) => return Err(AgentError::Cancelled),
                 Err(RepoError::Locked { .. }) if Instant::now() < deadline => continue,

@@ -1,6 +1,7 @@
-//! The repository lock: an advisory `flock` on `locks/lock`.
+//! Repository locks: advisory `flock`s on `locks/lock` and on one `locks/vm-<name>` per VM.
 //!
-//! Writers take it exclusively, readers shared. The kernel drops it when the holder dies, so a
+//! Exports take the repository lock shared and their VM's lock exclusively; readers take the
+//! repository lock shared; a key change takes it exclusively. The kernel drops it when the holder dies, so a
 //! `kill -9` never leaves a stale lock behind. An exclusive holder writes who it is into the file
 //! (for the message another process gets) and empties it on release.
 
@@ -42,7 +43,8 @@ const POLL: Duration = Duration::from_millis(100);
 impl RepoLock {
     /// Takes the lock at `path`, waiting up to `wait` for another holder to let go.
     pub fn acquire(repo: &Path, path: &Path, mode: LockMode, wait: Duration, purpose: &str) -> Result<Self> {
-        let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(RepoError::io("open lock file", path))?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(RepoError::io("open lock file", path))?;
         let start = Instant::now();
         loop {
             let attempt = match mode {
@@ -56,7 +58,7 @@ impl RepoLock {
                     let mut holder = String::new();
                     let _ = file.read_to_string(&mut holder);
                     let holder = match holder.trim() {
-                        "" => "a reader: verify or restore".to_string(),
+                        "" => "a reader or an export (verify, restore, export)".to_string(),
                         text => text.to_string(),
                     };
                     return Err(RepoError::Locked { path: repo.to_path_buf(), holder, waited_secs: start.elapsed().as_secs() });

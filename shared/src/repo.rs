@@ -86,6 +86,13 @@ pub fn vm_folder_name(vm: &str) -> String {
     if out.is_empty() { "%".into() } else { out }
 }
 
+/// The locks an export holds (see [`Repository::lock_for_export`]); released on drop.
+#[derive(Debug)]
+pub struct ExportLocks {
+    _vm: RepoLock,
+    _repo: RepoLock,
+}
+
 impl Repository {
     /// Whether `path` holds a repository (has a config file).
     pub fn exists(path: &Path) -> bool {
@@ -209,6 +216,22 @@ impl Repository {
             }
         }
         Ok(lock)
+    }
+
+    /// Takes the locks of an export of `vm`: the repository lock shared (other VMs' exports,
+    /// verify and restore go on; a key change waits) and the VM's own lock exclusively (a second
+    /// export of the same VM waits). If nobody holds the repository at all, files left in `tmp/`
+    /// by writers that died are cleared first.
+    pub fn lock_for_export(&self, vm: &str, wait: Duration, purpose: &str) -> Result<ExportLocks> {
+        let started = std::time::Instant::now();
+        if let Ok(idle) = self.lock(LockMode::Exclusive, Duration::ZERO, purpose) {
+            drop(idle);
+        }
+        let repo = RepoLock::acquire(&self.root, &self.root.join("locks/lock"), LockMode::Shared, wait, purpose)?;
+        let vm_lock = self.root.join("locks").join(format!("vm-{}", vm_folder_name(vm)));
+        let left = wait.saturating_sub(started.elapsed());
+        let vm = RepoLock::acquire(&self.root, &vm_lock, LockMode::Exclusive, left, purpose)?;
+        Ok(ExportLocks { _vm: vm, _repo: repo })
     }
 
     /// Where chunk `id` is stored.

@@ -88,24 +88,29 @@ fn a_second_writer_fails_cleanly_or_waits_and_the_repository_stays_valid() {
     let mut holder = sb.spawn(&export_args(&sb, &img, "repo", &[]), &[(STALL, "3")]);
     let pid = holder.id().to_string();
     wait_until(Duration::from_secs(60), "the first writer to hold the lock", || {
-        std::fs::read_to_string(sb.path("repo/locks/lock")).is_ok_and(|t| t.contains(&pid))
+        std::fs::read_to_string(sb.path("repo/locks/vm-vm")).is_ok_and(|t| t.contains(&pid))
     });
-    let second = sb.run(&export_args(&sb, &other, "repo", &["--lock-wait", "1"]));
+    // A second export of the same VM waits for it, here for 1 s, then fails cleanly.
+    let second = sb.run(&export_args(&sb, &img, "repo", &["--lock-wait", "1"]));
     second.assert_clean_failure(&format!("is locked by another process (export of vm by pid {pid}"));
+    // Another VM's export goes on meanwhile.
+    let beside = sb.run(&export_args(&sb, &other, "repo", &["--lock-wait", "1"]));
+    assert_eq!(beside.code, Some(0), "{}", beside.stderr);
     holder.kill().unwrap();
     holder.wait().unwrap();
 
-    // Now two writers at once, the second willing to wait: both finish, one after the other.
+    // Now two writers of one VM at once, the second willing to wait: both finish, one after the
+    // other.
     let first = sb.spawn(&export_args(&sb, &img, "repo", &[]), &[]);
-    let waiting = sb.run(&export_args(&sb, &other, "repo", &["--lock-wait", "120"]));
+    let waiting = sb.run(&export_args(&sb, &img, "repo", &["--lock-wait", "120"]));
     assert_eq!(waiting.code, Some(0), "{}", waiting.stderr);
     let out = first.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(count_points(&sb.path("repo")), 3);
+    assert_eq!(count_points(&sb.path("repo")), 4);
     let mut verify = args(&["verify"]);
     verify.extend(sb.repo_args("repo"));
     let v = sb.ok(&verify);
-    assert!(v.stdout.contains("3 points checked, 0 failed"), "{}", v.stdout);
+    assert!(v.stdout.contains("4 points checked, 0 failed"), "{}", v.stdout);
 }
 
 #[test]
