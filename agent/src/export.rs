@@ -10,21 +10,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyperexport_shared::chunk::ChunkId;
-use hyperexport_shared::compress::Compression;
-use hyperexport_shared::repo::ExportLocks;
-use hyperexport_shared::point::{DiskRecord, RecoveryPoint, SourceInfo};
-use hyperexport_shared::repo::now_rfc3339;
-use hyperexport_shared::{RepoError, Repository, crypto};
-use serde::Serialize;
 use crate::buffer_pool::{BufferPool, PooledBuf};
 use crate::checkpoint::{DiskCheckpoint, DiskControl, DiskResume, SavedStates, checkpoint_every};
 use crate::digest::ResumableSha256;
 use crate::error::{AgentError, Result};
+pub use crate::faults::TestFaults;
 use crate::parallel::ordered_pipeline;
 use crate::progress::Progress;
 use crate::source::VmSource;
 use crate::source::disk::{RawDisk, is_zero};
+use hyperexport_shared::chunk::ChunkId;
+use hyperexport_shared::compress::Compression;
+use hyperexport_shared::point::{DiskRecord, RecoveryPoint, SourceInfo};
+use hyperexport_shared::repo::ExportLocks;
+use hyperexport_shared::repo::now_rfc3339;
+use hyperexport_shared::{RepoError, Repository, crypto};
+use serde::Serialize;
 
 /// How to export.
 #[derive(Debug, Clone)]
@@ -39,51 +40,6 @@ pub struct ExportOptions {
     pub lock_wait: Duration,
     /// Fault injection for tests (off unless the test environment variables are set).
     pub faults: TestFaults,
-}
-
-/// Faults tests inject into exports through the environment, so that a real process can be
-/// killed or cancelled at a known point. Both are off in normal use.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TestFaults {
-    /// After this many new chunks are stored, every worker stalls (until cancelled) instead of
-    /// storing more (`HYPEREXPORT_TEST_STALL_AFTER_CHUNKS`).
-    pub stall_after_new_chunks: Option<u64>,
-    /// Each new chunk waits this long before it is stored (`HYPEREXPORT_TEST_CHUNK_DELAY_MS`).
-    pub delay_per_new_chunk: Option<Duration>,
-}
-
-impl TestFaults {
-    /// Reads the test environment variables.
-    pub fn from_env() -> Self {
-        let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-        TestFaults {
-            stall_after_new_chunks: number("HYPEREXPORT_TEST_STALL_AFTER_CHUNKS"),
-            delay_per_new_chunk: number("HYPEREXPORT_TEST_CHUNK_DELAY_MS").map(Duration::from_millis),
-        }
-    }
-
-    /// Applies the faults before a new chunk is stored; `Err(Cancelled)` once `cancel` is set
-    /// during a stall or delay.
-    fn before_store(&self, stored: &AtomicU64, cancel: &AtomicBool) -> Result<()> {
-        let pause = |until: Option<Instant>| {
-            while until.is_none_or(|t| Instant::now() < t) {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(AgentError::Cancelled);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(())
-        };
-        if let Some(limit) = self.stall_after_new_chunks
-            && stored.fetch_add(1, Ordering::SeqCst) >= limit
-        {
-            pause(None)?;
-        }
-        if let Some(delay) = self.delay_per_new_chunk {
-            pause(Some(Instant::now() + delay))?;
-        }
-        Ok(())
-    }
 }
 
 /// What one disk's export did.
@@ -261,7 +217,8 @@ impl ExportRun {
 
     /// Exports disk `index` of the source.
     pub fn disk(&self, index: usize, progress: &dyn Progress, control: &DiskControl) -> Result<DiskResult> {
-        let disk = self.source.disks.get(index).ok_or_else(|| AgentError::Invalid(format!("VM {:?} has no disk {index}", self.source.name)))?;
+        let disk =
+            self.source.disks.get(index).ok_or_else(|| AgentError::Invalid(format!("VM {:?} has no disk {index}", self.source.name)))?;
         let raw = RawDisk::open(&disk.raw_path)?;
         let ctx = DiskContext { run: self, progress, cancel: control.cancel };
         export_disk(&ctx, &disk.name, &raw, control)
@@ -467,7 +424,13 @@ enum HashInput<'a> {
 
 /// Hashes a disk's chunks in order, from chunk `first` on, until the reader hangs up; saves the
 /// state every `every` chunks. Returns the SHA-256 in hex.
-fn hash_in_order(mut sha: ResumableSha256, input: crossbeam_channel::Receiver<HashInput>, first: u64, every: u64, saved: &SavedStates) -> String {
+fn hash_in_order(
+    mut sha: ResumableSha256,
+    input: crossbeam_channel::Receiver<HashInput>,
+    first: u64,
+    every: u64,
+    saved: &SavedStates,
+) -> String {
     let zeros = vec![0u8; 1 << 20];
     let mut index = first;
     for message in input {

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod digest;
 pub mod error;
 pub mod export;
+pub mod faults;
 pub mod ova;
 pub mod parallel;
 pub mod progress;

@@ -46,7 +46,8 @@ pub fn open_or_create(path: &Path, access: &TargetAccess) -> Result<Repository> 
             path.display()
         )));
     }
-    let opts = InitOptions { chunk_size: DEFAULT_CHUNK_SIZE, compression: Compression::Zstd(DEFAULT_ZSTD_LEVEL), secret: access.secret.clone() };
+    let opts =
+        InitOptions { chunk_size: DEFAULT_CHUNK_SIZE, compression: Compression::Zstd(DEFAULT_ZSTD_LEVEL), secret: access.secret.clone() };
     match Repository::init(path, opts) {
         Ok(repo) => Ok(repo),
         Err(e) => {

@@ -23,8 +23,6 @@ use serde_json::json;
 use crate::progress::{Bars, JsonLines, Quiet, print_json};
 use crate::{KeyArgs, Output, secrets};
 
-/// Fault injection for the crash tests: stall the export after this many new chunks.
-
 /// Exit code of `verify` when a point has missing or corrupt data.
 pub const EXIT_VERIFY_FAILED: u8 = 3;
 

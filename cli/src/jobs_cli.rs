@@ -77,9 +77,11 @@ impl JobView {
             let Some(multi) = &self.multi else { continue };
             for d in &t.disks {
                 let bar = self.bars.entry((t.id.clone(), d.name.clone())).or_insert_with(|| {
-                    let style = ProgressStyle::with_template("{prefix:>32} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} eta {eta}")
-                        .expect("static template is valid")
-                        .progress_chars("=> ");
+                    let style = ProgressStyle::with_template(
+                        "{prefix:>32} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} eta {eta}",
+                    )
+                    .expect("static template is valid")
+                    .progress_chars("=> ");
                     multi.add(ProgressBar::new(d.bytes_total).with_style(style).with_prefix(format!("{} {}", t.vm, d.name)))
                 });
                 bar.set_length(d.bytes_total);

@@ -10,9 +10,9 @@ use clap::Args;
 use hyperexport_agent::actors::agent_root::{AgentRoot, AgentRootConfig};
 use hyperexport_agent::attach::AttachConfig;
 use hyperexport_agent::target::TargetAccess;
+use hyperexport_proto::v1::ListVmsRequest;
 use hyperexport_proto::v1::export_service_client::ExportServiceClient;
 use hyperexport_proto::v1::inventory_service_client::InventoryServiceClient;
-use hyperexport_proto::v1::ListVmsRequest;
 use serde_json::json;
 use tonic::transport::Channel;
 

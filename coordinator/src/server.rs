@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::agents::AgentApi;
-use crate::scheduler;
 use crate::error::{CoordinatorError, Result};
+use crate::scheduler;
 use crate::service::ExportApi;
 use crate::store::JobStore;
 

@@ -49,7 +49,9 @@ pub fn apply_progress(task: &mut Task, p: TaskProgress) -> bool {
 /// there (then it is ignored: the state stays consistent, only less advanced).
 pub fn append_checkpoint(state: &mut TaskCheckpointState, c: DiskCheckpoint) -> bool {
     match state.disks.iter_mut().find(|d| d.index == c.index) {
-        Some(d) if d.name == c.name && d.size == c.size && d.chunk_size == c.chunk_size && d.chunk_ids.len() as u64 == c.start_chunk * 32 => {
+        Some(d)
+            if d.name == c.name && d.size == c.size && d.chunk_size == c.chunk_size && d.chunk_ids.len() as u64 == c.start_chunk * 32 =>
+        {
             d.chunk_ids.extend_from_slice(&c.chunk_ids);
             d.sha256_state = c.sha256_state;
             d.sha256 = c.sha256;
@@ -125,7 +127,14 @@ mod tests {
 
     #[test]
     fn checkpoints_append_only_in_order() {
-        let c = |start: u64, n: usize| DiskCheckpoint { name: "d".into(), size: 100, chunk_size: 10, start_chunk: start, chunk_ids: vec![1; 32 * n], ..Default::default() };
+        let c = |start: u64, n: usize| DiskCheckpoint {
+            name: "d".into(),
+            size: 100,
+            chunk_size: 10,
+            start_chunk: start,
+            chunk_ids: vec![1; 32 * n],
+            ..Default::default()
+        };
         let mut s = TaskCheckpointState::default();
         assert!(!append_checkpoint(&mut s, c(2, 1)), "a gap is refused");
         assert!(append_checkpoint(&mut s, c(0, 2)));
@@ -139,7 +148,13 @@ mod tests {
     #[test]
     fn failures_retry_with_backoff_then_fail() {
         let mut t = running();
-        let failed = TaskFinished { outcome: TaskOutcome::Failed as i32, retryable: true, error: "disk busy".into(), attempt: 1, ..Default::default() };
+        let failed = TaskFinished {
+            outcome: TaskOutcome::Failed as i32,
+            retryable: true,
+            error: "disk busy".into(),
+            attempt: 1,
+            ..Default::default()
+        };
         apply_finished(&mut t, failed.clone(), "a");
         assert_eq!(t.state(), JobState::Pending);
         assert!(t.not_before_unix_ms > now_ms() && t.error.contains("disk busy"), "{}", t.error);

@@ -43,8 +43,13 @@ const POLL: Duration = Duration::from_millis(100);
 impl RepoLock {
     /// Takes the lock at `path`, waiting up to `wait` for another holder to let go.
     pub fn acquire(repo: &Path, path: &Path, mode: LockMode, wait: Duration, purpose: &str) -> Result<Self> {
-        let mut file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(RepoError::io("open lock file", path))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(RepoError::io("open lock file", path))?;
         let start = Instant::now();
         loop {
             let attempt = match mode {

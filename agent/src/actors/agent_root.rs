@@ -148,6 +148,7 @@ impl AgentRootState {
             access: self.config.access.clone(),
             threads: self.config.threads,
             faults: self.config.faults,
+            restart_backoff: super::job_supervisor::RESTART_BACKOFF,
             cancel: Arc::clone(&cancel),
             root: myself.clone(),
         };
@@ -274,16 +275,29 @@ impl Actor for AgentRoot {
             AgentRootMsg::Up { task_id, body } => state.up(task_id, body).await,
             AgentRootMsg::SupervisorStopped { task_id, reason } => {
                 let Some(slot) = state.tasks.get(&task_id).filter(|s| s.finished.is_none()) else { return Ok(()) };
-                let error = format!("the task's supervisor stopped without a result: {}", reason.unwrap_or_else(|| "no reason given".into()));
+                let error =
+                    format!("the task's supervisor stopped without a result: {}", reason.unwrap_or_else(|| "no reason given".into()));
                 tracing::error!(task = %task_id, error = %error, "task lost");
-                let lost = TaskFinished { task_id: task_id.clone(), attempt: slot.attempt, outcome: TaskOutcome::Failed as i32, error, retryable: true, ..Default::default() };
+                let lost = TaskFinished {
+                    task_id: task_id.clone(),
+                    attempt: slot.attempt,
+                    outcome: TaskOutcome::Failed as i32,
+                    error,
+                    retryable: true,
+                    ..Default::default()
+                };
                 state.up(task_id, AgentBody::Finished(lost)).await;
             }
         }
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
             SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),

@@ -287,7 +287,8 @@ impl Scheduler {
             let keep = match self.task_mut(task_id) {
                 Some((job, i)) => {
                     let t = &mut job.tasks[i];
-                    let mine = t.attempt == *attempt && ((is_active(t) && t.agent == id) || (t.state() == JobState::Pending && t.agent.is_empty()));
+                    let mine = t.attempt == *attempt
+                        && ((is_active(t) && t.agent == id) || (t.state() == JobState::Pending && t.agent.is_empty()));
                     if mine && t.state() == JobState::Pending {
                         t.set_state(JobState::Running);
                         t.agent = id.clone();

@@ -26,7 +26,8 @@ impl Scheduler {
             AgentBody::Finished(f) => (f.task_id.clone(), f.attempt),
             AgentBody::Heartbeat(_) | AgentBody::Register(_) => return,
         };
-        let release = |s: &mut Self| s.turn.outbox.push((agent.to_string(), CoordinatorBody::Release(ReleaseTask { task_id: task_id.clone() })));
+        let release =
+            |s: &mut Self| s.turn.outbox.push((agent.to_string(), CoordinatorBody::Release(ReleaseTask { task_id: task_id.clone() })));
         let Some((job, i)) = self.task_mut(&task_id) else {
             if matches!(body, AgentBody::Finished(_)) {
                 release(self);
@@ -104,7 +105,10 @@ impl Scheduler {
             }
         }
         for (task_id, agent) in orphans {
-            self.requeue(&task_id, format!("agent {agent} did not come back after the coordinator restarted; resuming from the last checkpoint"));
+            self.requeue(
+                &task_id,
+                format!("agent {agent} did not come back after the coordinator restarted; resuming from the last checkpoint"),
+            );
         }
     }
 
@@ -150,7 +154,8 @@ impl Scheduler {
             if job.max_parallel > 0 && busy >= job.max_parallel {
                 continue;
             }
-            let Some(agent) = choose(job, vm, &candidates, serving.get(vm).map(Vec::as_slice).unwrap_or_default()).map(str::to_string) else {
+            let Some(agent) = choose(job, vm, &candidates, serving.get(vm).map(Vec::as_slice).unwrap_or_default()).map(str::to_string)
+            else {
                 continue;
             };
             candidates.get_mut(&agent).expect("chosen among candidates").running += 1;
