@@ -13,6 +13,7 @@ pub mod digest;
 pub mod error;
 pub mod export;
 pub mod faults;
+pub mod metrics;
 pub mod ova;
 pub mod parallel;
 pub mod progress;

@@ -53,6 +53,7 @@ impl Progress for TaskCounters {
 
     fn read(&self, bytes: u64) {
         self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        crate::metrics::bytes_read(bytes);
     }
 
     fn note(&self, message: &str) {

@@ -7,6 +7,7 @@ mod progress;
 mod remote;
 mod sample;
 mod secrets;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

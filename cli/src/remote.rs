@@ -66,6 +66,9 @@ pub struct CoordinatorArgs {
     /// How often agents must send a heartbeat, in milliseconds (three missed: taken for dead).
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     pub heartbeat_ms: u64,
+    /// Serve Prometheus metrics on this address at /metrics (port 0: any free port, printed).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `agent`: run one.
@@ -100,6 +103,9 @@ pub struct AgentArgs {
     /// Create targets that do not exist yet unencrypted when the agent has no secret.
     #[arg(long)]
     pub no_encryption: bool,
+    /// Serve Prometheus metrics on this address at /metrics (port 0: any free port, printed).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `vms`: the inventory across agents.
@@ -233,6 +239,13 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
     init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
+        if let Some(listen) = &a.metrics_listen {
+            let addr = crate::telemetry::serve(listen).await?;
+            hyperexport_agent::metrics::describe();
+            hyperexport_agent::metrics::spawn_rate_sampler();
+            println!("metrics on {addr}");
+            std::io::stdout().flush()?;
+        }
         let (root, handle) = ractor::Actor::spawn(Some(config.attach.agent_id.clone()), AgentRoot, config)
             .await
             .map_err(|e| anyhow!("agent failed to start: {e}"))?;
@@ -268,6 +281,11 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
         println!("listening on {addr}");
+        if let Some(listen) = &a.metrics_listen {
+            let metrics = crate::telemetry::serve(listen).await?;
+            hyperexport_coordinator::metrics::describe();
+            println!("metrics on {metrics}");
+        }
         std::io::stdout().flush()?;
         tracing::info!(%addr, data = %a.data.display(), "coordinator started");
         let heartbeat = std::time::Duration::from_millis(a.heartbeat_ms.max(50));

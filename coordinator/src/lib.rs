@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod placement;
 pub mod scheduler;
 pub mod server;

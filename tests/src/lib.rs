@@ -182,6 +182,8 @@ pub struct Coordinator {
     service: Service,
     /// `HOST:PORT` it serves on.
     pub addr: String,
+    /// `HOST:PORT` of its `/metrics`, when started with `--metrics-listen`.
+    pub metrics: Option<String>,
 }
 
 impl Coordinator {
@@ -241,6 +243,18 @@ impl Sandbox {
         self.spawn_service(data, &a, Stdio::null(), env)
     }
 
+    /// Starts an agent like [`Sandbox::start_agent`] with `--metrics-listen 127.0.0.1:0`; returns
+    /// it with the address of its `/metrics`.
+    pub fn start_agent_with_metrics(&self, coordinator: &Coordinator, region: &str, source: &Path, data: &str) -> (Service, String) {
+        let mut a = args(&["agent", "--coordinator", &coordinator.addr, "--region", region, "--metrics-listen", "127.0.0.1:0"]);
+        a.extend(["--data".into(), self.path(data).display().to_string(), "--source".into(), format!("local:{}", source.display())]);
+        a.extend(["--password-file".into(), self.path("password").display().to_string()]);
+        let mut service = self.spawn_service(data, &a, Stdio::piped(), &[]);
+        let stdout = service.child.stdout.take().expect("piped stdout");
+        let metrics = read_metrics_line(&mut std::io::BufReader::new(stdout));
+        (service, metrics)
+    }
+
     /// The id an agent started with data folder `data` keeps there.
     pub fn agent_id(&self, data: &str) -> String {
         fs::read_to_string(self.path(data).join("agent-id")).map(|s| s.trim().to_string()).unwrap_or_default()
@@ -273,12 +287,37 @@ impl Sandbox {
         let mut service = self.spawn_service(data, &a, Stdio::piped(), &[]);
         let mut line = String::new();
         let stdout = service.child.stdout.take().expect("piped stdout");
-        std::io::BufReader::new(stdout).read_line(&mut line).expect("coordinator stdout");
-        match line.trim().strip_prefix("listening on ") {
-            Some(addr) => Coordinator { addr: addr.to_string(), service },
+        let mut stdout = std::io::BufReader::new(stdout);
+        stdout.read_line(&mut line).expect("coordinator stdout");
+        let addr = match line.trim().strip_prefix("listening on ") {
+            Some(addr) => addr.to_string(),
             None => panic!("coordinator did not start: {line:?}"),
-        }
+        };
+        let metrics = extra.contains(&"--metrics-listen").then(|| read_metrics_line(&mut stdout));
+        Coordinator { addr, metrics, service }
     }
+}
+
+/// Reads `metrics on ADDR` from a service's stdout.
+fn read_metrics_line(stdout: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("service stdout");
+    match line.trim().strip_prefix("metrics on ") {
+        Some(addr) => addr.to_string(),
+        None => panic!("no metrics address: {line:?}"),
+    }
+}
+
+/// `GET /metrics` from `addr`: the body.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint reachable");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
 }
 
 /// Builds an argument vector from string slices.

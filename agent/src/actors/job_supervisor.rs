@@ -90,6 +90,7 @@ pub struct JobSupervisorState {
     last_progress: Option<pb::TaskProgress>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     finished: bool,
+    started: std::time::Instant,
 }
 
 /// Supervises one task.
@@ -111,6 +112,12 @@ impl JobSupervisorState {
         }
         self.finished = true;
         self.send_progress();
+        let status = match outcome {
+            TaskOutcome::Succeeded => "succeeded",
+            TaskOutcome::Cancelled => "cancelled",
+            TaskOutcome::Failed | TaskOutcome::Unspecified => "failed",
+        };
+        crate::metrics::finished("local", status, self.started.elapsed());
         let a = &self.config.assign;
         tracing::info!(task = %a.task_id, vm = %a.vm, attempt = a.attempt, outcome = outcome.as_str_name(), error = %error, "task finished");
         let finished = TaskFinished { task_id: a.task_id.clone(), attempt: a.attempt, outcome: outcome as i32, error, point, retryable };
@@ -189,6 +196,7 @@ impl Actor for JobSupervisor {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, config: JobSupervisorConfig) -> Result<Self::State, ActorProcessingErr> {
         myself.send_message(JobSupervisorMsg::Start)?;
+        crate::metrics::active(1.0);
         let ticker = myself.send_interval(PROGRESS_EVERY, || JobSupervisorMsg::Tick);
         Ok(JobSupervisorState {
             config,
@@ -203,6 +211,7 @@ impl Actor for JobSupervisor {
             last_progress: None,
             ticker: Some(ticker),
             finished: false,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -210,6 +219,7 @@ impl Actor for JobSupervisor {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
+        crate::metrics::active(-1.0);
         Ok(())
     }
 

@@ -124,6 +124,8 @@ pub struct Scheduler {
     agents: HashMap<String, AgentConn>,
     changes: broadcast::Sender<Job>,
     turn: Turn,
+    /// Since when each queued task could be placed (for the placement latency metric).
+    ready_since: HashMap<String, Instant>,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -151,6 +153,7 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
         agents: HashMap::new(),
         changes: changes.clone(),
         turn: Turn::default(),
+        ready_since: HashMap::new(),
     };
     tokio::spawn(async move {
         let stop = stopped(stopping);
@@ -179,6 +182,11 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
     Ok(SchedulerHandle { events, changes, heartbeat })
 }
 
+/// The provider of `vm` as the agents serving it report it.
+fn provider_of(agents: &HashMap<String, AgentConn>, vm: &str) -> String {
+    agents.values().flat_map(|a| a.register.vms.iter()).find(|v| v.name == vm).map(|v| v.provider.clone()).unwrap_or_default()
+}
+
 impl Scheduler {
     fn task_mut(&mut self, task_id: &str) -> Option<(&mut Job, usize)> {
         let (job_id, index) = self.tasks.get(task_id)?;
@@ -198,6 +206,7 @@ impl Scheduler {
                 if result.is_ok() {
                     for (i, t) in job.tasks.iter().enumerate() {
                         self.tasks.insert(t.id.clone(), (job.id.clone(), i));
+                        self.ready_since.insert(t.id.clone(), Instant::now());
                     }
                     tracing::info!(job = %job.id, tasks = job.tasks.len(), target = %job.target, "job accepted");
                     self.changed(&job.id, true);
@@ -261,7 +270,11 @@ impl Scheduler {
         };
         let holders: Vec<(String, String)> =
             job.tasks.iter().filter(|t| is_active(t) && !t.agent.is_empty()).map(|t| (t.agent.clone(), t.id.clone())).collect();
+        let unfinished: Vec<bool> = job.tasks.iter().map(|t| !is_final(t.state())).collect();
         jobs::cancel(job)?;
+        for (t, _) in job.tasks.iter().zip(unfinished).filter(|(_, was)| *was) {
+            crate::metrics::finished(&provider_of(&self.agents, &t.vm), "cancelled");
+        }
         let now = now_ms();
         for task in job.tasks.iter_mut().filter(|t| t.state() == JobState::Cancelled && t.finished_unix_ms == 0) {
             if !holders.iter().any(|(_, id)| *id == task.id) || !self.agents.contains_key(&task.agent) {
@@ -318,6 +331,7 @@ impl Scheduler {
     }
 
     fn requeue(&mut self, task_id: &str, why: String) {
+        self.ready_since.insert(task_id.to_string(), Instant::now());
         if let Some((job, i)) = self.task_mut(task_id) {
             tracing::warn!(task = %task_id, reason = %why, "task requeued");
             task_state::requeue(&mut job.tasks[i], why);

@@ -66,8 +66,21 @@ impl Scheduler {
                 }
             }
             AgentBody::Finished(f) => {
+                let was_final = is_final(task.state());
                 task_state::apply_finished(task, f, agent);
                 let settled = is_final(task.state());
+                let status = match task.state() {
+                    JobState::Succeeded => "succeeded",
+                    JobState::Cancelled => "cancelled",
+                    _ => "failed",
+                };
+                let vm = task.vm.clone();
+                if settled && !was_final {
+                    crate::metrics::finished(&super::provider_of(&self.agents, &vm), status);
+                } else if !settled && let Some(at) = task.not_before_unix_ms.checked_sub(now_ms()) {
+                    self.ready_since.insert(task_id.clone(), Instant::now() + std::time::Duration::from_millis(at.max(0) as u64));
+                }
+                let (job, _) = self.task_mut(&task_id).expect("the task was just found");
                 job.set_state(jobs::derive_state(&job.tasks));
                 job.updated_unix_ms = now_ms();
                 if settled {
@@ -181,6 +194,9 @@ impl Scheduler {
                 resume: self.checkpoints.get(&t.id).cloned(),
             };
             tracing::info!(task = %t.id, vm = %t.vm, agent = %agent, attempt = t.attempt, "task assigned");
+            if let Some(since) = self.ready_since.remove(&t.id) {
+                crate::metrics::placed(Instant::now().saturating_duration_since(since));
+            }
             job.set_state(jobs::derive_state(&job.tasks));
             job.updated_unix_ms = now;
             self.turn.outbox.push((agent, CoordinatorBody::Assign(assign)));
@@ -199,10 +215,13 @@ impl Scheduler {
             Ok(batch)
         } else {
             let store = Arc::clone(&self.store);
-            match tokio::task::spawn_blocking(move || store.write(&batch).map(|()| batch)).await {
+            let started = Instant::now();
+            let written = match tokio::task::spawn_blocking(move || store.write(&batch).map(|()| batch)).await {
                 Ok(r) => r,
                 Err(e) => Err(CoordinatorError::Store { op: "write", detail: e.to_string() }),
-            }
+            };
+            crate::metrics::committed(started.elapsed());
+            written
         };
         let batch = match written {
             Ok(batch) => batch,
@@ -235,5 +254,13 @@ impl Scheduler {
         self.jobs.retain(|_, j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t)));
         let jobs = &self.jobs;
         self.tasks.retain(|_, (job, _)| jobs.contains_key(job));
+        let tasks = &self.tasks;
+        self.ready_since.retain(|id, _| tasks.contains_key(id));
+        let (mut queued, mut active) = (0, 0);
+        for t in self.jobs.values().flat_map(|j| j.tasks.iter()) {
+            queued += (t.state() == JobState::Pending) as usize;
+            active += holds_agent(t) as usize;
+        }
+        crate::metrics::turn(queued, active, self.agents.len());
     }
 }

@@ -1,0 +1,71 @@
+//! The agent's metrics, declared once (see DESIGN §8): exports by outcome, their duration, bytes
+//! read from sources and the read rate, and the exports running now.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// Finished exports by provider and status (`succeeded`, `failed`, `cancelled`).
+pub const EXPORTS_TOTAL: &str = "hyperexport_exports_total";
+/// Wall time of successful exports.
+pub const EXPORT_DURATION_SECONDS: &str = "hyperexport_export_duration_seconds";
+/// Bytes read from sources.
+pub const EXPORT_BYTES_TOTAL: &str = "hyperexport_export_bytes_total";
+/// Bytes read from sources per second, over the last sampling interval.
+pub const DOWNLOAD_SPEED: &str = "hyperexport_download_speed_bytes_per_second";
+/// Exports running on this agent.
+pub const ACTIVE_EXPORTS: &str = "hyperexport_active_exports";
+
+/// How often the read rate is sampled.
+pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
+
+static BYTES_READ: AtomicU64 = AtomicU64::new(0);
+
+/// Gives every metric its help text and unit (call once the recorder is installed).
+pub fn describe() {
+    describe_counter!(EXPORTS_TOTAL, "Finished exports by provider and status");
+    describe_histogram!(EXPORT_DURATION_SECONDS, Unit::Seconds, "Wall time of successful exports");
+    describe_counter!(EXPORT_BYTES_TOTAL, Unit::Bytes, "Bytes read from export sources");
+    describe_gauge!(DOWNLOAD_SPEED, "Bytes read from export sources per second, over the last second");
+    describe_gauge!(ACTIVE_EXPORTS, "Exports running on this agent");
+    gauge!(ACTIVE_EXPORTS).set(0.0);
+    gauge!(DOWNLOAD_SPEED).set(0.0);
+    counter!(EXPORT_BYTES_TOTAL).absolute(0);
+}
+
+/// Counts bytes read from a source.
+pub fn bytes_read(bytes: u64) {
+    BYTES_READ.fetch_add(bytes, Ordering::Relaxed);
+    counter!(EXPORT_BYTES_TOTAL).increment(bytes);
+}
+
+/// An export started (`+1`) or stopped (`-1`).
+pub fn active(delta: f64) {
+    gauge!(ACTIVE_EXPORTS).increment(delta);
+}
+
+/// An export finished with `status` after `elapsed`.
+pub fn finished(provider: &'static str, status: &'static str, elapsed: Duration) {
+    counter!(EXPORTS_TOTAL, "provider" => provider, "status" => status).increment(1);
+    if status == "succeeded" {
+        histogram!(EXPORT_DURATION_SECONDS).record(elapsed.as_secs_f64());
+    }
+}
+
+/// Samples the read rate every [`RATE_INTERVAL`] until the runtime stops.
+pub fn spawn_rate_sampler() {
+    tokio::spawn(async {
+        let mut last = (Instant::now(), BYTES_READ.load(Ordering::Relaxed));
+        let mut tick = tokio::time::interval(RATE_INTERVAL);
+        loop {
+            tick.tick().await;
+            let now = (Instant::now(), BYTES_READ.load(Ordering::Relaxed));
+            let seconds = now.0.duration_since(last.0).as_secs_f64();
+            if seconds > 0.0 {
+                gauge!(DOWNLOAD_SPEED).set((now.1 - last.1) as f64 / seconds);
+            }
+            last = now;
+        }
+    });
+}

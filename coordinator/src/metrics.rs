@@ -1,0 +1,59 @@
+//! The coordinator's metrics, declared once (see DESIGN §8): the queue, the exports agents run,
+//! finished exports by outcome, live agents and how long placement takes.
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// Tasks waiting for an agent.
+pub const QUEUE_LENGTH: &str = "hyperexport_queue_length";
+/// Tasks assigned to agents and not finished.
+pub const ACTIVE_EXPORTS: &str = "hyperexport_active_exports";
+/// Tasks that reached a final state, by provider and status.
+pub const EXPORTS_TOTAL: &str = "hyperexport_exports_total";
+/// Agents attached now.
+pub const AGENTS: &str = "hyperexport_coordinator_agents";
+/// From a task becoming placeable (submitted, requeued, retry due) to its assignment.
+pub const PLACEMENT_LATENCY_SECONDS: &str = "hyperexport_coordinator_placement_latency_seconds";
+/// One scheduler turn's store commit.
+pub const COMMIT_SECONDS: &str = "hyperexport_coordinator_store_commit_seconds";
+
+/// Gives every metric its help text and unit (call once the recorder is installed).
+pub fn describe() {
+    describe_gauge!(QUEUE_LENGTH, "Tasks waiting for an agent");
+    describe_gauge!(ACTIVE_EXPORTS, "Tasks assigned to agents and not finished");
+    describe_counter!(EXPORTS_TOTAL, "Tasks that reached a final state, by provider and status");
+    describe_gauge!(AGENTS, "Agents attached to this coordinator");
+    describe_histogram!(PLACEMENT_LATENCY_SECONDS, Unit::Seconds, "From a task becoming placeable to its assignment");
+    describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Store commit of one scheduler turn");
+    for (name, value) in [(QUEUE_LENGTH, 0.0), (ACTIVE_EXPORTS, 0.0), (AGENTS, 0.0)] {
+        gauge!(name).set(value);
+    }
+}
+
+/// The scheduler's view after a turn.
+pub fn turn(queued: usize, active: usize, agents: usize) {
+    gauge!(QUEUE_LENGTH).set(queued as f64);
+    gauge!(ACTIVE_EXPORTS).set(active as f64);
+    gauge!(AGENTS).set(agents as f64);
+}
+
+/// Providers a label may name; anything else an agent reports counts as `other`, so the label
+/// stays bounded.
+const PROVIDERS: &[&str] = &["local", "vsphere", "hyperv", "aws", "azure", "gcp", "kvm"];
+
+/// A task reached a final state (`succeeded`, `failed` or `cancelled`).
+pub fn finished(provider: &str, status: &'static str) {
+    let provider = PROVIDERS.iter().find(|p| **p == provider).copied().unwrap_or("other");
+    counter!(EXPORTS_TOTAL, "provider" => provider, "status" => status).increment(1);
+}
+
+/// A task was placed `waited` after it became placeable.
+pub fn placed(waited: Duration) {
+    histogram!(PLACEMENT_LATENCY_SECONDS).record(waited.as_secs_f64());
+}
+
+/// A store commit took `took`.
+pub fn committed(took: Duration) {
+    histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
+}
