@@ -29,6 +29,10 @@ pub fn job_json(job: &Job) -> serde_json::Value {
             "attempt": t.attempt, "failures": t.failures, "point": t.point,
             "bytes_done": t.bytes_done, "bytes_total": t.bytes_total, "bytes_read": t.bytes_read,
             "checkpoint_bytes": t.checkpoint_bytes, "finished_unix_ms": t.finished_unix_ms,
+            "stats": t.stats.as_ref().map(|s| json!({
+                "size": s.size, "bytes_read": s.bytes_read, "hole_bytes": s.hole_bytes, "new_bytes": s.new_bytes,
+                "stored_bytes": s.stored_bytes, "reused_bytes": s.reused_bytes, "found_bytes": s.found_bytes, "resumed_bytes": s.resumed_bytes,
+            })),
             "disks": t.disks.iter().map(|d| json!({"name": d.name, "bytes_done": d.bytes_done, "bytes_total": d.bytes_total})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
@@ -104,7 +108,7 @@ impl JobView {
 }
 
 /// Follows a job to its end; the last state seen (none if the stream ended first).
-async fn follow(url: &CoordinatorUrl, job: &str, output: Output) -> Result<Option<Job>> {
+pub(crate) async fn follow(url: &CoordinatorUrl, job: &str, output: Output) -> Result<Option<Job>> {
     let mut stream = connect(url).await?.watch(WatchJobRequest { job_id: job.to_string() }).await.map_err(refused)?.into_inner();
     let mut view = JobView::new(output);
     let mut last = None;

@@ -2,6 +2,7 @@
 
 mod commands;
 mod demo;
+mod demo_cluster;
 mod jobs_cli;
 mod progress;
 mod remote;

@@ -18,6 +18,9 @@ use crate::scheduler;
 use crate::service::ExportApi;
 use crate::store::JobStore;
 
+/// How long a stopping coordinator waits for clients to close their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Completes once `stopping` is true (never, if its sender is gone without saying so).
 pub(crate) async fn stopped(mut stopping: watch::Receiver<bool>) {
     while !*stopping.borrow_and_update() {
@@ -38,7 +41,8 @@ pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, 
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| CoordinatorError::Serve(format!("reflection descriptor: {e}")))?;
-    tonic::transport::Server::builder()
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+    let server = tonic::transport::Server::builder()
         .add_service(ExportServiceServer::new(ExportApi::new(store, scheduler, stopping)))
         .add_service(AgentServiceServer::new(agents.clone()))
         .add_service(InventoryServiceServer::new(agents))
@@ -46,7 +50,21 @@ pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, 
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             let _ = stop.send(true);
-        })
-        .await
-        .map_err(|e| CoordinatorError::Serve(e.to_string()))
+            let _ = stopped_tx.send(());
+        });
+    // Streams end when `stopping` turns true; a client that keeps an idle connection open does
+    // not hold the coordinator up for longer than the grace period.
+    tokio::select! {
+        served = server => served.map_err(|e| CoordinatorError::Serve(e.to_string())),
+        () = async {
+            if stopped_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; stopping anyway");
+            Ok(())
+        }
+    }
 }

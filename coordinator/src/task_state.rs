@@ -83,6 +83,7 @@ pub fn apply_finished(task: &mut Task, f: TaskFinished, agent: &str) {
         TaskOutcome::Succeeded => {
             task.set_state(JobState::Succeeded);
             task.point = f.point;
+            task.stats = f.stats;
             task.error.clear();
             task.bytes_done = task.bytes_total;
         }

@@ -135,8 +135,8 @@ impl AgentRootState {
                 attempt: assign.attempt,
                 outcome: TaskOutcome::Failed as i32,
                 error: format!("agent {} is full ({busy} tasks running)", self.config.attach.agent_id),
-                point: String::new(),
                 retryable: true,
+                ..Default::default()
             };
             self.send(AgentBody::Finished(full)).await;
             return Ok(());

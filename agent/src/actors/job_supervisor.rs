@@ -20,7 +20,7 @@ use super::disk_reader::{DiskReader, DiskReaderConfig};
 use super::uploader::{Uploader, UploaderConfig};
 use crate::AgentError;
 use crate::checkpoint::{DiskCheckpoint, DiskResume, encode_chunks};
-use crate::export::{DiskResult, ExportOptions, ExportRun, TestFaults};
+use crate::export::{DiskResult, ExportOptions, ExportReport, ExportRun, TestFaults};
 use crate::progress::Progress;
 use crate::resume::{ResumePlan, plan_resume};
 use crate::source::disk::RawDisk;
@@ -66,7 +66,7 @@ pub enum JobSupervisorMsg {
     /// Disk `index` is exported.
     DiskDone { index: usize, result: Box<DiskResult> },
     /// The point is published.
-    Published { point: String },
+    Published { report: Box<ExportReport> },
     /// Stop the task (the cancel flag is already set).
     Cancel,
     /// Time to report progress.
@@ -91,6 +91,7 @@ pub struct JobSupervisorState {
     ticker: Option<tokio::task::JoinHandle<()>>,
     finished: bool,
     started: std::time::Instant,
+    stats: Option<pb::ExportStats>,
 }
 
 /// Supervises one task.
@@ -120,7 +121,9 @@ impl JobSupervisorState {
         crate::metrics::finished("local", status, self.started.elapsed());
         let a = &self.config.assign;
         tracing::info!(task = %a.task_id, vm = %a.vm, attempt = a.attempt, outcome = outcome.as_str_name(), error = %error, "task finished");
-        let finished = TaskFinished { task_id: a.task_id.clone(), attempt: a.attempt, outcome: outcome as i32, error, point, retryable };
+        let stats = self.stats.take();
+        let finished =
+            TaskFinished { task_id: a.task_id.clone(), attempt: a.attempt, outcome: outcome as i32, error, point, retryable, stats };
         self.up(AgentBody::Finished(finished));
         myself.stop(None);
     }
@@ -159,6 +162,21 @@ impl JobSupervisorState {
         };
         self.child = Some(cell);
         Ok(())
+    }
+}
+
+/// The export's report as the coordinator keeps it.
+fn stats_of(r: &ExportReport) -> pb::ExportStats {
+    let t = &r.total;
+    pb::ExportStats {
+        size: t.size,
+        bytes_read: t.bytes_read,
+        hole_bytes: t.hole_bytes,
+        new_bytes: t.new_bytes,
+        stored_bytes: t.stored_bytes,
+        reused_bytes: t.reused_bytes,
+        found_bytes: t.found_bytes,
+        resumed_bytes: t.resumed_bytes,
     }
 }
 
@@ -212,6 +230,7 @@ impl Actor for JobSupervisor {
             ticker: Some(ticker),
             finished: false,
             started: std::time::Instant::now(),
+            stats: None,
         })
     }
 
@@ -291,9 +310,10 @@ impl Actor for JobSupervisor {
                 state.child = None;
                 state.start_next(&myself).await?;
             }
-            JobSupervisorMsg::Published { point } => {
+            JobSupervisorMsg::Published { report } => {
                 state.child = None;
-                state.finish(&myself, TaskOutcome::Succeeded, String::new(), point, false);
+                state.stats = Some(stats_of(&report));
+                state.finish(&myself, TaskOutcome::Succeeded, String::new(), report.point, false);
             }
             JobSupervisorMsg::Cancel => {
                 state.config.cancel.store(true, Ordering::SeqCst);

@@ -57,7 +57,7 @@ impl Actor for Uploader {
             config.run.publish(config.disks, config.counters.as_ref())
         })
         .await??;
-        supervisor.send_message(JobSupervisorMsg::Published { point: report.point })?;
+        supervisor.send_message(JobSupervisorMsg::Published { report: Box::new(report) })?;
         myself.stop(None);
         Ok(())
     }
