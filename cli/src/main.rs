@@ -4,6 +4,7 @@ mod commands;
 mod demo;
 mod demo_cluster;
 mod jobs_cli;
+mod load;
 mod progress;
 mod remote;
 mod sample;

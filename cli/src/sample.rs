@@ -65,6 +65,8 @@ pub enum DevCommand {
         #[arg(long, default_value_t = 2)]
         seed: u64,
     },
+    /// Attach many lightweight agents to a coordinator and drain a queue of tasks (scale bench).
+    LoadAgents(crate::load::LoadArgs),
 }
 
 pub fn run(c: DevCommand) -> Result<ExitCode> {
@@ -76,6 +78,7 @@ pub fn run(c: DevCommand) -> Result<ExitCode> {
             let changed = mutate(&path, percent / 100.0, seed)?;
             println!("changed {changed} bytes of {}", path.display());
         }
+        DevCommand::LoadAgents(a) => return crate::load::run(a),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,5 @@
 //! The coordinator's metrics, declared once (see DESIGN §8): the queue, the exports agents run,
-//! finished exports by outcome, live agents and how long placement takes.
+//! finished exports by outcome, live agents, how long tasks wait in the queue, store commits.
 
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ pub const ACTIVE_EXPORTS: &str = "hyperexport_active_exports";
 pub const EXPORTS_TOTAL: &str = "hyperexport_exports_total";
 /// Agents attached now.
 pub const AGENTS: &str = "hyperexport_coordinator_agents";
-/// From a task becoming placeable (submitted, requeued, retry due) to its assignment.
-pub const PLACEMENT_LATENCY_SECONDS: &str = "hyperexport_coordinator_placement_latency_seconds";
+/// How long tasks wait in the queue: from submitted, requeued or retry due to assigned.
+pub const QUEUE_WAIT_SECONDS: &str = "hyperexport_coordinator_queue_wait_seconds";
 /// One scheduler turn's store commit.
 pub const COMMIT_SECONDS: &str = "hyperexport_coordinator_store_commit_seconds";
 
@@ -24,7 +24,7 @@ pub fn describe() {
     describe_gauge!(ACTIVE_EXPORTS, "Tasks assigned to agents and not finished");
     describe_counter!(EXPORTS_TOTAL, "Tasks that reached a final state, by provider and status");
     describe_gauge!(AGENTS, "Agents attached to this coordinator");
-    describe_histogram!(PLACEMENT_LATENCY_SECONDS, Unit::Seconds, "From a task becoming placeable to its assignment");
+    describe_histogram!(QUEUE_WAIT_SECONDS, Unit::Seconds, "How long tasks wait in the queue before an agent is assigned");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Store commit of one scheduler turn");
     for (name, value) in [(QUEUE_LENGTH, 0.0), (ACTIVE_EXPORTS, 0.0), (AGENTS, 0.0)] {
         gauge!(name).set(value);
@@ -48,9 +48,9 @@ pub fn finished(provider: &str, status: &'static str) {
     counter!(EXPORTS_TOTAL, "provider" => provider, "status" => status).increment(1);
 }
 
-/// A task was placed `waited` after it became placeable.
-pub fn placed(waited: Duration) {
-    histogram!(PLACEMENT_LATENCY_SECONDS).record(waited.as_secs_f64());
+/// A task was assigned after waiting `waited` in the queue.
+pub fn waited(waited: Duration) {
+    histogram!(QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
 }
 
 /// A store commit took `took`.

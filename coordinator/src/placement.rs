@@ -33,19 +33,19 @@ pub fn eligible(job: &Job, agent: &Register) -> bool {
     (job.region.is_empty() || job.region == agent.region) && job.labels.iter().all(|(k, v)| agent.labels.get(k) == Some(v))
 }
 
-/// The agent to run a task of `job` exporting `vm`, among `agents` (keyed by id), if any fits.
-pub fn choose<'a>(job: &Job, vm: &str, agents: &'a HashMap<String, Candidate<'a>>, serving: &[String]) -> Option<&'a str> {
-    serving
-        .iter()
-        .filter_map(|id| agents.get_key_value(id))
-        .filter(|(_, a)| a.free() && eligible(job, a.register) && a.register.vms.iter().any(|v| v.name == vm))
+/// The agent to run a task of `job`, among `agents` (keyed by id), choosing from `ids`: agents
+/// that serve the task's VM. `None` if none fits now.
+pub fn choose<'a, 'i>(job: &Job, agents: &HashMap<&'a str, Candidate<'a>>, ids: impl Iterator<Item = &'i str>) -> Option<&'a str> {
+    ids.filter_map(|id| agents.get_key_value(id))
+        .filter(|(_, a)| a.free() && eligible(job, a.register))
         .min_by(|(ia, a), (ib, b)| a.load().cmp(&b.load()).then_with(|| ia.cmp(ib)))
-        .map(|(id, _)| id.as_str())
+        .map(|(id, _)| *id)
 }
 
-/// Queue order: higher priority first, then older jobs, then job id and task position.
-pub fn queue_key(job: &Job, task_index: usize) -> (i32, i64, String, usize) {
-    (-job.priority, job.created_unix_ms, job.id.clone(), task_index)
+/// Queue order of jobs: higher priority first, then older, then by id (a job's tasks go in the
+/// order the job names them).
+pub fn queue_order(job: &Job) -> (i32, i64, &str) {
+    (-job.priority, job.created_unix_ms, job.id.as_str())
 }
 
 #[cfg(test)]
@@ -68,18 +68,19 @@ mod tests {
     fn least_loaded_eligible_agent_with_a_free_slot_wins() {
         let (a, b, c) = (agent("a", "eu", 2, &["web"]), agent("b", "eu", 4, &["web"]), agent("c", "us", 4, &["web"]));
         let mut agents = HashMap::new();
-        agents.insert("a".to_string(), Candidate { register: &a, running: 1 });
-        agents.insert("b".to_string(), Candidate { register: &b, running: 1 });
-        agents.insert("c".to_string(), Candidate { register: &c, running: 0 });
-        let serving: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        agents.insert("a", Candidate { register: &a, running: 1 });
+        agents.insert("b", Candidate { register: &b, running: 1 });
+        agents.insert("c", Candidate { register: &c, running: 0 });
+        let serving = || ["a", "b", "c"].into_iter();
         let eu = Job { region: "eu".into(), ..Default::default() };
-        assert_eq!(choose(&eu, "web", &agents, &serving), Some("b"), "b is a quarter full, a half");
-        assert_eq!(choose(&Job::default(), "web", &agents, &serving), Some("c"));
-        assert_eq!(choose(&eu, "db", &agents, &serving), None, "nobody serves db");
+        assert_eq!(choose(&eu, &agents, serving()), Some("b"), "b is a quarter full, a half");
+        assert_eq!(choose(&Job::default(), &agents, serving()), Some("c"));
+        assert_eq!(choose(&eu, &agents, std::iter::empty()), None, "nobody serves the VM");
+        assert_eq!(choose(&eu, &agents, ["gone"].into_iter()), None, "an agent no longer live");
         let silver = Job { labels: [("tier".to_string(), "silver".to_string())].into(), ..Default::default() };
-        assert_eq!(choose(&silver, "web", &agents, &serving), None);
+        assert_eq!(choose(&silver, &agents, serving()), None);
         agents.get_mut("b").unwrap().running = 4;
-        assert_eq!(choose(&eu, "web", &agents, &serving), Some("a"), "b is full");
+        assert_eq!(choose(&eu, &agents, serving()), Some("a"), "b is full");
     }
 
     #[test]
@@ -87,9 +88,8 @@ mod tests {
         let old = Job { id: "x".into(), priority: 1, created_unix_ms: 1, ..Default::default() };
         let new_high = Job { id: "y".into(), priority: 9, created_unix_ms: 5, ..Default::default() };
         let new_low = Job { id: "z".into(), priority: 1, created_unix_ms: 5, ..Default::default() };
-        let mut keys = [queue_key(&new_low, 0), queue_key(&old, 1), queue_key(&new_high, 0), queue_key(&old, 0)];
-        keys.sort();
-        let order: Vec<_> = keys.iter().map(|k| (k.2.as_str(), k.3)).collect();
-        assert_eq!(order, [("y", 0), ("x", 0), ("x", 1), ("z", 0)]);
+        let mut jobs = [&new_low, &old, &new_high];
+        jobs.sort_by(|a, b| queue_order(a).cmp(&queue_order(b)));
+        assert_eq!(jobs.map(|j| j.id.as_str()), ["y", "x", "z"]);
     }
 }

@@ -95,6 +95,8 @@ impl SchedulerHandle {
 
 struct AgentConn {
     register: Register,
+    /// The names of the VMs it serves.
+    vms: HashSet<String>,
     connection: u64,
     tx: AgentSender,
     last_seen: Instant,
@@ -126,6 +128,8 @@ pub struct Scheduler {
     turn: Turn,
     /// Since when each queued task could be placed (for the placement latency metric).
     ready_since: HashMap<String, Instant>,
+    /// VM name → the live agents serving it.
+    serving: HashMap<String, Vec<String>>,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -154,6 +158,7 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
         changes: changes.clone(),
         turn: Turn::default(),
         ready_since: HashMap::new(),
+        serving: HashMap::new(),
     };
     tokio::spawn(async move {
         let stop = stopped(stopping);
@@ -182,12 +187,31 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
     Ok(SchedulerHandle { events, changes, heartbeat })
 }
 
-/// The provider of `vm` as the agents serving it report it.
-fn provider_of(agents: &HashMap<String, AgentConn>, vm: &str) -> String {
-    agents.values().flat_map(|a| a.register.vms.iter()).find(|v| v.name == vm).map(|v| v.provider.clone()).unwrap_or_default()
-}
-
 impl Scheduler {
+    /// The provider of `vm` as an agent serving it reports it.
+    fn provider_of(&self, vm: &str) -> String {
+        let agent = self.serving.get(vm).and_then(|ids| ids.first()).and_then(|id| self.agents.get(id));
+        agent.and_then(|a| a.register.vms.iter().find(|v| v.name == vm)).map(|v| v.provider.clone()).unwrap_or_default()
+    }
+
+    /// The live agents serving `vm`.
+    fn serving(&self, vm: &str) -> impl Iterator<Item = &Register> {
+        self.serving.get(vm).into_iter().flatten().filter_map(|id| self.agents.get(id)).map(|a| &a.register)
+    }
+
+    /// Adds (`add`) or removes an agent's VMs from the index of who serves what.
+    fn index(&mut self, register: &Register, add: bool) {
+        for vm in &register.vms {
+            let ids = self.serving.entry(vm.name.clone()).or_default();
+            ids.retain(|id| *id != register.agent_id);
+            if add {
+                ids.push(register.agent_id.clone());
+            } else if ids.is_empty() {
+                self.serving.remove(&vm.name);
+            }
+        }
+    }
+
     fn task_mut(&mut self, task_id: &str) -> Option<(&mut Job, usize)> {
         let (job_id, index) = self.tasks.get(task_id)?;
         let index = *index;
@@ -243,12 +267,14 @@ impl Scheduler {
             return Err(CoordinatorError::NoAgent(format!("no live agent in region {:?}", job.region)));
         }
         for task in &job.tasks {
-            let serving: Vec<&Register> =
-                self.agents.values().map(|a| &a.register).filter(|r| r.vms.iter().any(|v| v.name == task.vm)).collect();
+            if self.serving(&task.vm).any(|r| eligible(job, r)) {
+                continue;
+            }
+            let serving: Vec<&Register> = self.serving(&task.vm).collect();
             if serving.is_empty() {
                 return Err(CoordinatorError::UnknownVm(task.vm.clone()));
             }
-            if !serving.iter().any(|r| eligible(job, r)) {
+            {
                 let regions: HashSet<&str> = serving.iter().map(|r| r.region.as_str()).collect();
                 return Err(CoordinatorError::NoAgent(format!(
                     "VM {:?} is served only by agents that do not match the job's region/labels (its regions: {})",
@@ -270,11 +296,8 @@ impl Scheduler {
         };
         let holders: Vec<(String, String)> =
             job.tasks.iter().filter(|t| is_active(t) && !t.agent.is_empty()).map(|t| (t.agent.clone(), t.id.clone())).collect();
-        let unfinished: Vec<bool> = job.tasks.iter().map(|t| !is_final(t.state())).collect();
+        let unfinished: Vec<String> = job.tasks.iter().filter(|t| !is_final(t.state())).map(|t| t.vm.clone()).collect();
         jobs::cancel(job)?;
-        for (t, _) in job.tasks.iter().zip(unfinished).filter(|(_, was)| *was) {
-            crate::metrics::finished(&provider_of(&self.agents, &t.vm), "cancelled");
-        }
         let now = now_ms();
         for task in job.tasks.iter_mut().filter(|t| t.state() == JobState::Cancelled && t.finished_unix_ms == 0) {
             if !holders.iter().any(|(_, id)| *id == task.id) || !self.agents.contains_key(&task.agent) {
@@ -283,6 +306,9 @@ impl Scheduler {
         }
         for (agent, task_id) in holders {
             self.turn.outbox.push((agent, CoordinatorBody::Cancel(CancelTask { task_id })));
+        }
+        for vm in unfinished {
+            crate::metrics::finished(&self.provider_of(&vm), "cancelled");
         }
         tracing::info!(job = %id, "job cancelled");
         self.changed(id, true);
@@ -293,7 +319,12 @@ impl Scheduler {
         let id = register.agent_id.clone();
         tracing::info!(agent = %id, region = %register.region, vms = register.vms.len(), holds = register.running.len(), "agent attached");
         let held: HashMap<String, u32> = register.running.iter().map(|r| (r.task_id.clone(), r.attempt)).collect();
-        self.agents.insert(id.clone(), AgentConn { register, connection, tx, last_seen: Instant::now() });
+        if let Some(old) = self.agents.remove(&id) {
+            self.index(&old.register, false);
+        }
+        self.index(&register, true);
+        let vms = register.vms.iter().map(|v| v.name.clone()).collect();
+        self.agents.insert(id.clone(), AgentConn { register, vms, connection, tx, last_seen: Instant::now() });
         // Tasks it holds: take back those still meant for it, cancel the others (a finished one
         // answers with its result, which is then released).
         for (task_id, attempt) in &held {
@@ -346,6 +377,7 @@ impl Scheduler {
     fn lost(&mut self, agent: &str, reason: &str) {
         tracing::warn!(agent = %agent, reason, "agent detached");
         if let Some(conn) = self.agents.remove(agent) {
+            self.index(&conn.register, false);
             // Ends its stream if it is still open (silent, not gone): it attaches again and is
             // told which of its tasks now run elsewhere.
             let _ = conn.tx.try_send(Err(Status::unavailable(format!("agent {agent} dropped: {reason}; attach again"))));

@@ -1,18 +1,18 @@
 //! The scheduler's turn: news from agents, expiry of silent agents, placement, and the commit
 //! that makes a turn's changes durable before anyone hears of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
-use hyperexport_proto::v1::{Assign, CoordinatorMessage, JobState, ReleaseTask};
+use hyperexport_proto::v1::{Assign, CoordinatorMessage, JobState, ReleaseTask, Task};
 
 use super::{MISSED_HEARTBEATS, Scheduler};
 use crate::error::CoordinatorError;
 use crate::jobs::{self, is_final, now_ms};
-use crate::placement::{Candidate, choose, queue_key};
+use crate::placement::{Candidate, choose, queue_order};
 use crate::store::Batch;
 use crate::task_state::{self, holds_agent, is_active};
 
@@ -76,7 +76,7 @@ impl Scheduler {
                 };
                 let vm = task.vm.clone();
                 if settled && !was_final {
-                    crate::metrics::finished(&super::provider_of(&self.agents, &vm), status);
+                    crate::metrics::finished(&self.provider_of(&vm), status);
                 } else if !settled && let Some(at) = task.not_before_unix_ms.checked_sub(now_ms()) {
                     self.ready_since.insert(task_id.clone(), Instant::now() + std::time::Duration::from_millis(at.max(0) as u64));
                 }
@@ -127,54 +127,80 @@ impl Scheduler {
 
     /// Assigns queued tasks to agents, most urgent first, while agents have free slots.
     pub(super) fn place(&mut self) {
+        if self.agents.is_empty() {
+            return;
+        }
         let now = now_ms();
+        let due = |t: &Task| t.state() == JobState::Pending && t.not_before_unix_ms <= now;
         let mut running: HashMap<&str, u32> = HashMap::new();
         let mut job_running: HashMap<&str, u32> = HashMap::new();
-        let mut queue = Vec::new();
+        let mut waiting = Vec::new();
         for job in self.jobs.values() {
-            for (i, t) in job.tasks.iter().enumerate() {
+            let mut queued = false;
+            for t in &job.tasks {
                 if holds_agent(t) {
                     *running.entry(t.agent.as_str()).or_default() += 1;
                     *job_running.entry(job.id.as_str()).or_default() += 1;
-                } else if t.state() == JobState::Pending && t.not_before_unix_ms <= now {
-                    queue.push((queue_key(job, i), t.vm.as_str()));
+                } else {
+                    queued |= due(t);
                 }
             }
+            if queued {
+                waiting.push(job);
+            }
         }
-        if queue.is_empty() || self.agents.is_empty() {
-            return;
-        }
-        queue.sort();
-        let mut candidates: HashMap<String, Candidate> = self
+        let mut candidates: HashMap<&str, Candidate> = self
             .agents
             .iter()
-            .map(|(id, a)| (id.clone(), Candidate { register: &a.register, running: running.get(id.as_str()).copied().unwrap_or(0) }))
+            .map(|(id, a)| (id.as_str(), Candidate { register: &a.register, running: running.get(id.as_str()).copied().unwrap_or(0) }))
             .collect();
-        let mut serving: HashMap<&str, Vec<String>> = HashMap::new();
-        for (id, a) in &self.agents {
-            for vm in &a.register.vms {
-                serving.entry(vm.name.as_str()).or_default().push(id.clone());
-            }
-        }
         let mut free: u32 = candidates.values().map(|c| c.register.capacity.max(1).saturating_sub(c.running)).sum();
+        if waiting.is_empty() || free == 0 {
+            return;
+        }
+        // Agents with a free slot: under load few, so a task looks at them rather than at every
+        // agent that serves its VM.
+        let mut open: HashSet<&str> =
+            candidates.iter().filter(|(_, c)| c.running < c.register.capacity.max(1)).map(|(id, _)| *id).collect();
+        // Jobs in queue order; within a job, tasks in the order they were named.
+        waiting.sort_by(|a, b| queue_order(a).cmp(&queue_order(b)));
         let mut placed = Vec::new();
-        for ((_, _, job_id, index), vm) in queue {
-            if free == 0 {
-                break;
+        // VMs (with a region, for jobs without labels) no agent can take this turn: later tasks
+        // for the same VM need not look again.
+        let mut full: HashSet<(&str, &str)> = HashSet::new();
+        'jobs: for job in waiting {
+            let mut busy = job_running.get(job.id.as_str()).copied().unwrap_or(0);
+            for (index, t) in job.tasks.iter().enumerate().filter(|(_, t)| due(t)) {
+                if free == 0 {
+                    break 'jobs;
+                }
+                if job.max_parallel > 0 && busy >= job.max_parallel {
+                    continue 'jobs;
+                }
+                let key = (t.vm.as_str(), job.region.as_str());
+                if job.labels.is_empty() && full.contains(&key) {
+                    continue;
+                }
+                let serving = self.serving.get(&t.vm).map(Vec::as_slice).unwrap_or_default();
+                let chosen = if open.len() < serving.len() {
+                    let agents = &self.agents;
+                    choose(job, &candidates, open.iter().copied().filter(|id| agents.get(*id).is_some_and(|a| a.vms.contains(&t.vm))))
+                } else {
+                    choose(job, &candidates, serving.iter().map(String::as_str))
+                };
+                let Some(agent) = chosen else {
+                    full.insert(key);
+                    continue;
+                };
+                let c = candidates.get_mut(agent).expect("chosen among candidates");
+                c.running += 1;
+                if c.running >= c.register.capacity.max(1) {
+                    open.remove(agent);
+                }
+                busy += 1;
+                free -= 1;
+                placed.push((job.id.clone(), index, agent.to_string()));
             }
-            let job = &self.jobs[&job_id];
-            let busy = job_running.get(job_id.as_str()).copied().unwrap_or(0);
-            if job.max_parallel > 0 && busy >= job.max_parallel {
-                continue;
-            }
-            let Some(agent) = choose(job, vm, &candidates, serving.get(vm).map(Vec::as_slice).unwrap_or_default()).map(str::to_string)
-            else {
-                continue;
-            };
-            candidates.get_mut(&agent).expect("chosen among candidates").running += 1;
-            *job_running.entry(self.jobs.get_key_value(&job_id).expect("queued job").0.as_str()).or_default() += 1;
-            free -= 1;
-            placed.push((job_id, index, agent));
         }
         drop(candidates);
         for (job_id, index, agent) in placed {
@@ -195,7 +221,7 @@ impl Scheduler {
             };
             tracing::info!(task = %t.id, vm = %t.vm, agent = %agent, attempt = t.attempt, "task assigned");
             if let Some(since) = self.ready_since.remove(&t.id) {
-                crate::metrics::placed(Instant::now().saturating_duration_since(since));
+                crate::metrics::waited(Instant::now().saturating_duration_since(since));
             }
             job.set_state(jobs::derive_state(&job.tasks));
             job.updated_unix_ms = now;
@@ -251,11 +277,14 @@ impl Scheduler {
             });
             let _ = reply.send(answer);
         }
+        let before = self.jobs.len();
         self.jobs.retain(|_, j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t)));
-        let jobs = &self.jobs;
-        self.tasks.retain(|_, (job, _)| jobs.contains_key(job));
-        let tasks = &self.tasks;
-        self.ready_since.retain(|id, _| tasks.contains_key(id));
+        if self.jobs.len() != before {
+            let jobs = &self.jobs;
+            self.tasks.retain(|_, (job, _)| jobs.contains_key(job));
+            let tasks = &self.tasks;
+            self.ready_since.retain(|id, _| tasks.contains_key(id));
+        }
         let (mut queued, mut active) = (0, 0);
         for t in self.jobs.values().flat_map(|j| j.tasks.iter()) {
             queued += (t.state() == JobState::Pending) as usize;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Scale bench of the coordinator (not a test): 1,000 lightweight agents (real Attach streams from
+# one process, `hyperexport dev load-agents`) on one coordinator, 10,000 queued tasks that each
+# agent "runs" for 200 ms (capacity 1: ten waves). Reports placement latency as agents see it
+# (first wave: from the job's Submit; later: from the slot freed to the next assignment), the
+# coordinator's queue-wait and commit histograms, its CPU time and peak RSS.
+#
+# Usage: bash scripts/scale-bench.sh [load-agents options, e.g. --agents 1000 --tasks 10000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-packages.sh protoc:protobuf-compiler
+cargo build --release --locked -p hyperexport >/dev/null 2>&1 || cargo build --release --locked -p hyperexport
+hx="$PWD/target/release/hyperexport"
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/hx-scale.XXXXXX")
+coord=""
+trap '[ -n "$coord" ] && kill "$coord" 2>/dev/null; rm -rf "$work"' EXIT
+# 1,000 agents are 1,000 connections on each side.
+ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
+
+"$hx" coordinator --listen 127.0.0.1:0 --data "$work/coord" --metrics-listen 127.0.0.1:0 >"$work/out" 2>"$work/coord.log" &
+coord=$!
+for _ in $(seq 100); do [ "$(wc -l <"$work/out")" -ge 2 ] && break; sleep 0.1; done
+addr=$(sed -n 's/^listening on //p' "$work/out")
+metrics=$(sed -n 's/^metrics on //p' "$work/out")
+[ -n "$addr" ] || { cat "$work/coord.log"; exit 1; }
+ticks=$(getconf CLK_TCK)
+cpu() { awk -v t="$ticks" '{sub(/.*\) /, ""); print ($12 + $13) / t}' "/proc/$coord/stat"; }
+before=$(cpu)
+"$hx" dev load-agents --coordinator "$addr" "$@" >"$work/result.json"
+after=$(cpu)
+rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$coord/status")
+echo "load:        $(cat "$work/result.json")"
+echo "coordinator: cpu $(awk -v a="$before" -v b="$after" 'BEGIN {printf "%.1f", b - a}') s during the run, peak RSS $((rss_kib / 1024)) MiB"
+echo "coordinator histograms:"
+exec 3<>"/dev/tcp/${metrics%:*}/${metrics##*:}"
+printf 'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n' >&3
+grep -E '^hyperexport_coordinator_(queue_wait|store_commit)_seconds_(bucket|count|sum)' <&3 | sed 's/^/  /'
