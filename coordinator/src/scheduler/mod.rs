@@ -23,6 +23,8 @@ use crate::server::stopped;
 use crate::store::JobStore;
 use crate::task_state::{self, holds_agent, is_active};
 
+#[cfg(test)]
+mod tests;
 mod turn;
 
 /// Heartbeats an agent may miss before it is taken for dead.

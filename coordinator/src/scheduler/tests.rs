@@ -1,0 +1,125 @@
+//! The scheduler's rules on its own state, with a real store and agents as channels.
+
+use std::sync::Arc;
+
+use hyperexport_proto::v1::{Assign, DiskCheckpoint, SubmitRequest, TaskCheckpoint, TaskFinished, TaskOutcome, Vm};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+fn scheduler(dir: &std::path::Path) -> Scheduler {
+    Scheduler {
+        store: Arc::new(JobStore::open(dir).unwrap()),
+        heartbeat: Duration::from_secs(1),
+        grace_until: Instant::now(),
+        jobs: HashMap::new(),
+        tasks: HashMap::new(),
+        checkpoints: HashMap::new(),
+        agents: HashMap::new(),
+        changes: broadcast::channel(16).0,
+        turn: Turn::default(),
+        ready_since: HashMap::new(),
+        serving: HashMap::new(),
+    }
+}
+
+/// Attaches agent `id` serving `vms`; returns what the scheduler sends it.
+fn attach(s: &mut Scheduler, id: &str, region: &str, capacity: u32, vms: &[&str]) -> mpsc::Receiver<Result<CoordinatorMessage, Status>> {
+    let (tx, rx) = mpsc::channel(64);
+    let vms = vms.iter().map(|n| Vm { name: n.to_string(), provider: "local".into(), ..Default::default() }).collect();
+    let register = Register { agent_id: id.into(), region: region.into(), capacity, vms, ..Default::default() };
+    s.handle(Event::Attached { register, connection: 1, tx });
+    rx
+}
+
+async fn submit(s: &mut Scheduler, vms: &[&str], priority: i32, max_parallel: u32) -> Job {
+    let req = SubmitRequest {
+        vms: vms.iter().map(|v| v.to_string()).collect(),
+        target: "file:///r".into(),
+        priority,
+        max_parallel,
+        ..Default::default()
+    };
+    let (tx, rx) = oneshot::channel();
+    s.handle(Event::Submit(jobs::new_job(req).unwrap(), tx));
+    turn(s).await;
+    rx.await.unwrap().unwrap()
+}
+
+async fn turn(s: &mut Scheduler) {
+    s.expire();
+    s.place();
+    s.commit().await;
+}
+
+/// The assignments waiting in an agent's stream.
+fn assigned(rx: &mut mpsc::Receiver<Result<CoordinatorMessage, Status>>) -> Vec<Assign> {
+    let mut out = Vec::new();
+    while let Ok(message) = rx.try_recv() {
+        if let Ok(CoordinatorMessage { body: Some(CoordinatorBody::Assign(a)) }) = message {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn higher_priority_goes_first_and_job_limits_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path());
+    let mut agent = attach(&mut s, "a", "eu", 1, &["web", "db", "app"]);
+    let low = submit(&mut s, &["web"], 1, 0).await;
+    assert_eq!(assigned(&mut agent).len(), 1, "the only slot goes to the first job");
+    let high = submit(&mut s, &["db"], 9, 0).await;
+    let lower = submit(&mut s, &["app"], 0, 0).await;
+    assert!(assigned(&mut agent).is_empty(), "no free slot");
+    let (task, attempt) = (&low.tasks[0].id, 1);
+    let done =
+        TaskFinished { task_id: task.clone(), attempt, outcome: TaskOutcome::Succeeded as i32, point: "p".into(), ..Default::default() };
+    s.handle(Event::FromAgent { agent: "a".into(), connection: 1, body: AgentBody::Finished(done) });
+    turn(&mut s).await;
+    let next = assigned(&mut agent);
+    assert_eq!(next.iter().map(|a| a.job_id.as_str()).collect::<Vec<_>>(), [high.id.as_str()], "priority 9 before 0");
+    assert_ne!(next[0].job_id, lower.id);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path());
+    let mut agent = attach(&mut s, "a", "eu", 3, &["web", "db", "app"]);
+    submit(&mut s, &["web", "db", "app"], 0, 1).await;
+    assert_eq!(assigned(&mut agent).len(), 1, "max_parallel 1 holds though the agent has 3 slots");
+}
+
+#[tokio::test]
+async fn a_lost_agent_s_task_resumes_elsewhere_with_its_checkpoint_and_stale_news_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path());
+    let mut first = attach(&mut s, "a", "eu", 1, &["web"]);
+    let job = submit(&mut s, &["web"], 0, 0).await;
+    let assign = assigned(&mut first).pop().unwrap();
+    let disk = DiskCheckpoint {
+        name: "d".into(),
+        size: 100,
+        chunk_size: 10,
+        chunk_ids: vec![7; 64],
+        sha256_state: vec![1; 32],
+        ..Default::default()
+    };
+    let checkpoint = TaskCheckpoint { task_id: assign.task_id.clone(), attempt: 1, disk: Some(disk) };
+    s.handle(Event::FromAgent { agent: "a".into(), connection: 1, body: AgentBody::Checkpoint(checkpoint) });
+    turn(&mut s).await;
+    assert_eq!(s.store.get(&job.id).unwrap().unwrap().tasks[0].checkpoint_bytes, 20);
+
+    let mut second = attach(&mut s, "b", "eu", 1, &["web"]);
+    s.handle(Event::Detached { agent: "a".into(), connection: 1, reason: "stream broken" });
+    turn(&mut s).await;
+    let again = assigned(&mut second).pop().expect("reassigned to the second agent");
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.resume.unwrap().disks[0].chunk_ids.len(), 64, "the assignment carries the checkpoint");
+
+    // A result for attempt 1 (now stale) changes nothing.
+    let late = TaskFinished { task_id: assign.task_id.clone(), attempt: 1, outcome: TaskOutcome::Succeeded as i32, ..Default::default() };
+    s.handle(Event::FromAgent { agent: "b".into(), connection: 1, body: AgentBody::Finished(late) });
+    turn(&mut s).await;
+    let stored = s.store.get(&job.id).unwrap().unwrap();
+    assert_eq!((stored.tasks[0].state(), stored.tasks[0].attempt), (JobState::Scheduled, 2));
+}
