@@ -10,6 +10,7 @@ use hyperexport_proto::v1::export_service_server::ExportServiceServer;
 use hyperexport_proto::v1::inventory_service_server::InventoryServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::agents::AgentApi;
@@ -30,6 +31,19 @@ pub(crate) async fn stopped(mut stopping: watch::Receiver<bool>) {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: the API's messages are small and latency
+/// matters (tonic leaves socket options alone for a caller's listener).
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::warn!(error = %e, "cannot turn off Nagle's algorithm on a connection");
+        }
+        accepted
+    })
+}
+
 /// Serves the API on `listener` over `store` until `shutdown` completes; then open watches are
 /// ended so that the server can stop.
 pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
@@ -47,7 +61,7 @@ pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, 
         .add_service(AgentServiceServer::new(agents.clone()))
         .add_service(InventoryServiceServer::new(agents))
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
             let _ = stop.send(true);
             let _ = stopped_tx.send(());

@@ -260,8 +260,10 @@ impl Scheduler {
                 return;
             }
         };
-        for job in &batch.jobs {
-            let _ = self.changes.send(job.clone());
+        if self.changes.receiver_count() > 0 {
+            for job in batch.jobs {
+                let _ = self.changes.send(job);
+            }
         }
         for (agent, body) in turn.outbox {
             let failed = self.agents.get(&agent).is_some_and(|a| a.tx.try_send(Ok(CoordinatorMessage { body: Some(body) })).is_err());
