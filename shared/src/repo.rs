@@ -101,6 +101,12 @@ impl Repository {
 
     /// Creates a repository at `path` (a missing or empty folder).
     pub fn init(path: &Path, opts: InitOptions) -> Result<Self> {
+        // Two processes may create the same repository at once (two agents, first task each):
+        // an flock on the folder itself makes one wait, and it then finds the other's repository
+        // instead of mixing two sets of keys into one folder.
+        fs::create_dir_all(path).map_err(RepoError::io("create folder", path))?;
+        let folder = fs::File::open(path).map_err(RepoError::io("open folder", path))?;
+        folder.lock().map_err(RepoError::io("lock folder", path))?;
         if Self::exists(path) {
             return Err(RepoError::Invalid(format!("{} already holds a repository", path.display())));
         }
@@ -431,6 +437,30 @@ mod tests {
 
     fn init(dir: &Path, secret: Option<Secret>) -> Repository {
         Repository::init(dir, InitOptions { chunk_size: 1 << 16, compression: Compression::Zstd(3), secret }).unwrap()
+    }
+
+    #[test]
+    fn concurrent_inits_make_one_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let key = || Secret::KeyFile(vec![7; 32]);
+        let outcomes: Vec<std::result::Result<String, String>> = std::thread::scope(|s| {
+            let starts: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        let opts = InitOptions { chunk_size: 1 << 20, compression: Compression::None, secret: Some(key()) };
+                        Repository::init(&path, opts).map(|r| r.config().id.clone()).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            starts.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let made: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+        assert_eq!(made.len(), 1, "{outcomes:?}");
+        assert!(outcomes.iter().filter_map(|o| o.as_ref().err()).all(|e| e.contains("already holds a repository")), "{outcomes:?}");
+        let repo = Repository::open(&path, Some(&key())).unwrap();
+        assert_eq!(&repo.config().id, made[0]);
+        assert_eq!(fs::read_dir(path.join("keys")).unwrap().count(), 1, "one key slot");
     }
 
     #[test]
