@@ -311,3 +311,76 @@ impl Actor for AgentRoot {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hyperexport_coordinator::server::serve;
+    use hyperexport_coordinator::store::JobStore;
+    use hyperexport_proto::v1::export_service_client::ExportServiceClient;
+    use hyperexport_proto::v1::{JobState, SubmitRequest, WatchJobRequest};
+    use hyperexport_shared::keys::Secret;
+
+    use super::*;
+
+    /// A coordinator in this process on a free loopback port; stops when the sender is dropped.
+    async fn coordinator(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let store = JobStore::open(dir).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, store, Duration::from_millis(100), async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    fn config(coordinator: &str, source: PathBuf) -> AgentRootConfig {
+        let attach = AttachConfig {
+            coordinator: coordinator.into(),
+            agent_id: "unit-agent".into(),
+            region: "eu".into(),
+            site: String::new(),
+            labels: HashMap::new(),
+            capacity: 1,
+        };
+        let access = TargetAccess { secret: Some(Secret::KeyFile(vec![9; 32])), allow_unencrypted: false };
+        AgentRootConfig { attach, source, access, threads: 2, faults: TestFaults::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_agent_attaches_runs_its_assignment_and_reports_the_point() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("vms")).unwrap();
+        let mut data = vec![0u8; 3 << 20];
+        hyperexport_shared::crypto::random_bytes(&mut data);
+        std::fs::write(dir.path().join("vms/web.img"), &data).unwrap();
+        let (addr, _stop) = coordinator(&dir.path().join("coordinator")).await;
+        let (root, _) = Actor::spawn(None, AgentRoot, config(&addr, dir.path().join("vms"))).await.unwrap();
+
+        let mut client = ExportServiceClient::connect(addr.clone()).await.unwrap();
+        let target = format!("file://{}", dir.path().join("repo").display());
+        let request = SubmitRequest { vms: vec!["web".into()], target, ..Default::default() };
+        // The agent attaches in the background: until then the VM is unknown.
+        let job = loop {
+            match client.submit(request.clone()).await {
+                Ok(r) => break r.into_inner().job_id,
+                Err(status) if status.code() == tonic::Code::NotFound => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(status) => panic!("{status}"),
+            }
+        };
+        let mut updates = client.watch(WatchJobRequest { job_id: job }).await.unwrap().into_inner();
+        let mut last = None;
+        while let Some(update) = tokio::time::timeout(Duration::from_secs(60), updates.message()).await.unwrap().unwrap() {
+            last = Some(update);
+        }
+        let last = last.unwrap();
+        assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
+        let task = &last.tasks[0];
+        assert_eq!((task.agent.as_str(), task.bytes_done, task.bytes_total), ("unit-agent", data.len() as u64, data.len() as u64));
+        assert_eq!(task.stats.unwrap().bytes_read, data.len() as u64);
+        assert!(!task.point.is_empty());
+        root.stop(None);
+    }
+}
