@@ -116,7 +116,7 @@ impl AgentService for AgentApi {
                         break "protocol error";
                     }
                     Ok(Some(AgentMessage { body: Some(body) })) => {
-                        scheduler.send(Event::FromAgent { agent: agent.clone(), connection, body });
+                        scheduler.send(Event::FromAgent { agent: agent.clone(), connection, body, received: std::time::Instant::now() });
                     }
                     Ok(None) => break "stream closed",
                     Err(_) => break "stream broken",

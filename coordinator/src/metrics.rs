@@ -13,6 +13,9 @@ pub const ACTIVE_EXPORTS: &str = "hyperexport_active_exports";
 pub const EXPORTS_TOTAL: &str = "hyperexport_exports_total";
 /// Agents attached now.
 pub const AGENTS: &str = "hyperexport_coordinator_agents";
+/// From the moment a task could be placed (its job received, requeued or its retry due, and a
+/// slot of the chosen agent free) to its assignment handed to that agent's stream.
+pub const PLACEMENT_LATENCY_SECONDS: &str = "hyperexport_coordinator_placement_latency_seconds";
 /// How long tasks wait in the queue: from submitted, requeued or retry due to assigned.
 pub const QUEUE_WAIT_SECONDS: &str = "hyperexport_coordinator_queue_wait_seconds";
 /// One scheduler turn's store commit.
@@ -24,6 +27,7 @@ pub fn describe() {
     describe_gauge!(ACTIVE_EXPORTS, "Tasks assigned to agents and not finished");
     describe_counter!(EXPORTS_TOTAL, "Tasks that reached a final state, by provider and status");
     describe_gauge!(AGENTS, "Agents attached to this coordinator");
+    describe_histogram!(PLACEMENT_LATENCY_SECONDS, Unit::Seconds, "From a task and a free slot being there to the assignment sent");
     describe_histogram!(QUEUE_WAIT_SECONDS, Unit::Seconds, "How long tasks wait in the queue before an agent is assigned");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Store commit of one scheduler turn");
     for (name, value) in [(QUEUE_LENGTH, 0.0), (ACTIVE_EXPORTS, 0.0), (AGENTS, 0.0)] {
@@ -46,6 +50,11 @@ const PROVIDERS: &[&str] = &["local", "vsphere", "hyperv", "aws", "azure", "gcp"
 pub fn finished(provider: &str, status: &'static str) {
     let provider = PROVIDERS.iter().find(|p| **p == provider).copied().unwrap_or("other");
     counter!(EXPORTS_TOTAL, "provider" => provider, "status" => status).increment(1);
+}
+
+/// A task was placed `took` after it could have been.
+pub fn placed(took: Duration) {
+    histogram!(PLACEMENT_LATENCY_SECONDS).record(took.as_secs_f64());
 }
 
 /// A task was assigned after waiting `waited` in the queue.

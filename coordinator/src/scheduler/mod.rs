@@ -39,14 +39,14 @@ pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
 /// What the scheduler acts on.
 pub enum Event {
-    /// A validated new job.
-    Submit(Job, oneshot::Sender<Result<Job>>),
+    /// A validated new job, received by the API at the instant given.
+    Submit(Job, Instant, oneshot::Sender<Result<Job>>),
     /// Cancel a job.
     Cancel(String, oneshot::Sender<Result<Job>>),
     /// An agent registered on a new stream (`Registered` already sent).
     Attached { register: Register, connection: u64, tx: AgentSender },
-    /// A message from an agent's stream.
-    FromAgent { agent: String, connection: u64, body: AgentBody },
+    /// A message from an agent's stream, read at `received`.
+    FromAgent { agent: String, connection: u64, body: AgentBody, received: Instant },
     /// An agent's stream ended.
     Detached { agent: String, connection: u64, reason: &'static str },
     /// The registrations of the live agents.
@@ -76,7 +76,8 @@ impl SchedulerHandle {
 
     /// Accepts a job once it is stored.
     pub async fn submit(&self, job: Job) -> Result<Job> {
-        self.ask(|tx| Event::Submit(job, tx)).await?
+        let received = Instant::now();
+        self.ask(|tx| Event::Submit(job, received, tx)).await?
     }
 
     /// Cancels a job; returns it as stored.
@@ -113,6 +114,8 @@ struct Turn {
     durable: bool,
     outbox: Vec<(String, CoordinatorBody)>,
     replies: Vec<(oneshot::Sender<Result<Job>>, Result<String>)>,
+    /// Since when each task assigned this turn could have been placed.
+    placed: Vec<Instant>,
 }
 
 /// The scheduler's state.
@@ -132,6 +135,8 @@ pub struct Scheduler {
     ready_since: HashMap<String, Instant>,
     /// VM name → the live agents serving it.
     serving: HashMap<String, Vec<String>>,
+    /// Per agent, since when each of its free slots has been free (for the placement latency).
+    slot_free: HashMap<String, Vec<Instant>>,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -161,6 +166,7 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
         turn: Turn::default(),
         ready_since: HashMap::new(),
         serving: HashMap::new(),
+        slot_free: HashMap::new(),
     };
     tokio::spawn(async move {
         let stop = stopped(stopping);
@@ -175,15 +181,30 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
                 _ = tick.tick() => {}
                 () = &mut stop => break,
             }
+            let started = Instant::now();
+            let mut events = 1;
             for _ in 0..MAX_EVENTS_PER_TURN {
                 match rx.try_recv() {
                     Ok(e) => scheduler.handle(e),
                     Err(_) => break,
                 }
+                events += 1;
             }
+            let handled = started.elapsed();
             scheduler.expire();
             scheduler.place();
+            let placed = started.elapsed() - handled;
+            let jobs = scheduler.turn.jobs.len();
             scheduler.commit().await;
+            let took = started.elapsed();
+            tracing::debug!(
+                events,
+                jobs,
+                handle_us = handled.as_micros() as u64,
+                place_us = placed.as_micros() as u64,
+                turn_us = took.as_micros() as u64,
+                "scheduler turn"
+            );
         }
     });
     Ok(SchedulerHandle { events, changes, heartbeat })
@@ -227,12 +248,12 @@ impl Scheduler {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Submit(job, reply) => {
+            Event::Submit(job, received, reply) => {
                 let result = self.admit(&job).map(|()| job.id.clone());
                 if result.is_ok() {
                     for (i, t) in job.tasks.iter().enumerate() {
                         self.tasks.insert(t.id.clone(), (job.id.clone(), i));
-                        self.ready_since.insert(t.id.clone(), Instant::now());
+                        self.ready_since.insert(t.id.clone(), received);
                     }
                     tracing::info!(job = %job.id, tasks = job.tasks.len(), target = %job.target, "job accepted");
                     self.changed(&job.id, true);
@@ -245,12 +266,12 @@ impl Scheduler {
                 self.turn.replies.push((reply, result));
             }
             Event::Attached { register, connection, tx } => self.attached(register, connection, tx),
-            Event::FromAgent { agent, connection, body } => {
+            Event::FromAgent { agent, connection, body, received } => {
                 match self.agents.get_mut(&agent) {
                     Some(a) if a.connection == connection => a.last_seen = Instant::now(),
                     _ => return,
                 }
-                self.on_agent_message(&agent, body);
+                self.on_agent_message(&agent, body, received);
             }
             Event::Detached { agent, connection, reason } => {
                 if self.agents.get(&agent).is_some_and(|a| a.connection == connection) {
@@ -326,6 +347,7 @@ impl Scheduler {
         }
         self.index(&register, true);
         let vms = register.vms.iter().map(|v| v.name.clone()).collect();
+        self.slot_free.insert(id.clone(), vec![Instant::now(); register.capacity.max(1) as usize]);
         self.agents.insert(id.clone(), AgentConn { register, vms, connection, tx, last_seen: Instant::now() });
         // Tasks it holds: take back those still meant for it, cancel the others (a finished one
         // answers with its result, which is then released).
@@ -380,6 +402,7 @@ impl Scheduler {
         tracing::warn!(agent = %agent, reason, "agent detached");
         if let Some(conn) = self.agents.remove(agent) {
             self.index(&conn.register, false);
+            self.slot_free.remove(agent);
             // Ends its stream if it is still open (silent, not gone): it attaches again and is
             // told which of its tasks now run elsewhere.
             let _ = conn.tx.try_send(Err(Status::unavailable(format!("agent {agent} dropped: {reason}; attach again"))));

@@ -20,6 +20,7 @@ fn scheduler(dir: &std::path::Path) -> Scheduler {
         turn: Turn::default(),
         ready_since: HashMap::new(),
         serving: HashMap::new(),
+        slot_free: HashMap::new(),
     }
 }
 
@@ -41,7 +42,7 @@ async fn submit(s: &mut Scheduler, vms: &[&str], priority: i32, max_parallel: u3
         ..Default::default()
     };
     let (tx, rx) = oneshot::channel();
-    s.handle(Event::Submit(jobs::new_job(req).unwrap(), tx));
+    s.handle(Event::Submit(jobs::new_job(req).unwrap(), Instant::now(), tx));
     turn(s).await;
     rx.await.unwrap().unwrap()
 }
@@ -76,7 +77,7 @@ async fn higher_priority_goes_first_and_job_limits_hold() {
     let (task, attempt) = (&low.tasks[0].id, 1);
     let done =
         TaskFinished { task_id: task.clone(), attempt, outcome: TaskOutcome::Succeeded as i32, point: "p".into(), ..Default::default() };
-    s.handle(Event::FromAgent { agent: "a".into(), connection: 1, body: AgentBody::Finished(done) });
+    s.handle(Event::FromAgent { agent: "a".into(), connection: 1, body: AgentBody::Finished(done), received: Instant::now() });
     turn(&mut s).await;
     let next = assigned(&mut agent);
     assert_eq!(next.iter().map(|a| a.job_id.as_str()).collect::<Vec<_>>(), [high.id.as_str()], "priority 9 before 0");
@@ -105,7 +106,7 @@ async fn a_lost_agent_s_task_resumes_elsewhere_with_its_checkpoint_and_stale_new
         ..Default::default()
     };
     let checkpoint = TaskCheckpoint { task_id: assign.task_id.clone(), attempt: 1, disk: Some(disk) };
-    s.handle(Event::FromAgent { agent: "a".into(), connection: 1, body: AgentBody::Checkpoint(checkpoint) });
+    s.handle(Event::FromAgent { agent: "a".into(), connection: 1, body: AgentBody::Checkpoint(checkpoint), received: Instant::now() });
     turn(&mut s).await;
     assert_eq!(s.store.get(&job.id).unwrap().unwrap().tasks[0].checkpoint_bytes, 20);
 
@@ -118,7 +119,7 @@ async fn a_lost_agent_s_task_resumes_elsewhere_with_its_checkpoint_and_stale_new
 
     // A result for attempt 1 (now stale) changes nothing.
     let late = TaskFinished { task_id: assign.task_id.clone(), attempt: 1, outcome: TaskOutcome::Succeeded as i32, ..Default::default() };
-    s.handle(Event::FromAgent { agent: "b".into(), connection: 1, body: AgentBody::Finished(late) });
+    s.handle(Event::FromAgent { agent: "b".into(), connection: 1, body: AgentBody::Finished(late), received: Instant::now() });
     turn(&mut s).await;
     let stored = s.store.get(&job.id).unwrap().unwrap();
     assert_eq!((stored.tasks[0].state(), stored.tasks[0].attempt), (JobState::Scheduled, 2));

@@ -19,7 +19,7 @@ use crate::task_state::{self, holds_agent, is_active};
 impl Scheduler {
     /// Applies a message of agent `agent` about one of its tasks. News of a task the agent no
     /// longer owns (another attempt runs elsewhere) is dropped; a stale result is released.
-    pub(super) fn on_agent_message(&mut self, agent: &str, body: AgentBody) {
+    pub(super) fn on_agent_message(&mut self, agent: &str, body: AgentBody, received: Instant) {
         let (task_id, attempt) = match &body {
             AgentBody::Progress(p) => (p.task_id.clone(), p.attempt),
             AgentBody::Checkpoint(c) => (c.task_id.clone(), c.attempt),
@@ -66,6 +66,12 @@ impl Scheduler {
                 }
             }
             AgentBody::Finished(f) => {
+                let capacity = self.agents.get(agent).map_or(1, |a| a.register.capacity.max(1) as usize);
+                if let Some(slots) = self.slot_free.get_mut(agent).filter(|s| s.len() < capacity) {
+                    slots.push(received);
+                }
+                let (job, i) = self.task_mut(&task_id).expect("the task was just found");
+                let task = &mut job.tasks[i];
                 let was_final = is_final(task.state());
                 task_state::apply_finished(task, f, agent);
                 let settled = is_final(task.state());
@@ -220,8 +226,15 @@ impl Scheduler {
                 resume: self.checkpoints.get(&t.id).cloned(),
             };
             tracing::info!(task = %t.id, vm = %t.vm, agent = %agent, attempt = t.attempt, "task assigned");
-            if let Some(since) = self.ready_since.remove(&t.id) {
+            let ready = self.ready_since.remove(&t.id);
+            if let Some(since) = ready {
                 crate::metrics::waited(Instant::now().saturating_duration_since(since));
+            }
+            // Placeable since both the task and a slot of its agent were there.
+            let slots = self.slot_free.get_mut(&agent);
+            let slot = slots.and_then(|s| (!s.is_empty()).then(|| s.remove(0)));
+            if let Some(start) = ready.into_iter().chain(slot).max() {
+                self.turn.placed.push(start);
             }
             job.set_state(jobs::derive_state(&job.tasks));
             job.updated_unix_ms = now;
@@ -271,6 +284,10 @@ impl Scheduler {
                 // Its tasks are requeued in the next turn's commit.
                 self.lost(&agent, "stream full or closed");
             }
+        }
+        let now = Instant::now();
+        for start in turn.placed {
+            crate::metrics::placed(now.saturating_duration_since(start));
         }
         for (reply, result) in turn.replies {
             let answer = result.and_then(|id| match self.jobs.get(&id) {
