@@ -54,6 +54,7 @@ fn coordinator_and_agent_metrics_are_complete_and_promtool_clean() {
     assert_eq!(value(&coordinator, "hyperexport_active_exports"), 0.0);
     assert_eq!(value(&coordinator, "hyperexport_coordinator_agents"), 1.0);
     assert_eq!(value(&coordinator, "hyperexport_coordinator_queue_wait_seconds_count"), 1.0);
+    assert_eq!(value(&coordinator, "hyperexport_coordinator_placement_latency_seconds_count"), 1.0);
     assert!(value(&coordinator, "process_resident_memory_bytes") > 0.0);
     assert!(value(&coordinator, "process_cpu_seconds_total") >= 0.0, "CPU time is reported");
 
