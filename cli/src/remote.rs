@@ -91,8 +91,8 @@ pub struct AgentArgs {
     /// Where its VMs are: local:DIR (each VM folder, .ova, .ovf, .vmx or disk image in DIR).
     #[arg(long, value_name = "SOURCE")]
     pub source: String,
-    /// Tasks it runs at once.
-    #[arg(long, default_value_t = 2)]
+    /// Tasks it runs at once (1-1024).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub capacity: u32,
     /// Worker threads per task (default: the number of CPUs).
     #[arg(long)]

@@ -33,8 +33,24 @@ fn validate(r: &Register) -> Result<()> {
     };
     plain("agent_id", &r.agent_id)?;
     plain("region", &r.region)?;
+    if !(1..=MAX_CAPACITY).contains(&r.capacity) {
+        return Err(CoordinatorError::Invalid(format!("capacity {} is outside 1-{MAX_CAPACITY}", r.capacity)));
+    }
+    if r.vms.len() > MAX_VMS_PER_AGENT || r.running.len() > MAX_CAPACITY as usize * 4 {
+        return Err(CoordinatorError::Invalid(format!(
+            "{} VMs and {} held tasks: at most {MAX_VMS_PER_AGENT} and {}",
+            r.vms.len(),
+            r.running.len(),
+            MAX_CAPACITY * 4
+        )));
+    }
     Ok(())
 }
+
+/// Most tasks one agent may run at once.
+pub const MAX_CAPACITY: u32 = 1024;
+/// Most VMs one agent may report.
+pub const MAX_VMS_PER_AGENT: usize = 100_000;
 
 /// Shell-style match: `*` any run, `?` any one character; an empty pattern matches everything.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -177,9 +193,12 @@ mod tests {
 
     #[test]
     fn registrations_are_validated() {
-        let ok = Register { agent_id: "a1".into(), region: "eu".into(), ..Default::default() };
+        let ok = Register { agent_id: "a1".into(), region: "eu".into(), capacity: 2, ..Default::default() };
         assert!(validate(&ok).is_ok());
         assert!(validate(&Register { region: String::new(), ..ok.clone() }).is_err());
+        assert!(validate(&Register { capacity: 0, ..ok.clone() }).is_err());
+        let huge = validate(&Register { capacity: u32::MAX, ..ok.clone() }).unwrap_err().to_string();
+        assert!(huge.contains("capacity 4294967295 is outside 1-1024"), "{huge}");
         assert!(validate(&Register { agent_id: "x\n".into(), ..ok }).is_err());
     }
 }

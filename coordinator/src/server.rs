@@ -49,7 +49,7 @@ fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
 pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let (stop, stopping) = watch::channel(false);
     let store = Arc::new(store);
-    let scheduler = scheduler::start(Arc::clone(&store), heartbeat, stopping.clone())?;
+    let (scheduler, scheduling) = scheduler::start(Arc::clone(&store), heartbeat, stopping.clone())?;
     let agents = AgentApi::new(scheduler.clone(), stopping.clone());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -70,6 +70,14 @@ pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, 
     // not hold the coordinator up for longer than the grace period.
     tokio::select! {
         served = server => served.map_err(|e| CoordinatorError::Serve(e.to_string())),
+        // The scheduler ends on its own only when the store failed: the coordinator stops with it.
+        failed = async move {
+            match scheduling.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => std::future::pending().await,
+                Err(e) => CoordinatorError::Serve(format!("the scheduler task failed: {e}")),
+            }
+        } => Err(failed),
         () = async {
             if stopped_rx.await.is_ok() {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;

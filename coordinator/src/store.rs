@@ -60,16 +60,6 @@ impl JobStore {
         Ok(JobStore { db })
     }
 
-    /// Writes a job durably.
-    pub fn put(&self, job: &Job) -> Result<()> {
-        let txn = self.db.begin_write().map_err(fail("begin"))?;
-        {
-            let mut table = txn.open_table(JOBS).map_err(fail("open table"))?;
-            table.insert(job.id.as_str(), job.encode_to_vec().as_slice()).map_err(fail("insert"))?;
-        }
-        txn.commit().map_err(fail("commit"))
-    }
-
     /// Writes a batch in one transaction.
     pub fn write(&self, batch: &Batch) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(fail("begin"))?;
@@ -152,8 +142,8 @@ mod tests {
         let job = Job { id: "j1".into(), created_unix_ms: 5, ..Default::default() };
         {
             let store = JobStore::open(dir.path()).unwrap();
-            store.put(&job).unwrap();
-            store.put(&Job { id: "j2".into(), created_unix_ms: 9, ..Default::default() }).unwrap();
+            let j2 = Job { id: "j2".into(), created_unix_ms: 9, ..Default::default() };
+            store.write(&Batch { jobs: vec![job.clone(), j2], durable: true, ..Default::default() }).unwrap();
         }
         let store = JobStore::open(dir.path()).unwrap();
         assert_eq!(store.get("j1").unwrap(), Some(job));

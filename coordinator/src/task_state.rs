@@ -11,6 +11,8 @@ pub const MAX_FAILURES: u32 = 3;
 pub const RETRY_BACKOFF_MS: i64 = 2_000;
 /// Longest wait before a retry.
 pub const MAX_RETRY_BACKOFF_MS: i64 = 60_000;
+/// Wait before an attempt an agent refused is placed again.
+pub const REFUSED_BACKOFF_MS: i64 = 1_000;
 
 /// Whether an agent is working on the task (it was assigned and has not finished).
 pub fn is_active(task: &Task) -> bool {
@@ -50,7 +52,10 @@ pub fn apply_progress(task: &mut Task, p: TaskProgress) -> bool {
 pub fn append_checkpoint(state: &mut TaskCheckpointState, c: DiskCheckpoint) -> bool {
     match state.disks.iter_mut().find(|d| d.index == c.index) {
         Some(d)
-            if d.name == c.name && d.size == c.size && d.chunk_size == c.chunk_size && d.chunk_ids.len() as u64 == c.start_chunk * 32 =>
+            if d.name == c.name
+                && d.size == c.size
+                && d.chunk_size == c.chunk_size
+                && c.start_chunk.checked_mul(32) == Some(d.chunk_ids.len() as u64) =>
         {
             d.chunk_ids.extend_from_slice(&c.chunk_ids);
             d.sha256_state = c.sha256_state;
@@ -88,6 +93,12 @@ pub fn apply_finished(task: &mut Task, f: TaskFinished, agent: &str) {
             task.bytes_done = task.bytes_total;
         }
         TaskOutcome::Cancelled | TaskOutcome::Unspecified => task.set_state(JobState::Cancelled),
+        TaskOutcome::Refused if task.state() == JobState::Cancelled => {}
+        TaskOutcome::Refused => {
+            requeue(task, format!("attempt {}: {}", f.attempt, f.error));
+            task.not_before_unix_ms = now + REFUSED_BACKOFF_MS;
+            task.finished_unix_ms = 0;
+        }
         TaskOutcome::Failed if task.state() == JobState::Cancelled => {}
         TaskOutcome::Failed => {
             task.failures += 1;
@@ -167,6 +178,11 @@ mod tests {
         let mut t = running();
         apply_finished(&mut t, TaskFinished { retryable: false, ..failed }, "a");
         assert_eq!(t.state(), JobState::Failed, "not retryable: fails at once");
+        let mut t = running();
+        let refused = TaskFinished { outcome: TaskOutcome::Refused as i32, attempt: 1, error: "full".into(), ..Default::default() };
+        apply_finished(&mut t, refused, "a");
+        assert_eq!((t.state(), t.failures, t.finished_unix_ms), (JobState::Pending, 0, 0), "a refusal is not a failure");
+        assert!(t.not_before_unix_ms > now_ms());
         let mut t = running();
         apply_finished(&mut t, TaskFinished { outcome: TaskOutcome::Succeeded as i32, point: "p".into(), ..Default::default() }, "a");
         assert_eq!((t.state(), t.point.as_str()), (JobState::Succeeded, "p"));

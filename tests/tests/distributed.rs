@@ -226,6 +226,11 @@ fn a_killed_coordinator_loses_no_job_and_running_tasks_finish_once() {
     let second = submit(&sb, &c, &["db"], &repo);
     wait_until(Duration::from_secs(60), "web to be under way", || task(&sb.job(&c, &first), "web")["bytes_done"].as_u64().unwrap() > 0);
     c.kill();
+    // The task finishes while the coordinator is down: its result must wait for the restart,
+    // and the restarted coordinator must take it rather than run the task again.
+    wait_until(Duration::from_secs(60), "web to finish on the agent", || {
+        std::fs::read_to_string(sb.path("eu-1.log")).unwrap().contains("TASK_OUTCOME_SUCCEEDED")
+    });
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300", "--listen", &addr]);
     let mut watcher = sb.spawn(&with(&c, &["watch", &second, "--output", "json"]), &[]);
     let mut line = String::new();

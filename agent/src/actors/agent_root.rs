@@ -100,45 +100,49 @@ impl AgentRootState {
         }
     }
 
+    /// The tasks it holds: running, or finished with a result the coordinator has not released.
     fn running(&self) -> Vec<RunningTask> {
-        let live = self.tasks.iter().filter(|(_, t)| t.finished.is_none() && t.supervisor.is_some());
-        live.map(|(id, t)| RunningTask { task_id: id.clone(), attempt: t.attempt }).collect()
+        let held = self.tasks.iter().filter(|(_, t)| t.finished.is_some() || t.supervisor.is_some());
+        held.map(|(id, t)| RunningTask { task_id: id.clone(), attempt: t.attempt }).collect()
     }
 
-    /// After (re)attaching: checkpoints kept while away, then results not yet released.
+    /// After (re)attaching: checkpoints kept while away, then results not yet released. What
+    /// cannot be sent stays for the next attachment.
     async fn flush(&mut self) {
-        let mut pending = Vec::new();
+        let Some((_, tx)) = &self.outbound else { return };
         for slot in self.tasks.values_mut() {
-            pending.append(&mut slot.unsent);
-            pending.extend(slot.finished.clone().map(|f| AgentMessage { body: Some(AgentBody::Finished(f)) }));
-        }
-        for message in pending {
-            if let Some(body) = message.body
-                && !self.send(body).await
+            while let Some(message) = slot.unsent.first() {
+                if tx.send(message.clone()).await.is_err() {
+                    return;
+                }
+                slot.unsent.remove(0);
+            }
+            if let Some(f) = &slot.finished
+                && tx.send(AgentMessage { body: Some(AgentBody::Finished(f.clone())) }).await.is_err()
             {
-                break;
+                return;
             }
         }
     }
 
     async fn assign(&mut self, myself: &ActorRef<AgentRootMsg>, assign: Assign) -> Result<(), ActorProcessingErr> {
-        if let Some(slot) = self.tasks.get(&assign.task_id)
-            && slot.finished.is_none()
-        {
-            tracing::warn!(task = %assign.task_id, attempt = assign.attempt, running = slot.attempt, "already running this task; assignment ignored");
-            return Ok(());
-        }
         let busy = self.tasks.values().filter(|t| t.finished.is_none()).count() as u32;
-        if busy >= self.config.attach.capacity {
-            let full = TaskFinished {
+        let refusal = match self.tasks.get(&assign.task_id) {
+            Some(slot) if slot.finished.is_none() => Some(format!("it still runs attempt {} of this task", slot.attempt)),
+            _ if busy >= self.config.attach.capacity => Some(format!("it is full ({busy} tasks running)")),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            tracing::warn!(task = %assign.task_id, attempt = assign.attempt, reason = %why, "assignment refused");
+            let refused = TaskFinished {
                 task_id: assign.task_id.clone(),
                 attempt: assign.attempt,
-                outcome: TaskOutcome::Failed as i32,
-                error: format!("agent {} is full ({busy} tasks running)", self.config.attach.agent_id),
+                outcome: TaskOutcome::Refused as i32,
+                error: format!("agent {} refused the task: {why}", self.config.attach.agent_id),
                 retryable: true,
                 ..Default::default()
             };
-            self.send(AgentBody::Finished(full)).await;
+            self.send(AgentBody::Finished(refused)).await;
             return Ok(());
         }
         let cancel = Arc::new(AtomicBool::new(false));

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::job_supervisor::JobSupervisorMsg;
+use super::job_supervisor::{JobSupervisorMsg, STOPPED_BY_CANCEL};
 use crate::AgentError;
 use crate::checkpoint::{DiskControl, DiskResume};
 use crate::export::ExportRun;
@@ -70,7 +70,7 @@ impl Actor for DiskReader {
                 Ok(())
             }
             Err(AgentError::Cancelled) => {
-                myself.stop(Some("cancelled".into()));
+                myself.stop(Some(STOPPED_BY_CANCEL.into()));
                 Ok(())
             }
             Err(e) => Err(Box::new(e)),

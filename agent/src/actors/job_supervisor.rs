@@ -33,6 +33,8 @@ pub const RESTART_BUDGET: u32 = 3;
 pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait before a restart.
 pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(8);
+/// The reason a child gives when it stops because the task was cancelled.
+pub const STOPPED_BY_CANCEL: &str = "cancelled";
 /// How often progress goes to the coordinator while it changes.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -116,7 +118,7 @@ impl JobSupervisorState {
         let status = match outcome {
             TaskOutcome::Succeeded => "succeeded",
             TaskOutcome::Cancelled => "cancelled",
-            TaskOutcome::Failed | TaskOutcome::Unspecified => "failed",
+            TaskOutcome::Failed | TaskOutcome::Unspecified | TaskOutcome::Refused => "failed",
         };
         crate::metrics::finished("local", status, self.started.elapsed());
         let a = &self.config.assign;
@@ -308,7 +310,11 @@ impl Actor for JobSupervisor {
                 state.done[index] = Some(*result);
                 state.resume[index] = None;
                 state.child = None;
-                state.start_next(&myself).await?;
+                if state.config.cancel.load(Ordering::SeqCst) {
+                    state.finish(&myself, TaskOutcome::Cancelled, String::new(), String::new(), false);
+                } else {
+                    state.start_next(&myself).await?;
+                }
             }
             JobSupervisorMsg::Published { report } => {
                 state.child = None;
@@ -339,12 +345,17 @@ impl Actor for JobSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, error) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
-            SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),
+        let (cell, reason, error) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason, None),
+            SupervisionEvent::ActorFailed(cell, e) => (cell, None, Some(e.to_string())),
             _ => return Ok(()),
         };
         if state.child.as_ref().map(ActorCell::get_id) != Some(cell.get_id()) {
+            return Ok(());
+        }
+        // A child that ended normally has sent its result, which supervision events overtake:
+        // the result's handler goes on (and looks at the cancel flag itself).
+        if error.is_none() && reason.as_deref() != Some(STOPPED_BY_CANCEL) {
             return Ok(());
         }
         state.child = None;
@@ -352,7 +363,7 @@ impl Actor for JobSupervisor {
             state.finish(&myself, TaskOutcome::Cancelled, String::new(), String::new(), false);
             return Ok(());
         }
-        let Some(error) = error else { return Ok(()) };
+        let error = error.unwrap_or_else(|| "a step stopped as cancelled, but the task was not cancelled".into());
         if state.restarts >= RESTART_BUDGET {
             let message = format!("{error} (after {} restarts)", state.restarts);
             state.finish(&myself, TaskOutcome::Failed, message, String::new(), true);

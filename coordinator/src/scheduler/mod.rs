@@ -140,8 +140,13 @@ pub struct Scheduler {
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
-/// `stopping` turns true.
-pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receiver<bool>) -> Result<SchedulerHandle> {
+/// `stopping` turns true, or until a store write fails (the returned task then ends with the
+/// error).
+pub fn start(
+    store: Arc<JobStore>,
+    heartbeat: Duration,
+    stopping: watch::Receiver<bool>,
+) -> Result<(SchedulerHandle, tokio::task::JoinHandle<Result<()>>)> {
     let mut jobs = HashMap::new();
     let mut tasks = HashMap::new();
     for job in store.list()?.into_iter().filter(|j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t))) {
@@ -168,7 +173,7 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
         serving: HashMap::new(),
         slot_free: HashMap::new(),
     };
-    tokio::spawn(async move {
+    let running = tokio::spawn(async move {
         let stop = stopped(stopping);
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(heartbeat / 2);
@@ -195,7 +200,7 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
             scheduler.place();
             let placed = started.elapsed() - handled;
             let jobs = scheduler.turn.jobs.len();
-            scheduler.commit().await;
+            scheduler.commit().await?;
             let took = started.elapsed();
             tracing::debug!(
                 events,
@@ -206,8 +211,9 @@ pub fn start(store: Arc<JobStore>, heartbeat: Duration, stopping: watch::Receive
                 "scheduler turn"
             );
         }
+        Ok(())
     });
-    Ok(SchedulerHandle { events, changes, heartbeat })
+    Ok((SchedulerHandle { events, changes, heartbeat }, running))
 }
 
 impl Scheduler {
@@ -372,14 +378,20 @@ impl Scheduler {
                 self.turn.outbox.push((id.clone(), CoordinatorBody::Cancel(CancelTask { task_id: task_id.clone() })));
             }
         }
-        // Tasks meant for it that it no longer holds were lost with its previous run.
-        let lost: Vec<String> = self
-            .jobs
-            .values()
-            .flat_map(|j| j.tasks.iter())
-            .filter(|t| t.agent == id && is_active(t) && !held.contains_key(&t.id))
-            .map(|t| t.id.clone())
-            .collect();
+        // Tasks meant for it that it no longer holds were lost with its previous run; cancelled
+        // ones it no longer holds have stopped.
+        let now = now_ms();
+        let mut lost = Vec::new();
+        for job in self.jobs.values_mut() {
+            for t in job.tasks.iter_mut().filter(|t| t.agent == id && holds_agent(t) && !held.contains_key(&t.id)) {
+                if is_active(t) {
+                    lost.push(t.id.clone());
+                } else {
+                    t.finished_unix_ms = now;
+                    self.turn.jobs.insert(job.id.clone());
+                }
+            }
+        }
         for task_id in lost {
             self.requeue(&task_id, format!("agent {id} restarted without the task; resuming from the last checkpoint"));
         }

@@ -245,7 +245,9 @@ impl Scheduler {
 
     /// Writes the turn's changes in one transaction, then tells watchers, sends to agents and
     /// answers the API. Jobs with nothing left to track leave memory (they stay in the store).
-    pub(super) async fn commit(&mut self) {
+    /// A failed write is returned: memory then holds changes the store does not, so the
+    /// scheduler stops rather than act on them (a restart reloads the store).
+    pub(super) async fn commit(&mut self) -> Result<(), CoordinatorError> {
         let turn = std::mem::take(&mut self.turn);
         let jobs: Vec<_> = turn.jobs.iter().filter_map(|id| self.jobs.get(id).cloned()).collect();
         let checkpoints = turn.checkpoints.iter().filter_map(|id| self.checkpoints.get(id).map(|c| (id.clone(), c.clone()))).collect();
@@ -266,11 +268,11 @@ impl Scheduler {
             Ok(batch) => batch,
             Err(e) => {
                 // Nothing of this turn is announced; API callers get the error.
-                tracing::error!(error = %e, "store write failed");
+                tracing::error!(error = %e, "store write failed; the scheduler stops");
                 for (reply, _) in turn.replies {
                     let _ = reply.send(Err(CoordinatorError::Store { op: "write", detail: e.to_string() }));
                 }
-                return;
+                return Err(e);
             }
         };
         if self.changes.receiver_count() > 0 {
@@ -297,7 +299,21 @@ impl Scheduler {
             let _ = reply.send(answer);
         }
         let before = self.jobs.len();
-        self.jobs.retain(|_, j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t)));
+        let mut settled = Vec::new();
+        self.jobs.retain(|_, j| {
+            let keep = j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t));
+            if !keep {
+                settled.extend(j.tasks.iter().map(|t| t.id.clone()));
+            }
+            keep
+        });
+        // Checkpoints of tasks that ended without a result (cancelled while queued, or whose
+        // agent was lost after a cancel) go with their job, in the next turn's commit.
+        for task in settled {
+            if self.checkpoints.remove(&task).is_some() {
+                self.turn.forget.push(task);
+            }
+        }
         if self.jobs.len() != before {
             let jobs = &self.jobs;
             self.tasks.retain(|_, (job, _)| jobs.contains_key(job));
@@ -310,5 +326,6 @@ impl Scheduler {
             active += holds_agent(t) as usize;
         }
         crate::metrics::turn(queued, active, self.agents.len());
+        Ok(())
     }
 }
