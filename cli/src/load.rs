@@ -46,6 +46,9 @@ pub struct LoadArgs {
     task_ms: u64,
 }
 
+/// Connection attempts per load agent after the first.
+const CONNECT_ATTEMPTS: u32 = 5;
+
 /// What the agents saw.
 #[derive(Default)]
 struct Seen {
@@ -115,13 +118,17 @@ async fn load(a: LoadArgs) -> Result<std::process::ExitCode> {
         let (url, seen, ready) = (url.clone(), Arc::clone(&seen), ready_tx.clone());
         let task_time = Duration::from_millis(a.task_ms);
         tokio::spawn(async move {
-            if let Err(e) = agent(url, register, task_time, seen, ready).await {
-                eprintln!("load agent failed: {e:#}");
+            if let Err(e) = agent(url, register, task_time, seen, ready.clone()).await {
+                let _ = ready.send(Err(format!("{e:#}"))).await;
             }
         });
     }
     for _ in 0..a.agents {
-        ready_rx.recv().await.ok_or_else(|| anyhow!("an agent could not attach"))?;
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(anyhow!("a load agent failed: {e}")),
+            None => return Err(anyhow!("the load agents went away")),
+        }
     }
     let attach_seconds = attach_started.elapsed().as_secs_f64();
     let client = ExportServiceClient::connect(url.clone()).await.context("connecting to the coordinator")?;
@@ -189,8 +196,25 @@ fn summary(latencies: &mut [Duration]) -> serde_json::Value {
 }
 
 /// One lightweight agent: attaches, heartbeats, and runs each assignment for `task_time`.
-async fn agent(url: String, register: Register, task_time: Duration, seen: Arc<Mutex<Seen>>, ready: mpsc::Sender<()>) -> Result<()> {
-    let mut client = AgentServiceClient::connect(url).await?;
+async fn agent(
+    url: String,
+    register: Register,
+    task_time: Duration,
+    seen: Arc<Mutex<Seen>>,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> Result<()> {
+    // A thousand connections at once can overflow the listen backlog: try again a few times.
+    let mut attempt = 0;
+    let mut client = loop {
+        match AgentServiceClient::connect(url.clone()).await {
+            Ok(client) => break client,
+            Err(e) if attempt >= CONNECT_ATTEMPTS => return Err(e).context("connecting"),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+        }
+    };
     let (tx, rx) = mpsc::channel(64);
     tx.send(AgentMessage { body: Some(AgentBody::Register(register.clone())) }).await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
@@ -198,7 +222,7 @@ async fn agent(url: String, register: Register, task_time: Duration, seen: Arc<M
         Some(CoordinatorBody::Registered(r)) => Duration::from_millis(r.heartbeat_interval_ms as u64),
         other => return Err(anyhow!("expected Registered, got {other:?}")),
     };
-    ready.send(()).await?;
+    ready.send(Ok(())).await?;
     let beats = tx.clone();
     tokio::spawn(async move {
         let mut sequence = 0;
