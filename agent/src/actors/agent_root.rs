@@ -19,6 +19,7 @@ use hyperexport_proto::v1::{AgentMessage, Assign, Heartbeat, RunningTask, TaskFi
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 
+use super::ChildStop;
 use super::job_supervisor::{JobSupervisor, JobSupervisorConfig, JobSupervisorMsg};
 use crate::attach::{AttachConfig, attach, inventory_of};
 use crate::export::TestFaults;
@@ -302,11 +303,8 @@ impl Actor for AgentRoot {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
-            SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),
-            _ => return Ok(()),
-        };
+        let Some(ChildStop { cell, reason, error }) = ChildStop::of(event) else { return Ok(()) };
+        let reason = error.or(reason);
         if let Some((id, slot)) = state.tasks.iter_mut().find(|(_, t)| t.supervisor.as_ref().is_some_and(|s| s.get_id() == cell.get_id())) {
             slot.supervisor = None;
             // Supervision events overtake ordinary messages: the result may still be queued.

@@ -15,6 +15,7 @@ use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::{self as pb, Assign, TaskFinished, TaskOutcome, TaskPhase};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::ChildStop;
 use super::agent_root::AgentRootMsg;
 use super::disk_reader::{DiskReader, DiskReaderConfig};
 use super::uploader::{Uploader, UploaderConfig};
@@ -345,11 +346,7 @@ impl Actor for JobSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason, error) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason, None),
-            SupervisionEvent::ActorFailed(cell, e) => (cell, None, Some(e.to_string())),
-            _ => return Ok(()),
-        };
+        let Some(ChildStop { cell, reason, error }) = ChildStop::of(event) else { return Ok(()) };
         if state.child.as_ref().map(ActorCell::get_id) != Some(cell.get_id()) {
             return Ok(());
         }

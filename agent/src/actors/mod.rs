@@ -11,3 +11,26 @@ pub mod agent_root;
 pub mod disk_reader;
 pub mod job_supervisor;
 pub mod uploader;
+
+use ractor::{ActorCell, SupervisionEvent};
+
+/// A child that stopped, as its supervisor sees it.
+pub(crate) struct ChildStop {
+    /// The child.
+    pub cell: ActorCell,
+    /// The reason it gave when it stopped normally.
+    pub reason: Option<String>,
+    /// Its error, when it failed.
+    pub error: Option<String>,
+}
+
+impl ChildStop {
+    /// The stop a supervision event reports; `None` for other events.
+    pub fn of(event: SupervisionEvent) -> Option<Self> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => Some(ChildStop { cell, reason, error: None }),
+            SupervisionEvent::ActorFailed(cell, e) => Some(ChildStop { cell, reason: None, error: Some(e.to_string()) }),
+            _ => None,
+        }
+    }
+}
