@@ -172,7 +172,8 @@ async fn load(a: LoadArgs) -> Result<std::process::ExitCode> {
     }
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     let mut s = seen.lock().await;
-    let (steady, first) = (summary(&mut s.latencies), summary(&mut s.first_wave));
+    let mut all: Vec<Duration> = s.latencies.iter().chain(&s.first_wave).copied().collect();
+    let (steady, first, all) = (summary(&mut s.latencies), summary(&mut s.first_wave), summary(&mut all));
     drop(s);
     println!(
         "{}",
@@ -180,7 +181,7 @@ async fn load(a: LoadArgs) -> Result<std::process::ExitCode> {
             "agents": a.agents, "tasks": a.tasks, "jobs": jobs, "capacity": a.capacity, "task_ms": a.task_ms, "queue_peak": queue_peak,
             "attach_seconds": attach_seconds, "submit_seconds": submit_seconds, "drain_seconds": drain_seconds,
             "tasks_per_second": a.tasks as f64 / drain_seconds,
-            "placement_ms": {"freed_slot": steady, "first_wave": first},
+            "placement_ms": {"all": all, "freed_slot": steady, "first_wave": first},
         })
     );
     Ok(std::process::ExitCode::SUCCESS)

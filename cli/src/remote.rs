@@ -236,7 +236,7 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
         threads: crate::commands::threads(a.threads),
         faults: hyperexport_agent::export::TestFaults::from_env(),
     };
-    init_logs();
+    let _logs = init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
         if let Some(listen) = &a.metrics_listen {
@@ -257,12 +257,19 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
     })
 }
 
-fn init_logs() {
+/// Logs to stderr from a thread of their own: the threads that log (the coordinator's scheduler
+/// logs every assignment) do not wait for the write. Nothing is dropped when the buffer is full;
+/// the returned guard flushes what is left when it goes out of scope.
+#[must_use = "logs written after the guard is dropped are lost"]
+fn init_logs() -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).thread_name("hx-log").finish(std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    guard
 }
 
 /// Turns a gRPC status into an error that names the coordinator's reason.
@@ -272,7 +279,7 @@ pub(crate) fn refused(status: tonic::Status) -> anyhow::Error {
 
 /// Runs a coordinator until SIGINT or SIGTERM.
 pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
-    init_logs();
+    let _logs = init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     // The store opens first: "listening on" is printed only once the coordinator can serve.
     let store = hyperexport_coordinator::store::JobStore::open(&a.data)

@@ -5,7 +5,7 @@
 //! labels and has a free slot; among those the least loaded wins (running tasks over capacity,
 //! then fewer running, then the agent id, so that placement is deterministic).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use hyperexport_proto::v1::{Job, Register};
 
@@ -34,12 +34,27 @@ pub fn eligible(job: &Job, agent: &Register) -> bool {
 }
 
 /// The agent to run a task of `job`, among `agents` (keyed by id), choosing from `ids`: agents
-/// that serve the task's VM. `None` if none fits now.
+/// that serve the task's VM, in ascending order. `None` if none fits now.
+///
+/// The first idle agent found wins: nobody can be less loaded, and the order makes it the one
+/// with the smallest id. Under load this ends the search early instead of looking at every agent
+/// that serves the VM.
 pub fn choose<'a, 'i>(job: &Job, agents: &HashMap<&'a str, Candidate<'a>>, ids: impl Iterator<Item = &'i str>) -> Option<&'a str> {
-    ids.filter_map(|id| agents.get_key_value(id))
-        .filter(|(_, a)| a.free() && eligible(job, a.register))
-        .min_by(|(ia, a), (ib, b)| a.load().cmp(&b.load()).then_with(|| ia.cmp(ib)))
-        .map(|(id, _)| *id)
+    let mut best: Option<(&'a str, (u64, u32))> = None;
+    for (id, agent) in ids.filter_map(|id| agents.get_key_value(id)) {
+        if !agent.free() || !eligible(job, agent.register) {
+            continue;
+        }
+        let load = agent.load();
+        // Ascending ids: on equal load the one found first stays.
+        if best.is_none_or(|(_, b)| load < b) {
+            best = Some((*id, load));
+            if load.1 == 0 {
+                break;
+            }
+        }
+    }
+    best.map(|(id, _)| id)
 }
 
 /// Queue order of jobs: higher priority first, then older, then by id (a job's tasks go in the
@@ -67,7 +82,7 @@ mod tests {
     #[test]
     fn least_loaded_eligible_agent_with_a_free_slot_wins() {
         let (a, b, c) = (agent("a", "eu", 2, &["web"]), agent("b", "eu", 4, &["web"]), agent("c", "us", 4, &["web"]));
-        let mut agents = HashMap::new();
+        let mut agents = HashMap::default();
         agents.insert("a", Candidate { register: &a, running: 1 });
         agents.insert("b", Candidate { register: &b, running: 1 });
         agents.insert("c", Candidate { register: &c, running: 0 });
@@ -81,6 +96,9 @@ mod tests {
         assert_eq!(choose(&silver, &agents, serving()), None);
         agents.get_mut("b").unwrap().running = 4;
         assert_eq!(choose(&eu, &agents, serving()), Some("a"), "b is full");
+        agents.get_mut("a").unwrap().running = 0;
+        agents.get_mut("b").unwrap().running = 0;
+        assert_eq!(choose(&Job::default(), &agents, serving()), Some("a"), "of idle agents, the smallest id");
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, 
             match scheduling.await {
                 Ok(Err(e)) => e,
                 Ok(Ok(())) => std::future::pending().await,
-                Err(e) => CoordinatorError::Serve(format!("the scheduler task failed: {e}")),
+                Err(_) => CoordinatorError::Serve("the scheduler thread ended without a result".into()),
             }
         } => Err(failed),
         () = async {

@@ -6,7 +6,7 @@
 //! to agents, watchers told and API calls answered. So nothing is acted on before it is durable,
 //! and a turn under load batches many changes into one commit.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 const WATCH_BACKLOG: usize = 1024;
 /// Events handled in one turn at most, so that a flood still commits and answers regularly.
 const MAX_EVENTS_PER_TURN: usize = 4096;
+/// Time spent taking events in one turn at most: a burst of submissions (each admitting all its
+/// tasks) is placed and committed in slices, so that the first jobs are not held up by the last.
+const HANDLE_BUDGET: Duration = Duration::from_millis(2);
 
 /// The sending half of an agent's stream.
 pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -133,20 +136,20 @@ pub struct Scheduler {
     turn: Turn,
     /// Since when each queued task could be placed (for the placement latency metric).
     ready_since: HashMap<String, Instant>,
-    /// VM name → the live agents serving it.
+    /// VM name → the live agents serving it, in ascending order.
     serving: HashMap<String, Vec<String>>,
     /// Per agent, since when each of its free slots has been free (for the placement latency).
     slot_free: HashMap<String, Vec<Instant>>,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
-/// `stopping` turns true, or until a store write fails (the returned task then ends with the
+/// `stopping` turns true, or until a store write fails (the returned receiver then gets the
 /// error).
 pub fn start(
     store: Arc<JobStore>,
     heartbeat: Duration,
     stopping: watch::Receiver<bool>,
-) -> Result<(SchedulerHandle, tokio::task::JoinHandle<Result<()>>)> {
+) -> Result<(SchedulerHandle, oneshot::Receiver<Result<()>>)> {
     let mut jobs = HashMap::new();
     let mut tasks = HashMap::new();
     for job in store.list()?.into_iter().filter(|j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t))) {
@@ -173,7 +176,13 @@ pub fn start(
         serving: HashMap::new(),
         slot_free: HashMap::new(),
     };
-    let running = tokio::spawn(async move {
+    // The loop has an OS thread of its own: under load the runtime's workers are busy with a
+    // thousand agent streams, and the one task every placement waits for must not queue behind
+    // them (measured with scripts/scale-bench.sh; see docs/PERFORMANCE.md). Its I/O, timers and
+    // store writes still run on the runtime.
+    let runtime = tokio::runtime::Handle::current();
+    let (done, ended) = oneshot::channel();
+    let run = async move {
         let stop = stopped(stopping);
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(heartbeat / 2);
@@ -188,7 +197,7 @@ pub fn start(
             }
             let started = Instant::now();
             let mut events = 1;
-            for _ in 0..MAX_EVENTS_PER_TURN {
+            while events < MAX_EVENTS_PER_TURN && started.elapsed() < HANDLE_BUDGET {
                 match rx.try_recv() {
                     Ok(e) => scheduler.handle(e),
                     Err(_) => break,
@@ -212,8 +221,14 @@ pub fn start(
             );
         }
         Ok(())
-    });
-    Ok((SchedulerHandle { events, changes, heartbeat }, running))
+    };
+    std::thread::Builder::new()
+        .name("hx-scheduler".into())
+        .spawn(move || {
+            let _ = done.send(runtime.block_on(run));
+        })
+        .map_err(|e| CoordinatorError::Serve(format!("cannot start the scheduler thread: {e}")))?;
+    Ok((SchedulerHandle { events, changes, heartbeat }, ended))
 }
 
 impl Scheduler {
@@ -228,14 +243,20 @@ impl Scheduler {
         self.serving.get(vm).into_iter().flatten().filter_map(|id| self.agents.get(id)).map(|a| &a.register)
     }
 
-    /// Adds (`add`) or removes an agent's VMs from the index of who serves what.
+    /// Adds (`add`) or removes an agent's VMs from the index of who serves what, which keeps
+    /// each VM's agents in ascending order (placement relies on it).
     fn index(&mut self, register: &Register, add: bool) {
+        let id = &register.agent_id;
         for vm in &register.vms {
             let ids = self.serving.entry(vm.name.clone()).or_default();
-            ids.retain(|id| *id != register.agent_id);
-            if add {
-                ids.push(register.agent_id.clone());
-            } else if ids.is_empty() {
+            match (ids.binary_search(id), add) {
+                (Err(at), true) => ids.insert(at, id.clone()),
+                (Ok(at), false) => {
+                    ids.remove(at);
+                }
+                _ => {}
+            }
+            if ids.is_empty() {
                 self.serving.remove(&vm.name);
             }
         }

@@ -1,7 +1,8 @@
 //! The scheduler's turn: news from agents, expiry of silent agents, placement, and the commit
 //! that makes a turn's changes durable before anyone hears of them.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use hyperexport_proto::v1::{Assign, CoordinatorMessage, JobState, ReleaseTask, T
 use super::{MISSED_HEARTBEATS, Scheduler};
 use crate::error::CoordinatorError;
 use crate::jobs::{self, is_final, now_ms};
-use crate::placement::{Candidate, choose, queue_order};
+use crate::placement::{Candidate, choose, eligible, queue_order};
 use crate::store::Batch;
 use crate::task_state::{self, holds_agent, is_active};
 
@@ -165,8 +166,8 @@ impl Scheduler {
             return;
         }
         // Agents with a free slot: under load few, so a task looks at them rather than at every
-        // agent that serves its VM.
-        let mut open: HashSet<&str> =
+        // agent that serves its VM (in ascending order, as placement wants them).
+        let mut open: BTreeSet<&str> =
             candidates.iter().filter(|(_, c)| c.running < c.register.capacity.max(1)).map(|(id, _)| *id).collect();
         // Jobs in queue order; within a job, tasks in the order they were named.
         waiting.sort_by(|a, b| queue_order(a).cmp(&queue_order(b)));
@@ -190,7 +191,13 @@ impl Scheduler {
                 let serving = self.serving.get(&t.vm).map(Vec::as_slice).unwrap_or_default();
                 let chosen = if open.len() < serving.len() {
                     let agents = &self.agents;
-                    choose(job, &candidates, open.iter().copied().filter(|id| agents.get(*id).is_some_and(|a| a.vms.contains(&t.vm))))
+                    choose(
+                        job,
+                        &candidates,
+                        open.iter()
+                            .copied()
+                            .filter(|id| agents.get(*id).is_some_and(|a| eligible(job, &a.register) && a.vms.contains(&t.vm))),
+                    )
                 } else {
                     choose(job, &candidates, serving.iter().map(String::as_str))
                 };
