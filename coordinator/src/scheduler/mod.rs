@@ -209,7 +209,7 @@ pub fn start(
             scheduler.place();
             let placed = started.elapsed() - handled;
             let jobs = scheduler.turn.jobs.len();
-            scheduler.commit().await?;
+            scheduler.commit()?;
             let took = started.elapsed();
             tracing::debug!(
                 events,

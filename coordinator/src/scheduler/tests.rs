@@ -50,7 +50,7 @@ async fn submit(s: &mut Scheduler, vms: &[&str], priority: i32, max_parallel: u3
 async fn turn(s: &mut Scheduler) {
     s.expire();
     s.place();
-    s.commit().await.unwrap();
+    s.commit().unwrap();
 }
 
 /// The assignments waiting in an agent's stream.

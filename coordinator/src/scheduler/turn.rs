@@ -3,7 +3,6 @@
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Instant;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
@@ -254,7 +253,7 @@ impl Scheduler {
     /// answers the API. Jobs with nothing left to track leave memory (they stay in the store).
     /// A failed write is returned: memory then holds changes the store does not, so the
     /// scheduler stops rather than act on them (a restart reloads the store).
-    pub(super) async fn commit(&mut self) -> Result<(), CoordinatorError> {
+    pub(super) fn commit(&mut self) -> Result<(), CoordinatorError> {
         let turn = std::mem::take(&mut self.turn);
         let jobs: Vec<_> = turn.jobs.iter().filter_map(|id| self.jobs.get(id).cloned()).collect();
         let checkpoints = turn.checkpoints.iter().filter_map(|id| self.checkpoints.get(id).map(|c| (id.clone(), c.clone()))).collect();
@@ -262,12 +261,10 @@ impl Scheduler {
         let written = if batch.is_empty() {
             Ok(batch)
         } else {
-            let store = Arc::clone(&self.store);
+            // The scheduler has a thread of its own (see `start`): the write blocks only it, and
+            // nothing else could go on in the meantime anyway.
             let started = Instant::now();
-            let written = match tokio::task::spawn_blocking(move || store.write(&batch).map(|()| batch)).await {
-                Ok(r) => r,
-                Err(e) => Err(CoordinatorError::Store { op: "write", detail: e.to_string() }),
-            };
+            let written = self.store.write(&batch).map(|()| batch);
             crate::metrics::committed(started.elapsed());
             written
         };
