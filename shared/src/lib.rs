@@ -13,8 +13,10 @@ pub mod keys;
 pub mod lock;
 pub mod ovf;
 pub mod point;
+pub mod replica;
 pub mod repo;
 pub mod units;
+pub mod wire;
 
 pub use chunk::ChunkId;
 pub use error::RepoError;

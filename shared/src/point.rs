@@ -120,17 +120,38 @@ impl RecoveryPoint {
 
     /// Parses and authenticates a point file; `what` names it in errors.
     pub fn decode(keys: &RepoKeys, what: &str, bytes: &[u8]) -> Result<Self> {
+        Self::parse(Some(keys), what, bytes)
+    }
+
+    /// Parses a point file without checking its MAC, for a holder of the file that has no key
+    /// (a replica receiver, which needs the chunk list). Whoever restores from it authenticates
+    /// it with [`RecoveryPoint::decode`].
+    pub fn decode_unauthenticated(what: &str, bytes: &[u8]) -> Result<Self> {
+        Self::parse(None, what, bytes)
+    }
+
+    fn parse(keys: Option<&RepoKeys>, what: &str, bytes: &[u8]) -> Result<Self> {
         let corrupt = |reason: String| RepoError::Corrupt { what: what.to_string(), reason };
         // Checks format and version before anything else.
         crate::config::parse_versioned::<serde_json::Value>(what, bytes, POINT_FORMAT, POINT_VERSION)?;
         let env: Envelope = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let given = blake3::Hash::from_hex(&env.mac).map_err(|_| corrupt("mac is not 64 hex digits".into()))?;
-        if given != keys.mac(env.point.get().as_bytes()) {
+        if let Some(keys) = keys
+            && given != keys.mac(env.point.get().as_bytes())
+        {
             return Err(corrupt("MAC does not match: the file was altered or belongs to another repository".into()));
         }
         let point: RecoveryPoint = serde_json::from_str(env.point.get()).map_err(|e| corrupt(e.to_string()))?;
         point.validate().map_err(corrupt)?;
         Ok(point)
+    }
+
+    /// The chunks the point refers to, each once.
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
+        let mut ids: Vec<ChunkId> = self.disks.iter().flat_map(|d| d.chunks.iter().flatten().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Checks the invariants a reader relies on.

@@ -24,6 +24,7 @@ use crate::error::{RepoError, Result};
 use crate::keys::{KEY_FORMAT, KEY_VERSION, KeySlot, MIN_KEY_FILE_LEN, Secret};
 use crate::lock::{LockMode, RepoLock};
 use crate::point::RecoveryPoint;
+use crate::wire::RepoFiles;
 
 /// Options for a new repository.
 pub struct InitOptions {
@@ -54,8 +55,41 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(RepoError::io("read", path))
 }
 
+/// Creates a repository's folders and lock file under `path` (everything but `config` and keys).
+pub(crate) fn create_layout(path: &Path) -> Result<()> {
+    for dir in ["keys", "chunks", "points", "locks", "tmp"] {
+        let p = path.join(dir);
+        fs::create_dir_all(&p).map_err(RepoError::io("create folder", &p))?;
+    }
+    for i in 0..=255u8 {
+        let p = path.join("chunks").join(format!("{i:02x}"));
+        fs::create_dir_all(&p).map_err(RepoError::io("create folder", &p))?;
+    }
+    let lock = path.join("locks/lock");
+    fs::File::create(&lock).map_err(RepoError::io("create", &lock))?;
+    Ok(())
+}
+
+/// Where chunk `id` is stored in the repository at `root`.
+pub(crate) fn chunk_path(root: &Path, id: &ChunkId) -> PathBuf {
+    let hex = id.to_hex();
+    root.join("chunks").join(&hex[..2]).join(hex)
+}
+
+/// Publishes a point file (`bytes`, already encoded) of `point` into the repository at `root`:
+/// atomically and durably. Returns its path.
+pub(crate) fn publish_point_file(root: &Path, point: &RecoveryPoint, bytes: &[u8]) -> Result<PathBuf> {
+    let dir = root.join("points").join(vm_folder_name(&point.vm));
+    fs::create_dir_all(&dir).map_err(RepoError::io("create folder", &dir))?;
+    let stamp: String = point.time.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let path = dir.join(format!("{stamp}_{}.json", point.id));
+    write_atomic(&root.join("tmp"), &path, bytes)?;
+    sync_dir(&root.join("points"))?;
+    Ok(path)
+}
+
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync of the folder.
-fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_dir.join(format!("{}.{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(RepoError::io("create", &tmp))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(RepoError::io("write", &tmp))?;
@@ -63,7 +97,7 @@ fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(RepoError::io("fsync folder", dir))
 }
 
@@ -116,16 +150,7 @@ impl Repository {
             return Err(RepoError::Invalid(format!("{} is not empty and holds no repository; choose an empty folder", path.display())));
         }
         chunk::validate_chunk_size(opts.chunk_size as u64).map_err(RepoError::Invalid)?;
-        for dir in ["keys", "chunks", "points", "locks", "tmp"] {
-            let p = path.join(dir);
-            fs::create_dir_all(&p).map_err(RepoError::io("create folder", &p))?;
-        }
-        for i in 0..=255u8 {
-            let p = path.join("chunks").join(format!("{i:02x}"));
-            fs::create_dir_all(&p).map_err(RepoError::io("create folder", &p))?;
-        }
-        let lock = path.join("locks/lock");
-        fs::File::create(&lock).map_err(RepoError::io("create", &lock))?;
+        create_layout(path)?;
         let mut id = [0u8; 16];
         crypto::random_bytes(&mut id);
         let id = hex::encode(id);
@@ -242,8 +267,7 @@ impl Repository {
 
     /// Where chunk `id` is stored.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.root.join("chunks").join(&hex[..2]).join(hex)
+        chunk_path(&self.root, id)
     }
 
     /// Whether a chunk blob is present (and long enough to be one).
@@ -261,6 +285,29 @@ impl Repository {
         let path = self.chunk_path(id);
         fs::rename(&tmp, &path).map_err(RepoError::io("rename into place", &path))?;
         Ok(blob.len() as u64)
+    }
+
+    /// The stored blob of chunk `id`, as it is on disk (for replication).
+    pub fn load_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let path = self.chunk_path(id);
+        match fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RepoError::MissingChunk(id.to_hex())),
+            Err(e) => Err(RepoError::io("read", path)(e)),
+        }
+    }
+
+    /// The files that identify the repository (`config` and the key slots), for a replica.
+    pub fn repo_files(&self) -> Result<RepoFiles> {
+        let config = read(&self.root.join("config"))?;
+        let mut key_slots = Vec::new();
+        for path in read_dir_sorted(&self.root.join("keys"))? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if path.is_file() && name.ends_with(".json") {
+                key_slots.push((name, read(&path)?));
+            }
+        }
+        Ok(RepoFiles { config, key_slots })
     }
 
     /// Reads and decodes chunk `id`, which must decode to exactly `len` bytes.
@@ -296,13 +343,7 @@ impl Repository {
     /// Publishes a point atomically; it becomes visible complete or not at all.
     pub fn write_point(&self, point: &RecoveryPoint) -> Result<PathBuf> {
         point.validate().map_err(RepoError::Invalid)?;
-        let dir = self.root.join("points").join(vm_folder_name(&point.vm));
-        fs::create_dir_all(&dir).map_err(RepoError::io("create folder", &dir))?;
-        let stamp: String = point.time.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-        let path = dir.join(format!("{stamp}_{}.json", point.id));
-        write_atomic(&self.root.join("tmp"), &path, &point.encode(&self.keys))?;
-        sync_dir(&self.root.join("points"))?;
-        Ok(path)
+        publish_point_file(&self.root, point, &point.encode(&self.keys))
     }
 
     /// Reads every point file of one VM folder (or all, for `None`), each parsed on its own:
