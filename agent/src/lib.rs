@@ -19,6 +19,7 @@ pub mod parallel;
 pub mod progress;
 pub mod qemu;
 pub mod read_back;
+pub mod replication;
 pub mod restore;
 pub mod resume;
 pub mod source;

@@ -17,6 +17,15 @@ pub const DOWNLOAD_SPEED: &str = "hyperexport_download_speed_bytes_per_second";
 /// Exports running on this agent.
 pub const ACTIVE_EXPORTS: &str = "hyperexport_active_exports";
 
+/// Chunk bytes (as stored: compressed, encrypted) moved by replication, by direction
+/// (`sent`, `received`).
+pub const REPLICATION_BYTES_TOTAL: &str = "hyperexport_replication_bytes_total";
+/// Recovery points replicated, by direction.
+pub const REPLICATION_POINTS_TOTAL: &str = "hyperexport_replication_points_total";
+/// Replication peers or streams refused, by reason (`handshake`: no certificate from the
+/// cluster CA, or not TLS at all; `protocol`: malformed or unexpected frames).
+pub const REPLICATION_REFUSED_TOTAL: &str = "hyperexport_replication_refused_total";
+
 /// How often the read rate is sampled.
 pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -29,6 +38,9 @@ pub fn describe() {
     describe_counter!(EXPORT_BYTES_TOTAL, Unit::Bytes, "Bytes read from export sources");
     describe_gauge!(DOWNLOAD_SPEED, "Bytes read from export sources per second, over the last second");
     describe_gauge!(ACTIVE_EXPORTS, "Exports running on this agent");
+    describe_counter!(REPLICATION_BYTES_TOTAL, Unit::Bytes, "Chunk bytes moved by replication, as stored, by direction");
+    describe_counter!(REPLICATION_POINTS_TOTAL, "Recovery points replicated, by direction");
+    describe_counter!(REPLICATION_REFUSED_TOTAL, "Replication peers or streams refused, by reason");
     gauge!(ACTIVE_EXPORTS).set(0.0);
     gauge!(DOWNLOAD_SPEED).set(0.0);
     counter!(EXPORT_BYTES_TOTAL).absolute(0);
@@ -38,6 +50,21 @@ pub fn describe() {
 pub fn bytes_read(bytes: u64) {
     BYTES_READ.fetch_add(bytes, Ordering::Relaxed);
     counter!(EXPORT_BYTES_TOTAL).increment(bytes);
+}
+
+/// Replication moved `bytes` of chunks in `direction` (`sent` or `received`).
+pub fn replication_bytes(direction: &'static str, bytes: u64) {
+    counter!(REPLICATION_BYTES_TOTAL, "direction" => direction).increment(bytes);
+}
+
+/// A point was replicated in `direction`.
+pub fn replication_point(direction: &'static str) {
+    counter!(REPLICATION_POINTS_TOTAL, "direction" => direction).increment(1);
+}
+
+/// A replication peer or stream was refused for `reason` (`handshake` or `protocol`).
+pub fn replication_refused(reason: &'static str) {
+    counter!(REPLICATION_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// An export started (`+1`) or stopped (`-1`).

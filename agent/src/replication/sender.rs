@@ -1,0 +1,175 @@
+//! The sending side: pushes one recovery point of a local repository to a receiver, with only
+//! the chunks the receiver lacks, over several streams of one QUIC connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyperexport_shared::point::RecoveryPoint;
+use hyperexport_shared::wire::{self, Frame, RepoFiles};
+use hyperexport_shared::{ChunkId, Repository};
+use serde::Serialize;
+
+use super::tls::NodeTls;
+use super::{OFFER_BATCH, ReplicationError, blocking, frames, transport};
+use crate::metrics;
+
+/// Bytes of a point file per frame.
+const POINT_PART: usize = 1 << 20;
+
+/// How to send.
+pub struct SendOptions {
+    /// Streams that carry chunks at once.
+    pub streams: usize,
+    /// The name the receiver's certificate must carry (its node name, or the IP address).
+    pub server_name: String,
+}
+
+/// What a replication moved.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendReport {
+    /// The point sent.
+    pub point: String,
+    /// The VM.
+    pub vm: String,
+    /// Chunks the point names.
+    pub chunks: usize,
+    /// Chunks the receiver lacked and was sent.
+    pub chunks_sent: usize,
+    /// Stored (compressed, encrypted) bytes of those chunks.
+    pub chunk_bytes_sent: u64,
+    /// Logical bytes of the point's disks.
+    pub logical_bytes: u64,
+    /// UDP payload bytes this side put on the wire, QUIC and TLS overhead included.
+    pub wire_bytes: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+fn connection_error(peer: SocketAddr, e: impl std::fmt::Display) -> ReplicationError {
+    ReplicationError::Connection { peer: peer.to_string(), reason: e.to_string() }
+}
+
+/// Sends `point` of `repo` to the receiver at `to`.
+pub async fn send_point(
+    repo: Arc<Repository>,
+    point: RecoveryPoint,
+    to: SocketAddr,
+    tls: &NodeTls,
+    options: &SendOptions,
+) -> Result<SendReport, ReplicationError> {
+    let started = Instant::now();
+    let bind: SocketAddr = if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| ReplicationError::Bind { addr: bind, source })?;
+    let mut client = tls.quic_client()?;
+    client.transport_config(transport());
+    endpoint.set_default_client_config(client);
+    let conn =
+        endpoint.connect(to, &options.server_name).map_err(|e| connection_error(to, e))?.await.map_err(|e| connection_error(to, e))?;
+    let r = Arc::clone(&repo);
+    let files = Arc::new(blocking(move || r.repo_files()).await?);
+    let ids = point.chunk_ids();
+    // Contiguous shares, one per stream: each stream's chunks stay in disk order.
+    let share = ids.len().div_ceil(options.streams.max(1)).max(1);
+    let mut streams = tokio::task::JoinSet::new();
+    for part in ids.chunks(share) {
+        let (conn, repo, files, part) = (conn.clone(), Arc::clone(&repo), Arc::clone(&files), part.to_vec());
+        streams.spawn(async move { send_chunks(&conn, repo, &files, &part).await });
+    }
+    let (mut chunks_sent, mut chunk_bytes_sent) = (0, 0);
+    while let Some(done) = streams.join_next().await {
+        let (n, bytes) = done.map_err(|e| ReplicationError::Protocol(format!("a sending task failed: {e}")))??;
+        chunks_sent += n;
+        chunk_bytes_sent += bytes;
+    }
+    // Every chunk is durable at the receiver: the point may go.
+    let bytes = point.encode(repo.keys());
+    send_point_file(&conn, &files, &point.id, &bytes).await?;
+    metrics::replication_point("sent");
+    let wire_bytes = conn.stats().udp_tx.bytes;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(SendReport {
+        point: point.id.clone(),
+        vm: point.vm.clone(),
+        chunks: ids.len(),
+        chunks_sent,
+        chunk_bytes_sent,
+        logical_bytes: point.disks.iter().map(|d| d.size).sum(),
+        wire_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+type Stream = (quinn::SendStream, quinn::RecvStream);
+
+/// Opens a stream and greets the receiver.
+async fn open(conn: &quinn::Connection, files: &RepoFiles) -> Result<Stream, ReplicationError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(conn.remote_address(), e))?;
+    frames::write(&mut send, &Frame::Hello { versions: wire::VERSIONS.to_vec(), repo: files.clone() }).await?;
+    match answer(&mut recv).await? {
+        Frame::Welcome { version } if wire::VERSIONS.contains(&version) => Ok((send, recv)),
+        other => Err(ReplicationError::Protocol(format!("expected welcome, got {}", other.name()))),
+    }
+}
+
+/// The receiver's next frame; its error frame becomes [`ReplicationError::Refused`].
+async fn answer(recv: &mut quinn::RecvStream) -> Result<Frame, ReplicationError> {
+    match frames::read(recv).await? {
+        Some(Frame::Error { code, message }) => Err(ReplicationError::Refused { code, message }),
+        Some(frame) => Ok(frame),
+        None => Err(ReplicationError::Protocol("the receiver ended the stream".into())),
+    }
+}
+
+/// Offers `ids` in batches on one stream and sends what the receiver wants. Returns the chunks
+/// and stored bytes sent.
+async fn send_chunks(
+    conn: &quinn::Connection,
+    repo: Arc<Repository>,
+    files: &RepoFiles,
+    ids: &[ChunkId],
+) -> Result<(usize, u64), ReplicationError> {
+    let (mut send, mut recv) = open(conn, files).await?;
+    let (mut sent, mut bytes) = (0, 0);
+    for batch in ids.chunks(OFFER_BATCH) {
+        frames::write(&mut send, &Frame::Offer(batch.to_vec())).await?;
+        let wanted = match answer(&mut recv).await? {
+            Frame::Want { count, bits } if count as usize == batch.len() => wire::wanted(batch, &bits),
+            other => return Err(ReplicationError::Protocol(format!("expected want for {} ids, got {other:?}", batch.len()))),
+        };
+        for id in &wanted {
+            let (r, id) = (Arc::clone(&repo), *id);
+            let blob = blocking(move || r.load_blob(&id)).await?;
+            frames::write_chunk(&mut send, &id, &blob).await?;
+            metrics::replication_bytes("sent", blob.len() as u64);
+            bytes += blob.len() as u64;
+        }
+        if !wanted.is_empty() {
+            match answer(&mut recv).await? {
+                Frame::Ack(acked) if acked.len() == wanted.len() && acked.iter().all(|id| wanted.contains(id)) => {}
+                other => {
+                    return Err(ReplicationError::Protocol(format!("expected an ack of {} chunks, got {}", wanted.len(), other.name())));
+                }
+            }
+        }
+        sent += wanted.len();
+    }
+    let _ = send.finish();
+    Ok((sent, bytes))
+}
+
+/// Sends the point file and waits until the receiver has published it.
+async fn send_point_file(conn: &quinn::Connection, files: &RepoFiles, point_id: &str, bytes: &[u8]) -> Result<(), ReplicationError> {
+    let (mut send, mut recv) = open(conn, files).await?;
+    for part in bytes.chunks(POINT_PART) {
+        frames::write(&mut send, &Frame::PointPart(part.to_vec())).await?;
+    }
+    frames::write(&mut send, &Frame::PointEnd).await?;
+    match answer(&mut recv).await? {
+        Frame::Published { point_id: id } if id == point_id => {}
+        other => return Err(ReplicationError::Protocol(format!("expected point {point_id} published, got {other:?}"))),
+    }
+    let _ = send.finish();
+    Ok(())
+}
