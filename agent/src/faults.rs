@@ -1,5 +1,5 @@
 //! Faults that tests inject into exports through the environment, so that a real process can be
-//! killed or cancelled at a known point. Both are off in normal use.
+//! killed or cancelled at a known point. All are off in normal use.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,4 +48,11 @@ impl TestFaults {
         }
         Ok(())
     }
+}
+
+/// How long the replica receiver waits before storing each chunk
+/// (`HYPEREXPORT_TEST_RECEIVE_DELAY_MS`), so that a test can kill it mid-stream.
+pub fn receive_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| std::env::var("HYPEREXPORT_TEST_RECEIVE_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis))
 }

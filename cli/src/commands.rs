@@ -36,7 +36,7 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn open(&self) -> Result<Repository> {
+    pub(crate) fn open(&self) -> Result<Repository> {
         let secret = secrets::from_args(&self.key)?;
         Ok(Repository::open(&self.repo, secret.as_ref())?)
     }

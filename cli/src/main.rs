@@ -7,6 +7,7 @@ mod jobs_cli;
 mod load;
 mod progress;
 mod remote;
+mod replication_cli;
 mod sample;
 mod secrets;
 mod telemetry;
@@ -82,6 +83,14 @@ enum Command {
         #[command(flatten)]
         args: remote::JobArgs,
     },
+    /// The cluster CA: create it, issue node certificates (mutual TLS between all processes).
+    #[command(subcommand)]
+    Ca(replication_cli::CaCommand),
+    /// Keep replicas of other regions' repositories (a QUIC receiver).
+    #[command(subcommand)]
+    Replica(replication_cli::ReplicaCommand),
+    /// Send a recovery point, and the chunks the receiver lacks, to a replica receiver.
+    Replicate(replication_cli::ReplicateArgs),
     /// Build a sample VM, export it twice with a change between, verify, restore, and print a summary.
     Demo(demo::DemoArgs),
     /// Tools for benchmarks and tests: make and mutate sample images.
@@ -103,6 +112,9 @@ fn main() -> ExitCode {
         Command::Jobs(a) => jobs_cli::jobs(&a),
         Command::Watch { job, args } => jobs_cli::watch(&args, &job),
         Command::Cancel { job, args } => jobs_cli::cancel(&args, &job),
+        Command::Ca(c) => replication_cli::ca(c),
+        Command::Replica(c) => replication_cli::replica(c),
+        Command::Replicate(a) => replication_cli::replicate(a),
         Command::Demo(a) => demo::run(a),
         Command::Dev(c) => sample::run(c),
     };

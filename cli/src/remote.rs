@@ -261,7 +261,7 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
 /// logs every assignment) do not wait for the write. Nothing is dropped when the buffer is full;
 /// the returned guard flushes what is left when it goes out of scope.
 #[must_use = "logs written after the guard is dropped are lost"]
-fn init_logs() -> tracing_appender::non_blocking::WorkerGuard {
+pub(crate) fn init_logs() -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) =
         tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).thread_name("hx-log").finish(std::io::stderr());
     tracing_subscriber::fmt()
@@ -302,7 +302,7 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -38,7 +38,7 @@ const ERROR: u8 = 10;
 
 /// A repository's identity as the sender shows it: the receiver creates its replica from these
 /// files, or checks that the replica it has is of the same repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoFiles {
     /// The `config` file, verbatim.
     pub config: Vec<u8>,

@@ -121,6 +121,9 @@ async fn session(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, roo
                 frames::write(send, &Frame::Want { count, bits }).await?;
             }
             Frame::Chunk { id, blob } if pending.remove(&id) => {
+                if let Some(delay) = crate::faults::receive_delay() {
+                    tokio::time::sleep(delay).await;
+                }
                 metrics::replication_bytes("received", blob.len() as u64);
                 let s = Arc::clone(&store);
                 blocking(move || s.put_chunk(&id, &blob)).await?;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use hyperexport_shared::point::RecoveryPoint;
@@ -17,12 +18,57 @@ use crate::metrics;
 /// Bytes of a point file per frame.
 const POINT_PART: usize = 1 << 20;
 
+/// Logical bytes of chunks offered at once on one stream (at least one chunk): what a stream
+/// may have to send again when the receiver dies before acknowledging them.
+pub const OFFER_BYTES: u64 = 8 << 20;
+
+/// How far a replication has got.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SendProgress {
+    /// Chunks the point names.
+    pub chunks: usize,
+    /// Chunks handed to the connection so far.
+    pub chunks_sent: u64,
+    /// Their stored bytes.
+    pub chunk_bytes_sent: u64,
+    /// Chunks the receiver has acknowledged as durable, or already had.
+    pub chunks_done: u64,
+}
+
+/// Called with the progress each time a batch is handed to the connection or acknowledged.
+pub type ProgressFn = Arc<dyn Fn(SendProgress) + Send + Sync>;
+
 /// How to send.
 pub struct SendOptions {
     /// Streams that carry chunks at once.
     pub streams: usize,
     /// The name the receiver's certificate must carry (its node name, or the IP address).
     pub server_name: String,
+    /// Where progress goes, if anywhere.
+    pub progress: Option<ProgressFn>,
+}
+
+/// Progress shared by a replication's streams.
+struct Counters {
+    chunks: usize,
+    sent: AtomicU64,
+    bytes: AtomicU64,
+    done: AtomicU64,
+    report: Option<ProgressFn>,
+}
+
+impl Counters {
+    fn add(&self, sent: u64, bytes: u64, done: u64) {
+        let progress = SendProgress {
+            chunks: self.chunks,
+            chunks_sent: self.sent.fetch_add(sent, Ordering::Relaxed) + sent,
+            chunk_bytes_sent: self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes,
+            chunks_done: self.done.fetch_add(done, Ordering::Relaxed) + done,
+        };
+        if let Some(report) = &self.report {
+            report(progress);
+        }
+    }
 }
 
 /// What a replication moved.
@@ -69,19 +115,27 @@ pub async fn send_point(
     let r = Arc::clone(&repo);
     let files = Arc::new(blocking(move || r.repo_files()).await?);
     let ids = point.chunk_ids();
+    let largest_chunk = point.disks.iter().map(|d| d.chunk_size as u64).max().unwrap_or(1).max(1);
+    let batch = ((OFFER_BYTES / largest_chunk) as usize).clamp(1, OFFER_BATCH);
+    let counters = Arc::new(Counters {
+        chunks: ids.len(),
+        sent: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        report: options.progress.clone(),
+    });
     // Contiguous shares, one per stream: each stream's chunks stay in disk order.
     let share = ids.len().div_ceil(options.streams.max(1)).max(1);
     let mut streams = tokio::task::JoinSet::new();
     for part in ids.chunks(share) {
-        let (conn, repo, files, part) = (conn.clone(), Arc::clone(&repo), Arc::clone(&files), part.to_vec());
-        streams.spawn(async move { send_chunks(&conn, repo, &files, &part).await });
+        let (conn, repo, files, counters) = (conn.clone(), Arc::clone(&repo), Arc::clone(&files), Arc::clone(&counters));
+        let part = part.to_vec();
+        streams.spawn(async move { send_chunks(&conn, repo, &files, &part, batch, &counters).await });
     }
-    let (mut chunks_sent, mut chunk_bytes_sent) = (0, 0);
     while let Some(done) = streams.join_next().await {
-        let (n, bytes) = done.map_err(|e| ReplicationError::Protocol(format!("a sending task failed: {e}")))??;
-        chunks_sent += n;
-        chunk_bytes_sent += bytes;
+        done.map_err(|e| ReplicationError::Protocol(format!("a sending task failed: {e}")))??;
     }
+    let (chunks_sent, chunk_bytes_sent) = (counters.sent.load(Ordering::Relaxed) as usize, counters.bytes.load(Ordering::Relaxed));
     // Every chunk is durable at the receiver: the point may go.
     let bytes = point.encode(repo.keys());
     send_point_file(&conn, &files, &point.id, &bytes).await?;
@@ -122,28 +176,30 @@ async fn answer(recv: &mut quinn::RecvStream) -> Result<Frame, ReplicationError>
     }
 }
 
-/// Offers `ids` in batches on one stream and sends what the receiver wants. Returns the chunks
-/// and stored bytes sent.
+/// Offers `ids` in batches of `batch` on one stream and sends what the receiver wants; one
+/// batch at a time is unacknowledged.
 async fn send_chunks(
     conn: &quinn::Connection,
     repo: Arc<Repository>,
     files: &RepoFiles,
     ids: &[ChunkId],
-) -> Result<(usize, u64), ReplicationError> {
+    batch: usize,
+    counters: &Counters,
+) -> Result<(), ReplicationError> {
     let (mut send, mut recv) = open(conn, files).await?;
-    let (mut sent, mut bytes) = (0, 0);
-    for batch in ids.chunks(OFFER_BATCH) {
-        frames::write(&mut send, &Frame::Offer(batch.to_vec())).await?;
+    for offer in ids.chunks(batch) {
+        frames::write(&mut send, &Frame::Offer(offer.to_vec())).await?;
         let wanted = match answer(&mut recv).await? {
-            Frame::Want { count, bits } if count as usize == batch.len() => wire::wanted(batch, &bits),
-            other => return Err(ReplicationError::Protocol(format!("expected want for {} ids, got {other:?}", batch.len()))),
+            Frame::Want { count, bits } if count as usize == offer.len() => wire::wanted(offer, &bits),
+            other => return Err(ReplicationError::Protocol(format!("expected want for {} ids, got {other:?}", offer.len()))),
         };
-        for id in &wanted {
-            let (r, id) = (Arc::clone(&repo), *id);
-            let blob = blocking(move || r.load_blob(&id)).await?;
-            frames::write_chunk(&mut send, &id, &blob).await?;
+        let (r, load) = (Arc::clone(&repo), wanted.clone());
+        let blobs = blocking(move || load.iter().map(|id| r.load_blob(id)).collect::<Result<Vec<_>, _>>()).await?;
+        // Counted before they go: a failure from here on may have sent any part of them.
+        counters.add(wanted.len() as u64, blobs.iter().map(|b| b.len() as u64).sum(), 0);
+        for (id, blob) in wanted.iter().zip(&blobs) {
+            frames::write_chunk(&mut send, id, blob).await?;
             metrics::replication_bytes("sent", blob.len() as u64);
-            bytes += blob.len() as u64;
         }
         if !wanted.is_empty() {
             match answer(&mut recv).await? {
@@ -153,10 +209,10 @@ async fn send_chunks(
                 }
             }
         }
-        sent += wanted.len();
+        counters.add(0, 0, offer.len() as u64);
     }
     let _ = send.finish();
-    Ok((sent, bytes))
+    Ok(())
 }
 
 /// Sends the point file and waits until the receiver has published it.

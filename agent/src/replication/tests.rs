@@ -65,7 +65,7 @@ async fn a_point_replicates_once_and_a_stranger_is_refused() {
     let repo = exported(dir.path());
     let point = repo.list_points().unwrap().pop().unwrap();
     let sender = node(&ca, "a", &dir.path().join("a"));
-    let options = SendOptions { streams: 3, server_name: "127.0.0.1".into() };
+    let options = SendOptions { streams: 3, server_name: "127.0.0.1".into(), progress: None };
 
     let first = send_point(Arc::clone(&repo), point.clone(), addr, &sender, &options).await.unwrap();
     assert_eq!((first.chunks, first.chunks_sent), (48, 48), "{first:?}");
@@ -85,4 +85,40 @@ async fn a_point_replicates_once_and_a_stranger_is_refused() {
     let stranger = node(&other_ca, "a", &dir.path().join("stranger"));
     let e = send_point(Arc::clone(&repo), point, addr, &stranger, &options).await.unwrap_err();
     assert!(matches!(e, ReplicationError::Connection { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_gets_nothing() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    pki::init_ca(&ca, "cluster").unwrap();
+    let root = dir.path().join("replicas");
+    let receiver = Receiver::bind(([127, 0, 0, 1], 0).into(), root.clone(), &node(&ca, "b", &dir.path().join("b"))).unwrap();
+    let addr = receiver.local_addr();
+    tokio::spawn(receiver.run());
+    // Trusts the receiver, shows no certificate of its own.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca.join(pki::CA_CERT)).unwrap()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![super::tls::ALPN_REPLICA.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let attempt = async {
+        let conn = endpoint.connect(addr, "127.0.0.1").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = hyperexport_shared::wire::Frame::Hello { versions: vec![1], repo: Default::default() };
+        super::frames::write(&mut send, &hello).await.map_err(|e| e.to_string())?;
+        super::frames::read(&mut recv).await.map_err(|e| e.to_string())
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(20), attempt).await.expect("the receiver answers or closes");
+    assert!(outcome.is_err(), "a peer without a certificate got {outcome:?}");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "nothing was written for it");
 }

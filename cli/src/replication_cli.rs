@@ -1,0 +1,166 @@
+//! `hyperexport ca ...`, `hyperexport replica serve` and `hyperexport replicate`: the cluster CA
+//! and replication of recovery points to other regions over QUIC.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Subcommand};
+use hyperexport_agent::replication::receiver::Receiver;
+use hyperexport_agent::replication::sender::{ProgressFn, SendOptions, SendProgress, send_point};
+use hyperexport_agent::replication::{pki, tls::NodeTls};
+use serde_json::json;
+
+use crate::Output;
+use crate::commands::RepoArgs;
+use crate::progress::print_json;
+use crate::remote::{init_logs, runtime, shutdown_signal};
+
+/// `hyperexport ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the cluster CA in a folder (ca.pem, ca-key.pem, ca.json).
+    Init {
+        /// The folder (created if missing; must not hold a CA yet).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "HyperExport cluster CA")]
+        name: String,
+    },
+    /// Issue a node certificate (ca.pem, node.pem, node-key.pem in --out) signed by the CA.
+    Issue {
+        /// The node's name: a DNS name or an IP address, also its first subject alternative name.
+        name: String,
+        /// The CA folder.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Where to write the node's files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Another DNS name or IP address the node is reached by (repeatable).
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+}
+
+/// `hyperexport replica ...`
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// Receive replicas over QUIC: one replica repository per source repository under --root.
+    Serve(ServeArgs),
+}
+
+/// Options of `replica serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// UDP address to listen on (port 0: any free port, printed).
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    /// Folder of the replicas (one per source repository id).
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// This node's TLS folder (from `hyperexport ca issue`).
+    #[arg(long, value_name = "DIR")]
+    pub tls: PathBuf,
+    /// Serve Prometheus metrics on this address at /metrics (port 0: any free port, printed).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+/// Options of `replicate`.
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The VM whose newest point is sent.
+    #[arg(long, required_unless_present = "point")]
+    pub vm: Option<String>,
+    /// A point id or unique prefix instead of the VM's newest point.
+    #[arg(long, conflicts_with = "vm")]
+    pub point: Option<String>,
+    /// The receiver's UDP address.
+    #[arg(long, value_name = "ADDR")]
+    pub to: SocketAddr,
+    /// The name the receiver's certificate must carry [default: the address's IP]
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// This node's TLS folder (from `hyperexport ca issue`).
+    #[arg(long, value_name = "DIR")]
+    pub tls: PathBuf,
+    /// QUIC streams carrying chunks at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub streams: u16,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Runs `hyperexport ca ...`.
+pub fn ca(command: CaCommand) -> Result<ExitCode> {
+    match command {
+        CaCommand::Init { dir, name } => {
+            pki::init_ca(&dir, &name)?;
+            println!("created CA {name:?} in {}; keep {} secret", dir.display(), dir.join(pki::CA_KEY).display());
+        }
+        CaCommand::Issue { name, ca, out, sans, days } => {
+            pki::issue(&ca, &name, &sans, days, &out)?;
+            println!("issued {name:?} into {} (valid {days} days)", out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `hyperexport replica serve` until SIGINT or SIGTERM.
+pub fn replica(command: ReplicaCommand) -> Result<ExitCode> {
+    let ReplicaCommand::Serve(a) = command;
+    let _logs = init_logs();
+    let tls = NodeTls::load(&a.tls)?;
+    runtime()?.block_on(async {
+        let receiver = Receiver::bind(a.listen, a.root.clone(), &tls)?;
+        println!("listening on {}", receiver.local_addr());
+        if let Some(listen) = &a.metrics_listen {
+            let metrics = crate::telemetry::serve(listen).await?;
+            hyperexport_agent::metrics::describe();
+            println!("metrics on {metrics}");
+        }
+        std::io::stdout().flush()?;
+        tokio::select! {
+            () = receiver.run() => Err(anyhow!("the replica receiver stopped")),
+            () = shutdown_signal() => {
+                tracing::info!("replica receiver stopping");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+/// Runs `hyperexport replicate`.
+pub fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
+    let repo = Arc::new(a.repo.open()?);
+    let point = match (&a.point, &a.vm) {
+        (Some(spec), _) => repo.resolve_point(spec)?,
+        (None, Some(vm)) => repo.latest_point_of(vm)?.ok_or_else(|| anyhow!("the repository holds no point of VM {vm:?}"))?,
+        (None, None) => unreachable!("clap requires --vm or --point"),
+    };
+    let tls = NodeTls::load(&a.tls)?;
+    let progress: Option<ProgressFn> = (a.output == Output::Json).then(|| {
+        Arc::new(|p: SendProgress| print_json(&json!({"event": "progress", "operation": "replicate", "progress": p}))) as ProgressFn
+    });
+    let server_name = a.server_name.clone().unwrap_or_else(|| a.to.ip().to_string());
+    let options = SendOptions { streams: a.streams as usize, server_name, progress };
+    let report = runtime()?.block_on(send_point(repo, point, a.to, &tls, &options)).with_context(|| format!("replicating to {}", a.to))?;
+    match a.output {
+        Output::Json => print_json(&json!({"event": "result", "operation": "replicate", "result": report})),
+        Output::Text => println!(
+            "replicated point {} of {} to {}: {} of {} chunks sent ({} stored bytes), {} bytes on the wire, {:.2} s",
+            report.point, report.vm, a.to, report.chunks_sent, report.chunks, report.chunk_bytes_sent, report.wire_bytes, report.seconds
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
