@@ -298,6 +298,69 @@ impl Sandbox {
     }
 }
 
+/// A replica receiver started by [`Sandbox::start_replica`].
+pub struct Replica {
+    /// The process.
+    pub service: Service,
+    /// `HOST:PORT` (UDP) it receives on.
+    pub addr: String,
+    /// `HOST:PORT` of its `/metrics`.
+    pub metrics: String,
+    /// Its folder of replicas.
+    pub root: PathBuf,
+}
+
+impl Sandbox {
+    /// Creates the cluster CA in `ca/` (once) and issues node `name` into `tls-<name>/` with
+    /// 127.0.0.1 as an alternative name; returns that folder.
+    pub fn node_tls(&self, name: &str) -> PathBuf {
+        self.node_tls_of("ca", name)
+    }
+
+    /// Like [`Sandbox::node_tls`] with the CA in folder `ca` (another CA for a stranger).
+    pub fn node_tls_of(&self, ca: &str, name: &str) -> PathBuf {
+        let ca = self.path(ca).display().to_string();
+        if !self.path(&format!("{ca}/ca.pem")).exists() {
+            self.ok(&args(&["ca", "init", "--dir", &ca]));
+        }
+        let out = self.path(&format!("tls-{name}"));
+        if !out.exists() {
+            self.ok(&args(&["ca", "issue", name, "--ca", &ca, "--out", &out.display().to_string(), "--san", "127.0.0.1"]));
+        }
+        out
+    }
+
+    /// Starts `hyperexport replica serve` on a free loopback port with its replicas in `root`
+    /// and node `name`'s certificate; `listen` picks the address (`127.0.0.1:0` for any port).
+    pub fn start_replica(&self, name: &str, root: &str, listen: &str, env: &[(&str, &str)]) -> Replica {
+        use std::io::BufRead;
+        let tls = self.node_tls(name).display().to_string();
+        let root = self.path(root);
+        let a = args(&[
+            "replica",
+            "serve",
+            "--listen",
+            listen,
+            "--root",
+            &root.display().to_string(),
+            "--tls",
+            &tls,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
+        let mut service = self.spawn_service(name, &a, Stdio::piped(), env);
+        let mut stdout = std::io::BufReader::new(service.child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("replica stdout");
+        let addr = match line.trim().strip_prefix("listening on ") {
+            Some(addr) => addr.to_string(),
+            None => panic!("replica receiver {name} did not start: {line:?}"),
+        };
+        let metrics = read_metrics_line(&mut stdout);
+        Replica { service, addr, metrics, root }
+    }
+}
+
 /// Reads `metrics on ADDR` from a service's stdout.
 fn read_metrics_line(stdout: &mut impl std::io::BufRead) -> String {
     let mut line = String::new();
