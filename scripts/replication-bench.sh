@@ -41,6 +41,7 @@ UsePAM no
 StrictModes no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
+Subsystem sftp /usr/lib/openssh/sftp-server
 CFG
 mkdir -p /run/sshd
 /usr/sbin/sshd -f sshd_config -D -e 2> sshd.log &
