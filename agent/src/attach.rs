@@ -33,6 +33,8 @@ pub struct AttachConfig {
     pub labels: HashMap<String, String>,
     /// Tasks it runs at once.
     pub capacity: u32,
+    /// Mutual TLS to the coordinator (an `https://` URL), or none.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Lists the VMs under the source folder; entries that are not VMs are logged and left out.
@@ -60,7 +62,11 @@ pub async fn attach(
     on_message: impl Fn(CoordinatorBody) -> bool + Send + 'static,
     on_end: impl FnOnce(String) + Send + 'static,
 ) -> Result<(mpsc::Sender<AgentMessage>, Duration), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = AgentServiceClient::connect(config.coordinator.clone()).await?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(config.coordinator.clone())?;
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let mut client = AgentServiceClient::new(endpoint.connect().await?);
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let register = Register {
         agent_id: config.agent_id.clone(),

@@ -112,7 +112,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     cluster.add_agent("agent-eu", "eu", &eu, &password)?;
     cluster.add_agent("agent-us", "us", &us, &password)?;
     println!("coordinator on {}, agents in regions eu and us (logs in {})", cluster.addr, base.display());
-    let url = CoordinatorUrl { coordinator: Some(cluster.addr.clone()) };
+    let url = CoordinatorUrl { coordinator: Some(cluster.addr.clone()), tls: None };
     let target = format!("file://{}", repo_dir.display());
     let rt = runtime()?;
     rt.block_on(cluster.wait_for_vms(2, Duration::from_secs(60)))?;

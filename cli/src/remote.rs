@@ -9,6 +9,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use hyperexport_agent::actors::agent_root::{AgentRoot, AgentRootConfig};
 use hyperexport_agent::attach::AttachConfig;
+use hyperexport_agent::replication::tls::NodeTls;
 use hyperexport_agent::target::TargetAccess;
 use hyperexport_proto::v1::ListVmsRequest;
 use hyperexport_proto::v1::export_service_client::ExportServiceClient;
@@ -21,9 +22,20 @@ use crate::Output;
 /// Where the coordinator is.
 #[derive(Debug, Clone, Args)]
 pub struct CoordinatorUrl {
-    /// The coordinator's address, `http://HOST:PORT` or `HOST:PORT` (also HYPEREXPORT_COORDINATOR).
+    /// The coordinator's address, `http(s)://HOST:PORT` or `HOST:PORT` (also HYPEREXPORT_COORDINATOR).
     #[arg(long, env = "HYPEREXPORT_COORDINATOR", value_name = "URL")]
     pub coordinator: Option<String>,
+    /// This node's TLS folder (from `hyperexport ca issue`) for a coordinator that demands mutual
+    /// TLS; a bare HOST:PORT then means https:// (also HYPEREXPORT_TLS).
+    #[arg(long = "tls", env = "HYPEREXPORT_TLS", value_name = "DIR")]
+    pub tls: Option<PathBuf>,
+}
+
+impl CoordinatorUrl {
+    /// The gRPC client TLS configuration, when `--tls` is given.
+    fn client_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+        self.tls.as_deref().map(|dir| Ok(NodeTls::load(dir)?.grpc_client())).transpose()
+    }
 }
 
 /// `export --vm ...`: submit a job instead of exporting locally.
@@ -69,6 +81,10 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus metrics on this address at /metrics (port 0: any free port, printed).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// This node's TLS folder (from `hyperexport ca issue`): serve the API with mutual TLS and
+    /// refuse clients without a certificate from the same CA.
+    #[arg(long, value_name = "DIR")]
+    pub tls: Option<PathBuf>,
 }
 
 /// `agent`: run one.
@@ -140,15 +156,19 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
-/// The coordinator's URL, `http://` added to a bare `HOST:PORT`.
+/// The coordinator's URL, `http://` (`https://` with `--tls`) added to a bare `HOST:PORT`.
 fn coordinator_url(url: &CoordinatorUrl) -> Result<String> {
     let raw = url.coordinator.as_deref().ok_or_else(|| anyhow!("no coordinator: give --coordinator URL or set HYPEREXPORT_COORDINATOR"))?;
-    Ok(if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") })
+    let scheme = if url.tls.is_some() { "https" } else { "http" };
+    Ok(if raw.contains("://") { raw.to_string() } else { format!("{scheme}://{raw}") })
 }
 
 async fn channel(url: &CoordinatorUrl) -> Result<Channel> {
     let full = coordinator_url(url)?;
-    let endpoint = Channel::from_shared(full.clone()).map_err(|e| anyhow!("coordinator address {full:?} is not a URL: {e}"))?;
+    let mut endpoint = Channel::from_shared(full.clone()).map_err(|e| anyhow!("coordinator address {full:?} is not a URL: {e}"))?;
+    if let Some(tls) = url.client_tls()? {
+        endpoint = endpoint.tls_config(tls).with_context(|| format!("TLS to {full}"))?;
+    }
     endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
@@ -227,6 +247,7 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
         site: a.site.clone(),
         labels,
         capacity: a.capacity.max(1),
+        tls: a.url.client_tls()?,
     };
     let access = TargetAccess { secret: crate::secrets::from_args(&a.key)?, allow_unencrypted: a.no_encryption };
     let config = AgentRootConfig {
@@ -280,6 +301,7 @@ pub(crate) fn refused(status: tonic::Status) -> anyhow::Error {
 /// Runs a coordinator until SIGINT or SIGTERM.
 pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
     let _logs = init_logs();
+    let tls = a.tls.as_deref().map(|dir| NodeTls::load(dir).map(|t| t.grpc_server())).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     // The store opens first: "listening on" is printed only once the coordinator can serve.
     let store = hyperexport_coordinator::store::JobStore::open(&a.data)
@@ -296,7 +318,7 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
         std::io::stdout().flush()?;
         tracing::info!(%addr, data = %a.data.display(), "coordinator started");
         let heartbeat = std::time::Duration::from_millis(a.heartbeat_ms.max(50));
-        hyperexport_coordinator::server::serve(listener, store, heartbeat, shutdown_signal()).await?;
+        hyperexport_coordinator::server::serve(listener, store, heartbeat, tls, shutdown_signal()).await?;
         tracing::info!("coordinator stopped");
         Ok(ExitCode::SUCCESS)
     })

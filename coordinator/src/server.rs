@@ -45,8 +45,15 @@ fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
 }
 
 /// Serves the API on `listener` over `store` until `shutdown` completes; then open watches are
-/// ended so that the server can stop.
-pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+/// ended so that the server can stop. With `tls`, every client must present a certificate from
+/// its CA (mutual TLS); without, the API is plaintext.
+pub async fn serve(
+    listener: TcpListener,
+    store: JobStore,
+    heartbeat: Duration,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     let (stop, stopping) = watch::channel(false);
     let store = Arc::new(store);
     let (scheduler, scheduling) = scheduler::start(Arc::clone(&store), heartbeat, stopping.clone())?;
@@ -56,7 +63,11 @@ pub async fn serve(listener: TcpListener, store: JobStore, heartbeat: Duration, 
         .build_v1()
         .map_err(|e| CoordinatorError::Serve(format!("reflection descriptor: {e}")))?;
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| CoordinatorError::Serve(format!("TLS configuration: {e}")))?;
+    }
+    let server = builder
         .add_service(ExportServiceServer::new(ExportApi::new(store, scheduler, stopping)))
         .add_service(AgentServiceServer::new(agents.clone()))
         .add_service(InventoryServiceServer::new(agents))

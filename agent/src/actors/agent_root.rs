@@ -332,7 +332,7 @@ mod tests {
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let store = JobStore::open(dir).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, store, Duration::from_millis(100), async move {
+        tokio::spawn(serve(listener, store, Duration::from_millis(100), None, async move {
             let _ = stopped.await;
         }));
         (addr, stop)
@@ -346,6 +346,7 @@ mod tests {
             site: String::new(),
             labels: HashMap::new(),
             capacity: 1,
+            tls: None,
         };
         let access = TargetAccess { secret: Some(Secret::KeyFile(vec![9; 32])), allow_unencrypted: false };
         AgentRootConfig { attach, source, access, threads: 2, faults: TestFaults::default() }

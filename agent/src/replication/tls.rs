@@ -1,5 +1,6 @@
-//! Mutual TLS for every connection between HyperExport processes: each side presents a node
-//! certificate from the cluster CA (`pki`) and refuses a peer without one.
+//! Mutual TLS for every connection between HyperExport processes (QUIC replication and gRPC):
+//! each side presents a node certificate from the cluster CA (`pki`) and refuses a peer without
+//! one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +39,14 @@ pub struct NodeTls {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
+    /// The same, as PEM, for tonic.
+    pem: Arc<Pem>,
+}
+
+struct Pem {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -68,7 +77,24 @@ impl NodeTls {
         }
         let chain = certs(NODE_CERT)?;
         let key = PrivateKeyDer::from_pem_file(dir.join(NODE_KEY)).map_err(|e| file_error(NODE_KEY, e.to_string()))?;
-        Ok(NodeTls { roots: Arc::new(roots), chain, key: Arc::new(key) })
+        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| file_error(name, e.to_string()));
+        let pem = Pem { ca: read(CA_CERT)?, cert: read(NODE_CERT)?, key: read(NODE_KEY)? };
+        Ok(NodeTls { roots: Arc::new(roots), chain, key: Arc::new(key), pem: Arc::new(pem) })
+    }
+
+    /// The gRPC server side (the coordinator): demands a client certificate from the CA.
+    pub fn grpc_server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.pem.cert, &self.pem.key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.pem.ca))
+    }
+
+    /// The gRPC client side (agents, the CLI): presents this node's certificate and accepts only
+    /// a coordinator with a certificate from the CA for the host it dials.
+    pub fn grpc_client(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.pem.ca))
+            .identity(tonic::transport::Identity::from_pem(&self.pem.cert, &self.pem.key))
     }
 
     /// A server configuration that demands a client certificate from the CA.
