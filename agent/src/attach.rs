@@ -35,6 +35,8 @@ pub struct AttachConfig {
     pub capacity: u32,
     /// Mutual TLS to the coordinator (an `https://` URL), or none.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Where its replica receiver listens (empty: none).
+    pub replica_addr: String,
 }
 
 /// Lists the VMs under the source folder; entries that are not VMs are logged and left out.
@@ -77,6 +79,7 @@ pub async fn attach(
         capacity: config.capacity,
         vms: vms.to_vec(),
         running,
+        replica_addr: config.replica_addr.clone(),
     };
     tx.send(AgentMessage { body: Some(AgentBody::Register(register)) }).await?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();

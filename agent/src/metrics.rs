@@ -18,7 +18,7 @@ pub const DOWNLOAD_SPEED: &str = "hyperexport_download_speed_bytes_per_second";
 pub const ACTIVE_EXPORTS: &str = "hyperexport_active_exports";
 
 /// Chunk bytes (as stored: compressed, encrypted) moved by replication, by direction
-/// (`sent`, `received`).
+/// (`sent`, `received`, and `fetched`: served from a replica to repair or restore elsewhere).
 pub const REPLICATION_BYTES_TOTAL: &str = "hyperexport_replication_bytes_total";
 /// Recovery points replicated, by direction.
 pub const REPLICATION_POINTS_TOTAL: &str = "hyperexport_replication_points_total";
@@ -52,7 +52,7 @@ pub fn bytes_read(bytes: u64) {
     counter!(EXPORT_BYTES_TOTAL).increment(bytes);
 }
 
-/// Replication moved `bytes` of chunks in `direction` (`sent` or `received`).
+/// Replication moved `bytes` of chunks in `direction` (`sent`, `received` or `fetched`).
 pub fn replication_bytes(direction: &'static str, bytes: u64) {
     counter!(REPLICATION_BYTES_TOTAL, "direction" => direction).increment(bytes);
 }

@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use hyperexport_agent::export::{ExportOptions, ExportReport, TestFaults};
 use hyperexport_agent::progress::Progress;
+use hyperexport_agent::repair::{self, RepairSource};
+use hyperexport_agent::replication::tls::NodeTls;
 use hyperexport_agent::restore::{RestoreFormat, RestoreOptions};
 use hyperexport_agent::{export as exporter, restore as restorer, source, verify as verifier};
 use hyperexport_shared::chunk::validate_chunk_size;
@@ -93,6 +95,16 @@ pub struct VerifyArgs {
     /// Only check that every chunk is present.
     #[arg(long)]
     pub quick: bool,
+    /// Replace missing or corrupt chunks by good copies from --from, then verify again.
+    #[arg(long, requires = "from")]
+    pub repair: bool,
+    /// Where copies come from, tried in order: a replica folder, or quic://HOST:PORT of a
+    /// replica receiver (needs --tls) (repeatable).
+    #[arg(long, value_name = "SOURCE", requires = "repair")]
+    pub from: Vec<String>,
+    /// This node's TLS folder, for quic:// sources.
+    #[arg(long, value_name = "DIR")]
+    pub tls: Option<PathBuf>,
     #[arg(long)]
     pub threads: Option<usize>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -105,17 +117,8 @@ pub struct RestoreArgs {
     pub repo: RepoArgs,
     /// Point id, unique id prefix, or `latest`.
     pub point: String,
-    /// Output file (one disk) or folder (several disks, ovf); the .ova file for ova.
-    #[arg(long, value_name = "PATH")]
-    pub to: PathBuf,
-    /// raw, qcow2, vmdk (through qemu-img), ovf or ova.
-    #[arg(long, default_value = "raw")]
-    pub format: RestoreFormat,
-    /// Overwrite existing files.
-    #[arg(long)]
-    pub force: bool,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub target: RestoreTarget,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -329,42 +332,36 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
             .collect(),
     };
     let total = points.len() + failed;
+    let sources = a.from.iter().map(|s| repair_source(s)).collect::<Result<Vec<_>>>()?;
+    let tls = a.tls.as_deref().map(NodeTls::load).transpose()?;
     for point in &points {
         let progress = progress_for(a.output, "verify");
-        let report = verifier::verify(&repo, point, a.quick, threads(a.threads), progress.as_ref())?;
+        let mut report = verifier::verify(&repo, point, a.quick, threads(a.threads), progress.as_ref())?;
         drop(progress);
+        if a.repair && !report.problems.is_empty() {
+            print_verify(a.output, &report);
+            let repaired = repair::repair(&repo, point, &report.problems, &sources, tls.as_ref())?;
+            match a.output {
+                Output::Json => print_json(&json!({"event": "result", "operation": "repair", "result": repaired})),
+                Output::Text => {
+                    for (chunk, source) in &repaired.repaired {
+                        println!("chunk {chunk}: repaired from {source}");
+                    }
+                    for chunk in &repaired.unrepaired {
+                        println!("chunk {chunk}: no good copy in any source");
+                    }
+                    for e in &repaired.source_errors {
+                        println!("source error: {e}");
+                    }
+                }
+            }
+            let progress = progress_for(a.output, "verify");
+            report = verifier::verify(&repo, point, a.quick, threads(a.threads), progress.as_ref())?;
+        }
         if !report.ok {
             failed += 1;
         }
-        match a.output {
-            Output::Json => print_json(&json!({"event": "result", "operation": "verify", "result": report})),
-            Output::Text => {
-                for p in &report.problems {
-                    println!(
-                        "point {} disk {} offset {} (chunk #{}, {}): {}",
-                        &report.point[..12],
-                        p.disk,
-                        p.offset,
-                        p.index,
-                        p.chunk,
-                        p.problem
-                    );
-                }
-                for d in &report.digest_mismatches {
-                    println!("point {} disk {}: SHA-256 does not match the point", &report.point[..12], d);
-                }
-                let verdict = if report.ok { "ok" } else { "FAILED" };
-                println!(
-                    "point {} of {:?}: {} ({} check, {} chunks, {})",
-                    &report.point[..12],
-                    report.vm,
-                    verdict,
-                    report.mode,
-                    report.chunks_checked,
-                    format_bytes(report.bytes_checked)
-                );
-            }
-        }
+        print_verify(a.output, &report);
     }
     if a.output == Output::Text && total != 1 {
         println!("{total} points checked, {failed} failed");
@@ -372,12 +369,78 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     Ok(if failed > 0 { ExitCode::from(EXIT_VERIFY_FAILED) } else { ExitCode::SUCCESS })
 }
 
+/// `verify --from`: a folder, or `quic://HOST:PORT`.
+fn repair_source(spec: &str) -> Result<RepairSource> {
+    Ok(match spec.strip_prefix("quic://") {
+        Some(addr) => {
+            let addr: std::net::SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("--from {spec:?}: not quic://IP:PORT ({e})"))?;
+            RepairSource::Receiver { addr, server_name: addr.ip().to_string() }
+        }
+        None => RepairSource::Folder(PathBuf::from(spec)),
+    })
+}
+
+/// Prints one point's verify report.
+fn print_verify(output: Output, report: &verifier::VerifyReport) {
+    match output {
+        Output::Json => print_json(&json!({"event": "result", "operation": "verify", "result": report})),
+        Output::Text => {
+            for p in &report.problems {
+                println!(
+                    "point {} disk {} offset {} (chunk #{}, {}): {}",
+                    &report.point[..12],
+                    p.disk,
+                    p.offset,
+                    p.index,
+                    p.chunk,
+                    p.problem
+                );
+            }
+            for d in &report.digest_mismatches {
+                println!("point {} disk {}: SHA-256 does not match the point", &report.point[..12], d);
+            }
+            let verdict = if report.ok { "ok" } else { "FAILED" };
+            println!(
+                "point {} of {:?}: {} ({} check, {} chunks, {})",
+                &report.point[..12],
+                report.vm,
+                verdict,
+                report.mode,
+                report.chunks_checked,
+                format_bytes(report.bytes_checked)
+            );
+        }
+    }
+}
+
+/// Where and how a point is restored (`restore`, `dr failover`).
+#[derive(Debug, Args)]
+pub struct RestoreTarget {
+    /// Output file (one disk) or folder (several disks, ovf); the .ova file for ova.
+    #[arg(long, value_name = "PATH")]
+    pub to: PathBuf,
+    /// raw, qcow2, vmdk (through qemu-img), ovf or ova.
+    #[arg(long, default_value = "raw")]
+    pub format: RestoreFormat,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl RestoreTarget {
+    /// The restore options these flags ask for.
+    pub(crate) fn options(&self) -> RestoreOptions {
+        RestoreOptions { format: self.format, force: self.force, threads: threads(self.threads) }
+    }
+}
+
 pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
     let repo = a.repo.open()?;
     let point = repo.resolve_point(&a.point)?;
     let progress = progress_for(a.output, "restore");
-    let opts = RestoreOptions { format: a.format, force: a.force, threads: threads(a.threads) };
-    let report = restorer::restore(&repo, &point, &a.to, &opts, progress.as_ref())?;
+    let report = restorer::restore(&repo, &point, &a.target.to, &a.target.options(), progress.as_ref())?;
     drop(progress);
     match a.output {
         Output::Json => print_json(&json!({"event": "result", "operation": "restore", "result": report})),

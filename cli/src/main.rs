@@ -91,6 +91,9 @@ enum Command {
     Replica(replication_cli::ReplicaCommand),
     /// Send a recovery point, and the chunks the receiver lacks, to a replica receiver.
     Replicate(replication_cli::ReplicateArgs),
+    /// Disaster recovery: fail a VM over from its replicas.
+    #[command(subcommand)]
+    Dr(replication_cli::DrCommand),
     /// Build a sample VM, export it twice with a change between, verify, restore, and print a summary.
     Demo(demo::DemoArgs),
     /// Tools for benchmarks and tests: make and mutate sample images.
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         Command::Ca(c) => replication_cli::ca(c),
         Command::Replica(c) => replication_cli::replica(c),
         Command::Replicate(a) => replication_cli::replicate(a),
+        Command::Dr(c) => replication_cli::dr(c),
         Command::Demo(a) => demo::run(a),
         Command::Dev(c) => sample::run(c),
     };

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use hyperexport_agent::actors::agent_root::{AgentRoot, AgentRootConfig};
 use hyperexport_agent::attach::AttachConfig;
+use hyperexport_agent::replication::receiver::Receiver;
 use hyperexport_agent::replication::tls::NodeTls;
 use hyperexport_agent::target::TargetAccess;
 use hyperexport_proto::v1::ListVmsRequest;
@@ -122,6 +123,13 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics on this address at /metrics (port 0: any free port, printed).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Also receive replicas from other regions over QUIC on this UDP address (port 0: any free
+    /// port, printed as `replica on ADDR`); needs --tls.
+    #[arg(long, value_name = "ADDR", requires = "tls")]
+    pub replica_listen: Option<std::net::SocketAddr>,
+    /// Folder of the replicas it receives [default: DATA/replicas]
+    #[arg(long, value_name = "DIR", requires = "replica_listen")]
+    pub replica_root: Option<PathBuf>,
 }
 
 /// `vms`: the inventory across agents.
@@ -240,7 +248,7 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
         let (k, v) = l.split_once('=').ok_or_else(|| anyhow!("label {l:?} is not KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let attach = AttachConfig {
+    let mut attach = AttachConfig {
         coordinator: coordinator_url(&a.url)?,
         agent_id: agent_id(&a.data)?,
         region: a.region.clone(),
@@ -248,15 +256,9 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
         labels,
         capacity: a.capacity.max(1),
         tls: a.url.client_tls()?,
+        replica_addr: String::new(),
     };
     let access = TargetAccess { secret: crate::secrets::from_args(&a.key)?, allow_unencrypted: a.no_encryption };
-    let config = AgentRootConfig {
-        attach,
-        source,
-        access,
-        threads: crate::commands::threads(a.threads),
-        faults: hyperexport_agent::export::TestFaults::from_env(),
-    };
     let _logs = init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
@@ -265,8 +267,22 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
             hyperexport_agent::metrics::describe();
             hyperexport_agent::metrics::spawn_rate_sampler();
             println!("metrics on {addr}");
-            std::io::stdout().flush()?;
         }
+        if let (Some(listen), Some(tls)) = (a.replica_listen, &a.url.tls) {
+            let root = a.replica_root.clone().unwrap_or_else(|| a.data.join("replicas"));
+            let receiver = Receiver::bind(listen, root, &NodeTls::load(tls)?)?;
+            attach.replica_addr = receiver.local_addr().to_string();
+            println!("replica on {}", attach.replica_addr);
+            tokio::spawn(receiver.run());
+        }
+        std::io::stdout().flush()?;
+        let config = AgentRootConfig {
+            attach,
+            source,
+            access,
+            threads: crate::commands::threads(a.threads),
+            faults: hyperexport_agent::export::TestFaults::from_env(),
+        };
         let (root, handle) = ractor::Actor::spawn(Some(config.attach.agent_id.clone()), AgentRoot, config)
             .await
             .map_err(|e| anyhow!("agent failed to start: {e}"))?;

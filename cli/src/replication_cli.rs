@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
+use hyperexport_agent::failover::failover;
 use hyperexport_agent::replication::receiver::Receiver;
 use hyperexport_agent::replication::sender::{ProgressFn, SendOptions, SendProgress, send_point};
 use hyperexport_agent::replication::{pki, tls::NodeTls};
+use hyperexport_shared::Repository;
 use serde_json::json;
 
 use crate::Output;
-use crate::commands::RepoArgs;
+use crate::commands::{RepoArgs, RestoreTarget};
 use crate::progress::print_json;
 use crate::remote::{init_logs, runtime, shutdown_signal};
 
@@ -72,6 +74,31 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address at /metrics (port 0: any free port, printed).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+}
+
+/// `hyperexport dr ...`
+#[derive(Debug, Subcommand)]
+pub enum DrCommand {
+    /// Restore a VM from the best replica: the newest point whose chunks are all there and
+    /// verify, falling back to older points and other replicas; says what it chose.
+    Failover(FailoverArgs),
+}
+
+/// Options of `dr failover`.
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The VM.
+    #[arg(long)]
+    pub vm: String,
+    /// A replica (repository folder) to restore from; repeat for several, most preferred first.
+    #[arg(long = "from", value_name = "DIR", required = true)]
+    pub from: Vec<PathBuf>,
+    #[command(flatten)]
+    pub target: RestoreTarget,
+    #[command(flatten)]
+    pub key: crate::KeyArgs,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// Options of `replicate`.
@@ -161,6 +188,39 @@ pub fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
             "replicated point {} of {} to {}: {} of {} chunks sent ({} stored bytes), {} bytes on the wire, {:.2} s",
             report.point, report.vm, a.to, report.chunks_sent, report.chunks, report.chunk_bytes_sent, report.wire_bytes, report.seconds
         ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `hyperexport dr ...`.
+pub fn dr(command: DrCommand) -> Result<ExitCode> {
+    let DrCommand::Failover(a) = command;
+    let secret = crate::secrets::from_args(&a.key)?;
+    let mut replicas = Vec::new();
+    for folder in &a.from {
+        let repo = Repository::open(folder, secret.as_ref()).with_context(|| format!("opening replica {}", folder.display()))?;
+        replicas.push((folder.clone(), repo));
+    }
+    let progress = crate::commands::progress_for(a.output, "failover");
+    let report = failover(&a.vm, &replicas, &a.target.to, &a.target.options(), progress.as_ref())?;
+    drop(progress);
+    match a.output {
+        Output::Json => print_json(&json!({"event": "result", "operation": "failover", "result": report})),
+        Output::Text => {
+            for s in &report.skipped {
+                println!("skipped {} point {} ({}): {}", s.replica.display(), s.point, s.time, s.reason);
+            }
+            println!(
+                "restored {:?} from {} point {} ({}) to {} in {:.2} s ({:.3} GB/s)",
+                report.vm,
+                report.replica.display(),
+                report.point,
+                report.point_time,
+                a.target.to.display(),
+                report.rto_seconds,
+                report.gb_per_second
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

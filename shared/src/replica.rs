@@ -86,6 +86,11 @@ impl ReplicaStore {
         Ok(ReplicaStore { root, tmp_counter: AtomicU64::new(0) })
     }
 
+    /// An existing replica (or repository) folder, to read blobs from.
+    pub fn at(root: PathBuf) -> Self {
+        ReplicaStore { root, tmp_counter: AtomicU64::new(0) }
+    }
+
     /// The replica's folder.
     pub fn root(&self) -> &Path {
         &self.root
@@ -94,6 +99,16 @@ impl ReplicaStore {
     /// Whether chunk `id` is stored here.
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
         fs::metadata(chunk_path(&self.root, id)).is_ok_and(|m| m.len() >= HEADER_LEN as u64)
+    }
+
+    /// The stored blob of chunk `id`, if the replica has it.
+    pub fn load_blob(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let path = chunk_path(&self.root, id);
+        match fs::read(&path) {
+            Ok(blob) => Ok(Some(blob)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RepoError::io("read", path)(e)),
+        }
     }
 
     /// Stores a chunk blob as it came (temp file, then rename). Only its header can be checked

@@ -297,6 +297,19 @@ impl Repository {
         }
     }
 
+    /// Replaces chunk `id` by `blob` (a copy from a replica), after checking that it decodes to
+    /// `len` bytes with this repository's key and hashes to `id`. Call [`Repository::sync`]
+    /// afterwards.
+    pub fn put_blob(&self, id: &ChunkId, blob: Vec<u8>, len: usize) -> Result<()> {
+        chunk::decode(&self.keys, id, blob.clone(), len.min(MAX_CHUNK_SIZE as usize))
+            .map_err(|reason| RepoError::CorruptChunk { id: id.to_hex(), reason: format!("the copy is corrupt too: {reason}") })?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
+        fs::write(&tmp, &blob).map_err(RepoError::io("write", &tmp))?;
+        let path = self.chunk_path(id);
+        fs::rename(&tmp, &path).map_err(RepoError::io("rename into place", &path))
+    }
+
     /// The files that identify the repository (`config` and the key slots), for a replica.
     pub fn repo_files(&self) -> Result<RepoFiles> {
         let config = read(&self.root.join("config"))?;

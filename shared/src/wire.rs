@@ -35,6 +35,8 @@ const POINT_PART: u8 = 7;
 const POINT_END: u8 = 8;
 const PUBLISHED: u8 = 9;
 const ERROR: u8 = 10;
+const FETCH: u8 = 11;
+const FETCH_END: u8 = 12;
 
 /// A repository's identity as the sender shows it: the receiver creates its replica from these
 /// files, or checks that the replica it has is of the same repository.
@@ -111,6 +113,10 @@ pub enum Frame {
         /// Its id.
         point_id: String,
     },
+    /// Fetcher → receiver: send these chunks of the replica (to repair or restore elsewhere).
+    Fetch(Vec<ChunkId>),
+    /// Receiver → fetcher, after a chunk frame for each fetched chunk it has: those it lacks.
+    FetchEnd(Vec<ChunkId>),
     /// Either way: the stream ends because of this.
     Error {
         /// What kind of failure.
@@ -178,6 +184,8 @@ impl Frame {
             Frame::PointEnd => "point end",
             Frame::Published { .. } => "published",
             Frame::Error { .. } => "error",
+            Frame::Fetch(_) => "fetch",
+            Frame::FetchEnd(_) => "fetch end",
         }
     }
 
@@ -201,8 +209,13 @@ impl Frame {
                 b.push(WELCOME);
                 b.extend_from_slice(&version.to_le_bytes());
             }
-            Frame::Offer(ids) | Frame::Ack(ids) => {
-                b.push(if matches!(self, Frame::Offer(_)) { OFFER } else { ACK });
+            Frame::Offer(ids) | Frame::Ack(ids) | Frame::Fetch(ids) | Frame::FetchEnd(ids) => {
+                b.push(match self {
+                    Frame::Offer(_) => OFFER,
+                    Frame::Ack(_) => ACK,
+                    Frame::Fetch(_) => FETCH,
+                    _ => FETCH_END,
+                });
                 b.extend_from_slice(&(ids.len() as u16).to_le_bytes());
                 ids.iter().for_each(|id| b.extend_from_slice(&id.0));
             }
@@ -271,10 +284,22 @@ impl Frame {
                 r.frame = "welcome";
                 Frame::Welcome { version: r.u16()? }
             }
-            OFFER | ACK => {
-                r.frame = if kind == OFFER { "offer" } else { "ack" };
-                let ids = r.ids()?;
-                if kind == OFFER { Frame::Offer(ids) } else { Frame::Ack(ids) }
+            OFFER | ACK | FETCH => {
+                r.frame = match kind {
+                    OFFER => "offer",
+                    ACK => "ack",
+                    _ => "fetch",
+                };
+                let ids = r.ids(1)?;
+                match kind {
+                    OFFER => Frame::Offer(ids),
+                    ACK => Frame::Ack(ids),
+                    _ => Frame::Fetch(ids),
+                }
+            }
+            FETCH_END => {
+                r.frame = "fetch end";
+                Frame::FetchEnd(r.ids(0)?)
             }
             WANT => {
                 r.frame = "want";
@@ -373,10 +398,11 @@ impl<'a> Reader<'a> {
         Ok(self.take(len)?.to_vec())
     }
 
-    fn ids(&mut self) -> Result<Vec<ChunkId>, WireError> {
+    /// A count of at least `min` ids, then the ids.
+    fn ids(&mut self, min: usize) -> Result<Vec<ChunkId>, WireError> {
         let n = self.u16()? as usize;
-        if n == 0 || n > MAX_OFFER {
-            return Err(invalid(self.frame, format!("{n} ids, must be 1..={MAX_OFFER}")));
+        if n < min || n > MAX_OFFER {
+            return Err(invalid(self.frame, format!("{n} ids, must be {min}..={MAX_OFFER}")));
         }
         let raw = self.take(n * 32)?;
         Ok(raw.chunks_exact(32).map(|c| ChunkId(c.try_into().expect("32 bytes"))).collect())
@@ -409,6 +435,8 @@ mod tests {
             any::<u16>().prop_map(|version| Frame::Welcome { version }),
             ids.clone().prop_map(Frame::Offer),
             ids.clone().prop_map(Frame::Ack),
+            ids.clone().prop_map(Frame::Fetch),
+            proptest::collection::vec(any::<[u8; 32]>().prop_map(ChunkId), 0..5).prop_map(Frame::FetchEnd),
             ids.prop_map(|offer| {
                 let bits = want_bits(&offer, |i| i.0[0] % 2 == 0);
                 Frame::Want { count: offer.len() as u16, bits }

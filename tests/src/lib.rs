@@ -361,6 +361,43 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// `replicate --vm vm --to ADDR --output json` from repository `repo` with node `a`'s
+    /// certificate, and extra arguments; the run.
+    pub fn replicate(&self, to: &str, extra: &[&str]) -> Run {
+        let mut a = args(&["replicate", "--vm", "vm", "--to", to, "--output", "json", "--tls"]);
+        a.push(self.node_tls("a").display().to_string());
+        a.extend(self.repo_args("repo"));
+        a.extend(args(extra));
+        self.run(&a)
+    }
+
+    /// The id of repository `name` in the sandbox, which names its replicas.
+    pub fn repo_id(&self, name: &str) -> String {
+        let config: Value =
+            serde_json::from_slice(&fs::read(self.path(&format!("{name}/config"))).expect("repository config")).expect("config JSON");
+        config["id"].as_str().expect("config id").to_string()
+    }
+
+    /// `--repo DIR --password-file <sandbox>/password` for a repository outside the sandbox's names.
+    pub fn repo_at(&self, dir: &Path) -> Vec<String> {
+        vec!["--repo".into(), dir.display().to_string(), "--password-file".into(), self.path("password").display().to_string()]
+    }
+}
+
+/// A counter's or gauge's value in a `/metrics` body (0 when the series is absent).
+pub fn metric_value(body: &str, series: &str) -> f64 {
+    body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+}
+
+/// Flips one byte in the middle of a file (a damaged chunk).
+pub fn corrupt_file(path: &Path) {
+    let mut bytes = fs::read(path).expect("file to corrupt");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    fs::write(path, bytes).expect("write corrupted file");
+}
+
 /// Reads `metrics on ADDR` from a service's stdout.
 fn read_metrics_line(stdout: &mut impl std::io::BufRead) -> String {
     let mut line = String::new();

@@ -4,43 +4,22 @@
 
 use std::time::Duration;
 
-use hyperexport_tests::{Replica, Sandbox, args, chunk_files, random_bytes, scrape, sha256_file, wait_until, write_image};
+use hyperexport_tests::{Replica, Sandbox, args, chunk_files, metric_value, random_bytes, scrape, sha256_file, wait_until, write_image};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
-/// `replicate --vm vm --to ADDR --output json` from repository `repo` with node `a`'s
-/// certificate, and extra arguments; the run.
-fn replicate(sb: &Sandbox, to: &str, extra: &[&str]) -> hyperexport_tests::Run {
-    let mut a = args(&["replicate", "--vm", "vm", "--to", to, "--output", "json", "--tls"]);
-    a.push(sb.node_tls("a").display().to_string());
-    a.extend(sb.repo_args("repo"));
-    a.extend(args(extra));
-    sb.run(&a)
-}
-
-/// The id of repository `repo`, which names its replicas.
-fn repo_id(sb: &Sandbox) -> String {
-    let config: Value = serde_json::from_slice(&std::fs::read(sb.path("repo/config")).unwrap()).unwrap();
-    config["id"].as_str().unwrap().to_string()
-}
-
 /// Restores the newest point of the replica in `replica` and checks it equals `image`.
 fn restores_identical(sb: &Sandbox, replica: &Replica, image: &std::path::Path, out: &str) {
-    let repo = replica.root.join(repo_id(sb));
-    let mut verify = args(&["verify", "latest", "--repo", repo.to_str().unwrap()]);
-    verify.extend(args(&["--password-file", sb.path("password").to_str().unwrap()]));
+    let repo = replica.root.join(sb.repo_id("repo"));
+    let mut verify = args(&["verify", "latest"]);
+    verify.extend(sb.repo_at(&repo));
     sb.ok(&verify);
     let out = sb.path(out);
-    let mut restore = args(&["restore", "latest", "--to", out.to_str().unwrap(), "--repo", repo.to_str().unwrap()]);
-    restore.extend(args(&["--password-file", sb.path("password").to_str().unwrap()]));
+    let mut restore = args(&["restore", "latest", "--to", out.to_str().unwrap()]);
+    restore.extend(sb.repo_at(&repo));
     sb.ok(&restore);
     assert_eq!(sha256_file(&out), sha256_file(image), "the point restored from {} differs", replica.root.display());
-}
-
-/// A counter's value in a scrape (0 when absent).
-fn counter(body: &str, series: &str) -> u64 {
-    body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0) as u64
 }
 
 #[test]
@@ -54,7 +33,7 @@ fn a_point_replicates_to_two_regions_and_a_one_percent_change_sends_little() {
     sb.export(&image, "repo", &["--chunk-size", "256K"]);
 
     for (replica, out) in [(&b, "from-b.img"), (&c, "from-c.img")] {
-        let run = replicate(&sb, &replica.addr, &[]);
+        let run = sb.replicate(&replica.addr, &[]);
         assert_eq!(run.code, Some(0), "{}", run.stderr);
         let result = run.result();
         assert_eq!(result["chunks_sent"], 256, "{result}");
@@ -66,7 +45,7 @@ fn a_point_replicates_to_two_regions_and_a_one_percent_change_sends_little() {
     let change = (size / 100) as usize;
     write_image(&image, size, &[(20 * MIB, random_bytes(change, 2))]);
     sb.export(&image, "repo", &["--chunk-size", "256K"]);
-    let run = replicate(&sb, &b.addr, &[]);
+    let run = sb.replicate(&b.addr, &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let result = run.result();
     assert_eq!(result["chunks_sent"], 3, "{result}");
@@ -74,8 +53,8 @@ fn a_point_replicates_to_two_regions_and_a_one_percent_change_sends_little() {
     eprintln!("a 1% change of {size} bytes: {wire} bytes on the wire ({:.2}%)", wire as f64 * 100.0 / size as f64);
     assert!(wire <= size * 2 / 100, "{wire} bytes on the wire for a 1% change of {size}: {result}");
     restores_identical(&sb, &b, &image, "changed-from-b.img");
-    let received = counter(&scrape(&b.metrics), "hyperexport_replication_points_total{direction=\"received\"}");
-    assert_eq!(received, 2);
+    let received = metric_value(&scrape(&b.metrics), "hyperexport_replication_points_total{direction=\"received\"}");
+    assert_eq!(received, 2.0);
 }
 
 #[test]
@@ -92,11 +71,11 @@ fn strangers_and_noise_are_refused_logged_and_counted() {
     a.extend(sb.repo_args("repo"));
     sb.run(&a).assert_clean_failure("replicating to");
     wait_until(Duration::from_secs(10), "the refusal is counted", || {
-        counter(&scrape(&b.metrics), "hyperexport_replication_refused_total{reason=\"handshake\"}") >= 1
+        metric_value(&scrape(&b.metrics), "hyperexport_replication_refused_total{reason=\"handshake\"}") >= 1.0
     });
     let log = std::fs::read_to_string(sb.path("b.log")).unwrap();
     assert!(log.contains("replication connection refused"), "{log}");
-    assert!(!b.root.join(repo_id(&sb)).exists(), "nothing was written for the stranger");
+    assert!(!b.root.join(sb.repo_id("repo")).exists(), "nothing was written for the stranger");
 
     // Random datagrams at the QUIC port.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -105,7 +84,7 @@ fn strangers_and_noise_are_refused_logged_and_counted() {
         socket.send_to(&random_bytes(len, i), &b.addr).unwrap();
     }
     // The receiver is still there and serves a member of the cluster.
-    let run = replicate(&sb, &b.addr, &[]);
+    let run = sb.replicate(&b.addr, &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     restores_identical(&sb, &b, &image, "from-b.img");
 }
@@ -127,7 +106,7 @@ fn a_receiver_killed_mid_stream_resumes_without_sending_much_again() {
     let mut sender = sb.spawn(&a, &[]);
     // Past half, inside a batch: part of it is stored, the rest still on its way.
     wait_until(Duration::from_secs(120), "half the chunks arrive at B", || {
-        counter(&scrape(&b.metrics), "hyperexport_replication_bytes_total{direction=\"received\"}") >= stored / 2 + 3 * MIB
+        metric_value(&scrape(&b.metrics), "hyperexport_replication_bytes_total{direction=\"received\"}") >= (stored / 2 + 3 * MIB) as f64
     });
     let root = b.root.clone();
     b.service.kill();
@@ -145,7 +124,7 @@ fn a_receiver_killed_mid_stream_resumes_without_sending_much_again() {
 
     let b = sb.start_replica("b", "region-b", "127.0.0.1:0", &[]);
     assert_eq!(b.root, root);
-    let run = replicate(&sb, &b.addr, &["--streams", "1"]);
+    let run = sb.replicate(&b.addr, &["--streams", "1"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let after = run.result()["chunk_bytes_sent"].as_u64().unwrap();
     let again = (before + after).saturating_sub(stored);

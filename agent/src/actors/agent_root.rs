@@ -347,6 +347,7 @@ mod tests {
             labels: HashMap::new(),
             capacity: 1,
             tls: None,
+            replica_addr: String::new(),
         };
         let access = TargetAccess { secret: Some(Secret::KeyFile(vec![9; 32])), allow_unencrypted: false };
         AgentRootConfig { attach, source, access, threads: 2, faults: TestFaults::default() }

@@ -2,6 +2,8 @@
 //! of repositories, a sender that pushes a recovery point and the chunks the receiver lacks, and
 //! the cluster CA whose certificates both sides demand of each other.
 
+mod client;
+pub mod fetch;
 pub mod frames;
 pub mod pki;
 pub mod receiver;

@@ -147,6 +147,21 @@ async fn session(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, roo
                 metrics::replication_point("received");
                 frames::write(send, &Frame::Published { point_id: published.id }).await?;
             }
+            Frame::Fetch(ids) if pending.is_empty() => {
+                let s = Arc::clone(&store);
+                let mut missing = Vec::new();
+                for id in ids {
+                    let s = Arc::clone(&s);
+                    match blocking(move || s.load_blob(&id)).await? {
+                        Some(blob) => {
+                            frames::write_chunk(send, &id, &blob).await?;
+                            metrics::replication_bytes("fetched", blob.len() as u64);
+                        }
+                        None => missing.push(id),
+                    }
+                }
+                frames::write(send, &Frame::FetchEnd(missing)).await?;
+            }
             Frame::Error { code, message } => {
                 tracing::warn!(?code, %message, "the sender gave up the stream");
                 return Ok(());

@@ -11,8 +11,9 @@ use hyperexport_shared::wire::{self, Frame, RepoFiles};
 use hyperexport_shared::{ChunkId, Repository};
 use serde::Serialize;
 
+use super::client::{answer, connect, open};
 use super::tls::NodeTls;
-use super::{OFFER_BATCH, ReplicationError, blocking, frames, transport};
+use super::{OFFER_BATCH, ReplicationError, blocking, frames};
 use crate::metrics;
 
 /// Bytes of a point file per frame.
@@ -92,10 +93,6 @@ pub struct SendReport {
     pub seconds: f64,
 }
 
-fn connection_error(peer: SocketAddr, e: impl std::fmt::Display) -> ReplicationError {
-    ReplicationError::Connection { peer: peer.to_string(), reason: e.to_string() }
-}
-
 /// Sends `point` of `repo` to the receiver at `to`.
 pub async fn send_point(
     repo: Arc<Repository>,
@@ -105,13 +102,7 @@ pub async fn send_point(
     options: &SendOptions,
 ) -> Result<SendReport, ReplicationError> {
     let started = Instant::now();
-    let bind: SocketAddr = if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| ReplicationError::Bind { addr: bind, source })?;
-    let mut client = tls.quic_client()?;
-    client.transport_config(transport());
-    endpoint.set_default_client_config(client);
-    let conn =
-        endpoint.connect(to, &options.server_name).map_err(|e| connection_error(to, e))?.await.map_err(|e| connection_error(to, e))?;
+    let (endpoint, conn) = connect(to, &options.server_name, tls).await?;
     let r = Arc::clone(&repo);
     let files = Arc::new(blocking(move || r.repo_files()).await?);
     let ids = point.chunk_ids();
@@ -153,27 +144,6 @@ pub async fn send_point(
         wire_bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-type Stream = (quinn::SendStream, quinn::RecvStream);
-
-/// Opens a stream and greets the receiver.
-async fn open(conn: &quinn::Connection, files: &RepoFiles) -> Result<Stream, ReplicationError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(conn.remote_address(), e))?;
-    frames::write(&mut send, &Frame::Hello { versions: wire::VERSIONS.to_vec(), repo: files.clone() }).await?;
-    match answer(&mut recv).await? {
-        Frame::Welcome { version } if wire::VERSIONS.contains(&version) => Ok((send, recv)),
-        other => Err(ReplicationError::Protocol(format!("expected welcome, got {}", other.name()))),
-    }
-}
-
-/// The receiver's next frame; its error frame becomes [`ReplicationError::Refused`].
-async fn answer(recv: &mut quinn::RecvStream) -> Result<Frame, ReplicationError> {
-    match frames::read(recv).await? {
-        Some(Frame::Error { code, message }) => Err(ReplicationError::Refused { code, message }),
-        Some(frame) => Ok(frame),
-        None => Err(ReplicationError::Protocol("the receiver ended the stream".into())),
-    }
 }
 
 /// Offers `ids` in batches of `batch` on one stream and sends what the receiver wants; one
