@@ -205,6 +205,19 @@ impl ExportRun {
         &self.repo
     }
 
+    /// The repository it writes to, shared (for work that outlives the export, as replication).
+    pub fn repo_shared(&self) -> Arc<Repository> {
+        Arc::clone(&self.repo)
+    }
+
+    /// The point's consistency time, in milliseconds since the Unix epoch.
+    pub fn time_unix_ms(&self) -> i64 {
+        humantime::parse_rfc3339(&self.time)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+
     /// The chunk size it cuts disks with.
     pub fn chunk_size(&self) -> u32 {
         self.opts.chunk_size

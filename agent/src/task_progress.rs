@@ -35,6 +35,7 @@ impl TaskCounters {
             phase: phase as i32,
             disks: self.disks.lock().expect("task counters lock").clone(),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            ..Default::default()
         }
     }
 }

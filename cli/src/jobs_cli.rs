@@ -153,6 +153,7 @@ pub fn submit(a: &SubmitArgs, output: Output) -> Result<ExitCode> {
             region: a.region.clone().unwrap_or_default(),
             labels,
             max_parallel: a.max_parallel,
+            replicate_to: a.replicate_to.clone(),
         };
         let id = client.submit(req).await.map_err(refused)?.into_inner().job_id;
         match output {

@@ -3,6 +3,7 @@
 mod commands;
 mod demo;
 mod demo_cluster;
+mod dr_cli;
 mod jobs_cli;
 mod load;
 mod progress;

@@ -12,6 +12,7 @@ use hyperexport_agent::attach::AttachConfig;
 use hyperexport_agent::replication::receiver::Receiver;
 use hyperexport_agent::replication::tls::NodeTls;
 use hyperexport_agent::target::TargetAccess;
+use hyperexport_coordinator::server::ServeOptions;
 use hyperexport_proto::v1::ListVmsRequest;
 use hyperexport_proto::v1::export_service_client::ExportServiceClient;
 use hyperexport_proto::v1::inventory_service_client::InventoryServiceClient;
@@ -60,6 +61,9 @@ pub struct SubmitArgs {
     /// Tasks of the job running at once (0: no limit).
     #[arg(long, default_value_t = 0, requires = "vm")]
     pub max_parallel: u32,
+    /// Then replicate each new point to a receiver in this region (repeat for several).
+    #[arg(long = "replicate-to", value_name = "REGION", requires = "vm")]
+    pub replicate_to: Vec<String>,
     /// Follow the job with progress per disk; exit 0 only when it succeeds.
     #[arg(long, requires = "vm")]
     pub wait: bool,
@@ -86,6 +90,10 @@ pub struct CoordinatorArgs {
     /// refuse clients without a certificate from the same CA.
     #[arg(long, value_name = "DIR")]
     pub tls: Option<PathBuf>,
+    /// How often replication policies are evaluated, in milliseconds: RPO metrics, breach
+    /// events and due runs.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub dr_interval_ms: u64,
 }
 
 /// `agent`: run one.
@@ -171,7 +179,7 @@ fn coordinator_url(url: &CoordinatorUrl) -> Result<String> {
     Ok(if raw.contains("://") { raw.to_string() } else { format!("{scheme}://{raw}") })
 }
 
-async fn channel(url: &CoordinatorUrl) -> Result<Channel> {
+pub(crate) async fn channel(url: &CoordinatorUrl) -> Result<Channel> {
     let full = coordinator_url(url)?;
     let mut endpoint = Channel::from_shared(full.clone()).map_err(|e| anyhow!("coordinator address {full:?} is not a URL: {e}"))?;
     if let Some(tls) = url.client_tls()? {
@@ -282,6 +290,7 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
             access,
             threads: crate::commands::threads(a.threads),
             faults: hyperexport_agent::export::TestFaults::from_env(),
+            tls: a.url.tls.as_deref().map(NodeTls::load).transpose()?,
         };
         let (root, handle) = ractor::Actor::spawn(Some(config.attach.agent_id.clone()), AgentRoot, config)
             .await
@@ -334,7 +343,8 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
         std::io::stdout().flush()?;
         tracing::info!(%addr, data = %a.data.display(), "coordinator started");
         let heartbeat = std::time::Duration::from_millis(a.heartbeat_ms.max(50));
-        hyperexport_coordinator::server::serve(listener, store, heartbeat, tls, shutdown_signal()).await?;
+        let options = ServeOptions { heartbeat, tls, dr_interval: std::time::Duration::from_millis(a.dr_interval_ms.max(50)) };
+        hyperexport_coordinator::server::serve(listener, store, options, shutdown_signal()).await?;
         tracing::info!("coordinator stopped");
         Ok(ExitCode::SUCCESS)
     })

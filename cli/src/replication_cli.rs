@@ -82,6 +82,11 @@ pub enum DrCommand {
     /// Restore a VM from the best replica: the newest point whose chunks are all there and
     /// verify, falling back to older points and other replicas; says what it chose.
     Failover(FailoverArgs),
+    /// Replication policies the coordinator runs.
+    #[command(subcommand)]
+    Policy(crate::dr_cli::PolicyCommand),
+    /// Each VM's RPO at each target region (exit 4 when any is in breach).
+    Status(crate::dr_cli::ListArgs),
 }
 
 /// Options of `dr failover`.
@@ -194,7 +199,11 @@ pub fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
 
 /// Runs `hyperexport dr ...`.
 pub fn dr(command: DrCommand) -> Result<ExitCode> {
-    let DrCommand::Failover(a) = command;
+    let a = match command {
+        DrCommand::Failover(a) => a,
+        DrCommand::Policy(c) => return crate::dr_cli::policy(c),
+        DrCommand::Status(a) => return crate::dr_cli::status(a),
+    };
     let secret = crate::secrets::from_args(&a.key)?;
     let mut replicas = Vec::new();
     for folder in &a.from {

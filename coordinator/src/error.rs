@@ -9,6 +9,9 @@ pub enum CoordinatorError {
     /// No job has this id.
     #[error("no job with id {0:?}")]
     NotFound(String),
+    /// No replication policy has this name.
+    #[error("no replication policy named {0:?}")]
+    NoPolicy(String),
     /// A VM of a submission is in no live agent's inventory.
     #[error("VM {0:?} is in the inventory of no live agent (see `hyperexport vms`)")]
     UnknownVm(String),
@@ -39,7 +42,9 @@ impl From<CoordinatorError> for tonic::Status {
         let message = e.to_string();
         match e {
             CoordinatorError::Invalid(_) => tonic::Status::invalid_argument(message),
-            CoordinatorError::NotFound(_) | CoordinatorError::UnknownVm(_) => tonic::Status::not_found(message),
+            CoordinatorError::NotFound(_) | CoordinatorError::NoPolicy(_) | CoordinatorError::UnknownVm(_) => {
+                tonic::Status::not_found(message)
+            }
             CoordinatorError::NoAgent(_) => tonic::Status::failed_precondition(message),
             CoordinatorError::Conflict(_) => tonic::Status::failed_precondition(message),
             CoordinatorError::Stopping => tonic::Status::unavailable(message),

@@ -63,8 +63,13 @@ pub fn new_job(req: SubmitRequest) -> Result<Job> {
             return Err(CoordinatorError::Invalid(format!("label {k:?}={v:?}: keys 1-128 and values 0-128 printable characters")));
         }
     }
-    if req.region.len() > 128 || req.region.chars().any(char::is_control) {
-        return Err(CoordinatorError::Invalid(format!("region {:?} is not 0-128 printable characters", req.region)));
+    for region in std::iter::once(&req.region).chain(&req.replicate_to) {
+        if region.len() > 128 || region.chars().any(char::is_control) {
+            return Err(CoordinatorError::Invalid(format!("region {region:?} is not 0-128 printable characters")));
+        }
+    }
+    if req.replicate_to.iter().any(String::is_empty) || req.replicate_to.len() > 16 {
+        return Err(CoordinatorError::Invalid("replicate_to: 1-16 non-empty region names".into()));
     }
     let mut job = Job {
         id: new_id(),
@@ -77,6 +82,8 @@ pub fn new_job(req: SubmitRequest) -> Result<Job> {
         region: req.region,
         labels: req.labels,
         max_parallel: req.max_parallel,
+        replicate_to: req.replicate_to,
+        policy: String::new(),
     };
     job.state = derive_state(&job.tasks) as i32;
     Ok(job)

@@ -21,6 +21,11 @@ pub const QUEUE_WAIT_SECONDS: &str = "hyperexport_coordinator_queue_wait_seconds
 /// One scheduler turn's store commit.
 pub const COMMIT_SECONDS: &str = "hyperexport_coordinator_store_commit_seconds";
 
+/// Seconds of data a VM would lose if recovered from a target region now, by VM and region.
+pub const RPO_SECONDS: &str = "hyperexport_rpo_seconds";
+/// Times a VM's RPO at a region went past its policy's target, by region.
+pub const RPO_BREACHES_TOTAL: &str = "hyperexport_rpo_breaches_total";
+
 /// Gives every metric its help text and unit (call once the recorder is installed).
 pub fn describe() {
     describe_gauge!(QUEUE_LENGTH, "Tasks waiting for an agent");
@@ -30,6 +35,8 @@ pub fn describe() {
     describe_histogram!(PLACEMENT_LATENCY_SECONDS, Unit::Seconds, "From a task and a free slot being there to the assignment sent");
     describe_histogram!(QUEUE_WAIT_SECONDS, Unit::Seconds, "How long tasks wait in the queue before an agent is assigned");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Store commit of one scheduler turn");
+    describe_gauge!(RPO_SECONDS, Unit::Seconds, "Data a VM would lose if recovered from a target region now");
+    describe_counter!(RPO_BREACHES_TOTAL, "Times a VM's RPO at a region went past its policy's target");
     for (name, value) in [(QUEUE_LENGTH, 0.0), (ACTIVE_EXPORTS, 0.0), (AGENTS, 0.0)] {
         gauge!(name).set(value);
     }
@@ -65,4 +72,14 @@ pub fn waited(waited: Duration) {
 /// A store commit took `took`.
 pub fn committed(took: Duration) {
     histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
+}
+
+/// A VM's RPO at `region` now (labels: VMs a policy covers, and its regions).
+pub fn rpo(vm: &str, region: &str, seconds: f64) {
+    gauge!(RPO_SECONDS, "vm" => vm.to_string(), "target" => region.to_string()).set(seconds);
+}
+
+/// A VM's RPO at `region` went past its target.
+pub fn rpo_breach(region: &str) {
+    counter!(RPO_BREACHES_TOTAL, "target" => region.to_string()).increment(1);
 }

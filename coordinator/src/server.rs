@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hyperexport_proto::v1::FILE_DESCRIPTOR_SET;
 use hyperexport_proto::v1::agent_service_server::AgentServiceServer;
+use hyperexport_proto::v1::dr_service_server::DrServiceServer;
 use hyperexport_proto::v1::export_service_server::ExportServiceServer;
 use hyperexport_proto::v1::inventory_service_server::InventoryServiceServer;
 use tokio::net::TcpListener;
@@ -44,20 +45,27 @@ fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
     })
 }
 
+/// How the coordinator serves.
+pub struct ServeOptions {
+    /// How often agents must send a heartbeat.
+    pub heartbeat: Duration,
+    /// Mutual TLS for every client, or plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// How often replication policies are evaluated (RPO, breaches, due runs).
+    pub dr_interval: Duration,
+}
+
 /// Serves the API on `listener` over `store` until `shutdown` completes; then open watches are
 /// ended so that the server can stop. With `tls`, every client must present a certificate from
 /// its CA (mutual TLS); without, the API is plaintext.
-pub async fn serve(
-    listener: TcpListener,
-    store: JobStore,
-    heartbeat: Duration,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<()> {
+pub async fn serve(listener: TcpListener, store: JobStore, options: ServeOptions, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let ServeOptions { heartbeat, tls, dr_interval } = options;
     let (stop, stopping) = watch::channel(false);
     let store = Arc::new(store);
     let (scheduler, scheduling) = scheduler::start(Arc::clone(&store), heartbeat, stopping.clone())?;
     let agents = AgentApi::new(scheduler.clone(), stopping.clone());
+    let dr_view = crate::dr::runner::spawn(Arc::clone(&store), scheduler.clone(), dr_interval, stopping.clone());
+    let dr = DrServiceServer::new(crate::dr::service::DrApi::new(Arc::clone(&store), dr_view));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -71,6 +79,7 @@ pub async fn serve(
         .add_service(ExportServiceServer::new(ExportApi::new(store, scheduler, stopping)))
         .add_service(AgentServiceServer::new(agents.clone()))
         .add_service(InventoryServiceServer::new(agents))
+        .add_service(dr)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hyperexport_proto::v1::{Job, TaskCheckpointState};
+use hyperexport_proto::v1::{Job, ReplicaStatus, TaskCheckpointState};
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -14,6 +14,11 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs_v1");
 /// Checkpoints of unfinished tasks by task id, each a protobuf-encoded
 /// `hyperexport.v1.TaskCheckpointState`.
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints_v1");
+/// Replication policies by name, each a protobuf-encoded `hyperexport.v1.Policy`.
+pub(crate) const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies_v1");
+/// Where each VM stands at each target region, by `vm NUL region`, each a protobuf-encoded
+/// `hyperexport.v1.ReplicaStatus` (its point, consistency time and last attempt).
+pub(crate) const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas_v1");
 
 /// Changes written together in one transaction.
 #[derive(Default)]
@@ -24,6 +29,8 @@ pub struct Batch {
     pub checkpoints: Vec<(String, TaskCheckpointState)>,
     /// Checkpoints to delete (their tasks are finished).
     pub forget: Vec<String>,
+    /// Replica states to write.
+    pub replicas: Vec<ReplicaStatus>,
     /// Whether the commit must be on disk when it returns (state changes); progress alone may
     /// wait for the next durable commit.
     pub durable: bool,
@@ -32,20 +39,25 @@ pub struct Batch {
 impl Batch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.checkpoints.is_empty() && self.forget.is_empty()
+        self.jobs.is_empty() && self.checkpoints.is_empty() && self.forget.is_empty() && self.replicas.is_empty()
     }
+}
+
+/// The key of a VM's state at a region.
+pub fn replica_key(vm: &str, region: &str) -> String {
+    format!("{vm}\u{0}{region}")
 }
 
 /// File name of the database inside the data folder.
 pub const DB_FILE: &str = "coordinator.redb";
 
-fn fail<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> CoordinatorError {
+pub(crate) fn fail<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> CoordinatorError {
     move |e| CoordinatorError::Store { op, detail: e.to_string() }
 }
 
 /// The coordinator's durable state.
 pub struct JobStore {
-    db: redb::Database,
+    pub(crate) db: redb::Database,
 }
 
 impl JobStore {
@@ -56,6 +68,8 @@ impl JobStore {
         let txn = db.begin_write().map_err(fail("begin"))?;
         txn.open_table(JOBS).map_err(fail("create table"))?;
         txn.open_table(CHECKPOINTS).map_err(fail("create table"))?;
+        txn.open_table(POLICIES).map_err(fail("create table"))?;
+        txn.open_table(REPLICAS).map_err(fail("create table"))?;
         txn.commit().map_err(fail("commit"))?;
         Ok(JobStore { db })
     }
@@ -77,6 +91,10 @@ impl JobStore {
             }
             for task in &batch.forget {
                 checkpoints.remove(task.as_str()).map_err(fail("remove"))?;
+            }
+            let mut replicas = txn.open_table(REPLICAS).map_err(fail("open table"))?;
+            for r in &batch.replicas {
+                replicas.insert(replica_key(&r.vm, &r.region).as_str(), r.encode_to_vec().as_slice()).map_err(fail("insert"))?;
             }
         }
         txn.commit().map_err(fail("commit"))

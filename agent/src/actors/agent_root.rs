@@ -23,6 +23,7 @@ use super::ChildStop;
 use super::job_supervisor::{JobSupervisor, JobSupervisorConfig, JobSupervisorMsg};
 use crate::attach::{AttachConfig, attach, inventory_of};
 use crate::export::TestFaults;
+use crate::replication::tls::NodeTls;
 use crate::target::TargetAccess;
 
 /// First wait before reattaching; doubled after each failure up to [`MAX_BACKOFF`].
@@ -43,6 +44,8 @@ pub struct AgentRootConfig {
     pub threads: usize,
     /// Fault injection for tests.
     pub faults: TestFaults,
+    /// Its TLS identity, for replication (none: tasks that replicate report every region failed).
+    pub tls: Option<NodeTls>,
 }
 
 /// Messages `AgentRoot` handles.
@@ -155,6 +158,7 @@ impl AgentRootState {
             faults: self.config.faults,
             restart_backoff: super::job_supervisor::RESTART_BACKOFF,
             cancel: Arc::clone(&cancel),
+            tls: self.config.tls.clone(),
             root: myself.clone(),
         };
         let (supervisor, _) = JobSupervisor::spawn_linked(None, JobSupervisor, config, myself.get_cell()).await?;
@@ -318,7 +322,7 @@ impl Actor for AgentRoot {
 mod tests {
     use std::time::Duration;
 
-    use hyperexport_coordinator::server::serve;
+    use hyperexport_coordinator::server::{ServeOptions, serve};
     use hyperexport_coordinator::store::JobStore;
     use hyperexport_proto::v1::export_service_client::ExportServiceClient;
     use hyperexport_proto::v1::{JobState, SubmitRequest, WatchJobRequest};
@@ -332,7 +336,8 @@ mod tests {
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let store = JobStore::open(dir).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, store, Duration::from_millis(100), None, async move {
+        let options = ServeOptions { heartbeat: Duration::from_millis(100), tls: None, dr_interval: Duration::from_secs(1) };
+        tokio::spawn(serve(listener, store, options, async move {
             let _ = stopped.await;
         }));
         (addr, stop)
@@ -350,7 +355,7 @@ mod tests {
             replica_addr: String::new(),
         };
         let access = TargetAccess { secret: Some(Secret::KeyFile(vec![9; 32])), allow_unencrypted: false };
-        AgentRootConfig { attach, source, access, threads: 2, faults: TestFaults::default() }
+        AgentRootConfig { attach, source, access, threads: 2, faults: TestFaults::default(), tls: None }
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -18,11 +18,13 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::ChildStop;
 use super::agent_root::AgentRootMsg;
 use super::disk_reader::{DiskReader, DiskReaderConfig};
+use super::replicator::{Replicator, ReplicatorConfig};
 use super::uploader::{Uploader, UploaderConfig};
 use crate::AgentError;
 use crate::checkpoint::{DiskCheckpoint, DiskResume, encode_chunks};
 use crate::export::{DiskResult, ExportOptions, ExportReport, ExportRun, TestFaults};
 use crate::progress::Progress;
+use crate::replication::tls::NodeTls;
 use crate::resume::{ResumePlan, plan_resume};
 use crate::source::disk::RawDisk;
 use crate::target::{TargetAccess, open_or_create, target_path};
@@ -56,6 +58,8 @@ pub struct JobSupervisorConfig {
     pub restart_backoff: Duration,
     /// Set by `AgentRoot` on cancel (also read while waiting for the repository lock).
     pub cancel: Arc<AtomicBool>,
+    /// The agent's TLS identity, for replication.
+    pub tls: Option<NodeTls>,
     /// Who gets the task's news.
     pub root: ActorRef<AgentRootMsg>,
 }
@@ -70,6 +74,10 @@ pub enum JobSupervisorMsg {
     DiskDone { index: usize, result: Box<DiskResult> },
     /// The point is published.
     Published { report: Box<ExportReport> },
+    /// The point's replication to one region is over.
+    RegionReplicated { result: pb::ReplicaResult },
+    /// The point's replication is over, one result per region.
+    Replicated { results: Vec<pb::ReplicaResult> },
     /// Stop the task (the cancel flag is already set).
     Cancel,
     /// Time to report progress.
@@ -95,6 +103,9 @@ pub struct JobSupervisorState {
     finished: bool,
     started: std::time::Instant,
     stats: Option<pb::ExportStats>,
+    /// The published point, while it is being replicated.
+    published: Option<String>,
+    replicas: Vec<pb::ReplicaResult>,
 }
 
 /// Supervises one task.
@@ -125,15 +136,29 @@ impl JobSupervisorState {
         let a = &self.config.assign;
         tracing::info!(task = %a.task_id, vm = %a.vm, attempt = a.attempt, outcome = outcome.as_str_name(), error = %error, "task finished");
         let stats = self.stats.take();
-        let finished =
-            TaskFinished { task_id: a.task_id.clone(), attempt: a.attempt, outcome: outcome as i32, error, point, retryable, stats };
+        let finished = TaskFinished {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            outcome: outcome as i32,
+            error,
+            point,
+            retryable,
+            stats,
+            replicas: std::mem::take(&mut self.replicas),
+            point_unix_ms: self.run.as_ref().filter(|_| outcome == TaskOutcome::Succeeded).map_or(0, |r| r.time_unix_ms()),
+        };
         self.up(AgentBody::Finished(finished));
         myself.stop(None);
     }
 
     fn send_progress(&mut self) {
         let a = &self.config.assign;
-        let now = self.counters.snapshot(&a.task_id, a.attempt, self.phase);
+        let mut now = self.counters.snapshot(&a.task_id, a.attempt, self.phase);
+        if let Some(point) = &self.published {
+            now.point = point.clone();
+            now.point_unix_ms = self.run.as_ref().map_or(0, |r| r.time_unix_ms());
+            now.replicas = self.replicas.clone();
+        }
         if self.last_progress.as_ref() != Some(&now) {
             self.last_progress = Some(now.clone());
             self.up(AgentBody::Progress(now));
@@ -234,6 +259,8 @@ impl Actor for JobSupervisor {
             finished: false,
             started: std::time::Instant::now(),
             stats: None,
+            published: None,
+            replicas: Vec::new(),
         })
     }
 
@@ -320,7 +347,33 @@ impl Actor for JobSupervisor {
             JobSupervisorMsg::Published { report } => {
                 state.child = None;
                 state.stats = Some(stats_of(&report));
-                state.finish(&myself, TaskOutcome::Succeeded, String::new(), report.point, false);
+                let targets = state.config.assign.replicate_to.clone();
+                let Some(repo) = state.run.as_ref().filter(|_| !targets.is_empty()).map(|run| run.repo_shared()) else {
+                    state.finish(&myself, TaskOutcome::Succeeded, String::new(), report.point, false);
+                    return Ok(());
+                };
+                state.phase = TaskPhase::Replicating;
+                state.send_progress();
+                state.published = Some(report.point.clone());
+                let config = ReplicatorConfig {
+                    repo,
+                    point: report.point,
+                    targets,
+                    tls: state.config.tls.clone(),
+                    cancel: Arc::clone(&state.config.cancel),
+                    supervisor: myself.clone(),
+                };
+                state.child = Some(Replicator::spawn_linked(None, Replicator, config, myself.get_cell()).await?.0.get_cell());
+            }
+            JobSupervisorMsg::RegionReplicated { result } => {
+                state.replicas.push(result);
+                state.send_progress();
+            }
+            JobSupervisorMsg::Replicated { results } => {
+                state.child = None;
+                state.replicas = results;
+                let point = state.published.take().unwrap_or_default();
+                state.finish(&myself, TaskOutcome::Succeeded, String::new(), point, false);
             }
             JobSupervisorMsg::Cancel => {
                 state.config.cancel.store(true, Ordering::SeqCst);
@@ -356,6 +409,14 @@ impl Actor for JobSupervisor {
             return Ok(());
         }
         state.child = None;
+        // Once published, the point stands: a replication that broke is a failed region.
+        if let Some(point) = state.published.take() {
+            let error = error.unwrap_or_else(|| "cancelled".into());
+            let failed = |t: &pb::ReplicaTarget| pb::ReplicaResult { region: t.region.clone(), error: error.clone(), ..Default::default() };
+            state.replicas = state.config.assign.replicate_to.iter().map(failed).collect();
+            state.finish(&myself, TaskOutcome::Succeeded, String::new(), point, false);
+            return Ok(());
+        }
         if state.config.cancel.load(Ordering::SeqCst) {
             state.finish(&myself, TaskOutcome::Cancelled, String::new(), String::new(), false);
             return Ok(());
@@ -375,161 +436,5 @@ impl Actor for JobSupervisor {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use hyperexport_proto::v1::TaskCheckpointState;
-    use hyperexport_shared::Repository;
-    use hyperexport_shared::keys::Secret;
-    use sha2::{Digest, Sha256};
-    use tokio::sync::mpsc;
-
-    use super::*;
-
-    /// Stands in for `AgentRoot`: passes the task's news to the test.
-    struct Collector;
-
-    impl Actor for Collector {
-        type Msg = AgentRootMsg;
-        type State = mpsc::UnboundedSender<AgentBody>;
-        type Arguments = mpsc::UnboundedSender<AgentBody>;
-
-        async fn pre_start(&self, _: ActorRef<Self::Msg>, tx: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-            Ok(tx)
-        }
-
-        async fn handle(&self, _: ActorRef<Self::Msg>, message: Self::Msg, tx: &mut Self::State) -> Result<(), ActorProcessingErr> {
-            if let AgentRootMsg::Up { body, .. } = message {
-                let _ = tx.send(body);
-            }
-            Ok(())
-        }
-    }
-
-    const SIZE: usize = (8 << 20) + 123;
-
-    /// A folder with VM `vm` (a raw image of random bytes) and a repository path beside it.
-    fn setup() -> (tempfile::TempDir, Vec<u8>) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("vms")).unwrap();
-        let mut data = vec![0u8; SIZE];
-        hyperexport_shared::crypto::random_bytes(&mut data);
-        std::fs::write(dir.path().join("vms/vm.img"), &data).unwrap();
-        (dir, data)
-    }
-
-    fn secret() -> Secret {
-        Secret::Password(b"unit test".to_vec())
-    }
-
-    struct Task {
-        supervisor: ActorRef<JobSupervisorMsg>,
-        cancel: Arc<AtomicBool>,
-        news: mpsc::UnboundedReceiver<AgentBody>,
-    }
-
-    async fn start(dir: &Path, attempt: u32, resume: Option<TaskCheckpointState>, faults: TestFaults) -> Task {
-        let (tx, news) = mpsc::unbounded_channel();
-        let (root, _) = Actor::spawn(None, Collector, tx).await.unwrap();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let assign = Assign {
-            task_id: "t1".into(),
-            job_id: "j1".into(),
-            vm: "vm".into(),
-            target: format!("file://{}", dir.join("repo").display()),
-            attempt,
-            resume,
-        };
-        let config = JobSupervisorConfig {
-            assign,
-            source_dir: dir.join("vms"),
-            access: TargetAccess { secret: Some(secret()), allow_unencrypted: false },
-            threads: 2,
-            faults,
-            restart_backoff: Duration::from_millis(10),
-            cancel: Arc::clone(&cancel),
-            root,
-        };
-        let (supervisor, _) = Actor::spawn(None, JobSupervisor, config).await.unwrap();
-        Task { supervisor, cancel, news }
-    }
-
-    /// Every message until the result.
-    async fn until_finished(news: &mut mpsc::UnboundedReceiver<AgentBody>) -> (Vec<AgentBody>, TaskFinished) {
-        let mut seen = Vec::new();
-        loop {
-            match tokio::time::timeout(Duration::from_secs(60), news.recv()).await.expect("a result within a minute") {
-                Some(AgentBody::Finished(f)) => return (seen, f),
-                Some(other) => seen.push(other),
-                None => panic!("the supervisor went away without a result"),
-            }
-        }
-    }
-
-    fn points(dir: &Path) -> Vec<hyperexport_shared::point::RecoveryPoint> {
-        Repository::open(&dir.join("repo"), Some(&secret())).unwrap().list_points().unwrap()
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_task_exports_its_vm_with_progress_and_checkpoints() {
-        let (dir, data) = setup();
-        let mut task = start(dir.path(), 1, None, TestFaults::default()).await;
-        let (seen, finished) = until_finished(&mut task.news).await;
-        assert_eq!(finished.outcome(), TaskOutcome::Succeeded, "{}", finished.error);
-        let point = points(dir.path()).pop().unwrap();
-        assert_eq!(point.id, finished.point);
-        assert_eq!(point.disks[0].sha256, hex::encode(Sha256::digest(&data)));
-        let last = seen.iter().rev().find_map(|b| if let AgentBody::Checkpoint(c) = b { c.disk.clone() } else { None }).unwrap();
-        assert_eq!(last.sha256, point.disks[0].sha256, "the last checkpoint completes the disk");
-        assert!(seen.iter().any(|b| matches!(b, AgentBody::Progress(p) if p.phase() == TaskPhase::Verifying)));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_cancelled_task_publishes_nothing_and_a_new_attempt_resumes_from_its_checkpoint() {
-        let (dir, data) = setup();
-        let stall = TestFaults { stall_after_new_chunks: Some(1), ..Default::default() };
-        let mut task = start(dir.path(), 1, None, stall).await;
-        let checkpoint = loop {
-            match task.news.recv().await.unwrap() {
-                AgentBody::Checkpoint(c) => break c.disk.unwrap(),
-                AgentBody::Finished(f) => panic!("finished early: {f:?}"),
-                _ => {}
-            }
-        };
-        task.cancel.store(true, Ordering::SeqCst);
-        task.supervisor.send_message(JobSupervisorMsg::Cancel).unwrap();
-        let (_, finished) = until_finished(&mut task.news).await;
-        assert_eq!(finished.outcome(), TaskOutcome::Cancelled);
-        assert!(points(dir.path()).is_empty(), "a cancelled task published a point");
-
-        assert_eq!((checkpoint.start_chunk, checkpoint.chunk_ids.len()), (0, 32), "one 4 MiB chunk is durable");
-        let resume = TaskCheckpointState { disks: vec![checkpoint] };
-        let mut again = start(dir.path(), 2, Some(resume), TestFaults::default()).await;
-        let (seen, finished) = until_finished(&mut again.news).await;
-        assert_eq!(finished.outcome(), TaskOutcome::Succeeded, "{}", finished.error);
-        let read = seen.iter().rev().find_map(|b| if let AgentBody::Progress(p) = b { Some(p.bytes_read) } else { None }).unwrap();
-        assert_eq!(read, SIZE as u64 - (4 << 20), "the resumed attempt reads only what the checkpoint does not cover");
-        assert_eq!(points(dir.path())[0].disks[0].sha256, hex::encode(Sha256::digest(&data)));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_failing_disk_reader_is_restarted_within_the_budget_then_the_task_fails() {
-        let (dir, _) = setup();
-        let opts = hyperexport_shared::repo::InitOptions {
-            chunk_size: hyperexport_shared::chunk::DEFAULT_CHUNK_SIZE,
-            compression: hyperexport_shared::compress::Compression::None,
-            secret: Some(secret()),
-        };
-        Repository::init(&dir.path().join("repo"), opts).unwrap();
-        // No chunk folders: every chunk the reader stores fails.
-        for entry in std::fs::read_dir(dir.path().join("repo/chunks")).unwrap() {
-            std::fs::remove_dir(entry.unwrap().path()).unwrap();
-        }
-        let mut task = start(dir.path(), 1, None, TestFaults::default()).await;
-        let (_, finished) = until_finished(&mut task.news).await;
-        assert_eq!(finished.outcome(), TaskOutcome::Failed);
-        assert!(finished.retryable);
-        assert!(finished.error.contains(&format!("after {RESTART_BUDGET} restarts")), "{}", finished.error);
-        assert!(points(dir.path()).is_empty());
-    }
-}
+#[path = "job_supervisor_tests.rs"]
+mod tests;

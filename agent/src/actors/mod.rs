@@ -4,12 +4,14 @@
 //! AgentRoot                 attached to the coordinator; one JobSupervisor per assigned task
 //! └── JobSupervisor         one task (a VM to a target); restarts failed children within a budget
 //!     ├── DiskReader        one disk: read, chunk, hash, compress, encrypt, store; checkpoints
-//!     └── Uploader          the target: checks that it holds every chunk, publishes the point
+//!     ├── Uploader          the target: checks that it holds every chunk, publishes the point
+//!     └── Replicator        the published point to a receiver in each region the task names
 //! ```
 
 pub mod agent_root;
 pub mod disk_reader;
 pub mod job_supervisor;
+pub mod replicator;
 pub mod uploader;
 
 use ractor::{ActorCell, SupervisionEvent};

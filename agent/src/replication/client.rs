@@ -8,6 +8,9 @@ use hyperexport_shared::wire::{self, Frame, RepoFiles};
 use super::tls::NodeTls;
 use super::{ReplicationError, frames, transport};
 
+/// How long a receiver may take to complete the handshake.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A stream of a session, both ways.
 pub(super) type Stream = (quinn::SendStream, quinn::RecvStream);
 
@@ -26,7 +29,11 @@ pub(super) async fn connect(
     let mut client = tls.quic_client()?;
     client.transport_config(transport());
     endpoint.set_default_client_config(client);
-    let conn = endpoint.connect(to, server_name).map_err(|e| connection_error(to, e))?.await.map_err(|e| connection_error(to, e))?;
+    let connecting = endpoint.connect(to, server_name).map_err(|e| connection_error(to, e))?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| connection_error(to, format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| connection_error(to, e))?;
     Ok((endpoint, conn))
 }
 

@@ -21,6 +21,9 @@ use hyperexport_shared::wire::ErrorCode;
 
 /// Chunk ids offered at once on one stream.
 pub const OFFER_BATCH: usize = 64;
+/// A peer silent this long (keep-alives included) is taken for gone: a receiver that died
+/// mid-transfer costs a replication at most this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams a connection may have open at once.
 pub const MAX_STREAMS: u32 = 32;
 
@@ -88,7 +91,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RepoError> + 
 }
 
 /// QUIC transport settings for both sides: windows large enough for a fast WAN link, a bounded
-/// number of streams, keep-alives so that an idle but live connection is not dropped.
+/// number of streams, keep-alives every 2 s so that an idle but live connection is not dropped
+/// while a dead peer is noticed within [`IDLE_TIMEOUT`].
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(MAX_STREAMS.into())
@@ -96,7 +100,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
         .stream_receive_window((16u32 << 20).into())
         .receive_window((64u32 << 20).into())
         .send_window(64 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s is a valid idle timeout")));
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("10 s is a valid idle timeout")));
     Arc::new(t)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
-use hyperexport_proto::v1::{CancelTask, CoordinatorMessage, Job, JobState, Register, TaskCheckpointState};
+use hyperexport_proto::v1::{CancelTask, CoordinatorMessage, Job, JobState, Register, ReplicaStatus, ReplicaTarget, TaskCheckpointState};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Status;
 
@@ -114,6 +114,7 @@ struct Turn {
     jobs: HashSet<String>,
     checkpoints: HashSet<String>,
     forget: Vec<String>,
+    replicas: Vec<ReplicaStatus>,
     durable: bool,
     outbox: Vec<(String, CoordinatorBody)>,
     replies: Vec<(oneshot::Sender<Result<Job>>, Result<String>)>,
@@ -140,6 +141,11 @@ pub struct Scheduler {
     serving: HashMap<String, Vec<String>>,
     /// Per agent, since when each of its free slots has been free (for the placement latency).
     slot_free: HashMap<String, Vec<Instant>>,
+    /// Where each VM stands at each region it replicates to, by `store::replica_key`.
+    replica_states: HashMap<String, ReplicaStatus>,
+    /// (task, region) replication results already recorded (progress reports them early, the
+    /// task's result again).
+    replicas_recorded: HashSet<(String, String)>,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -159,6 +165,7 @@ pub fn start(
         jobs.insert(job.id.clone(), job);
     }
     let checkpoints = store.checkpoints()?.into_iter().collect();
+    let replica_states = store.replicas()?.into_iter().map(|r| (crate::store::replica_key(&r.vm, &r.region), r)).collect();
     tracing::info!(unfinished_jobs = jobs.len(), "scheduler loaded");
     let (events, mut rx) = mpsc::unbounded_channel();
     let changes = broadcast::channel(WATCH_BACKLOG).0;
@@ -175,6 +182,8 @@ pub fn start(
         ready_since: HashMap::new(),
         serving: HashMap::new(),
         slot_free: HashMap::new(),
+        replica_states,
+        replicas_recorded: HashSet::default(),
     };
     // The loop has an OS thread of its own: under load the runtime's workers are busy with a
     // thousand agent streams, and the one task every placement waits for must not queue behind
@@ -236,6 +245,63 @@ impl Scheduler {
     fn provider_of(&self, vm: &str) -> String {
         let agent = self.serving.get(vm).and_then(|ids| ids.first()).and_then(|id| self.agents.get(id));
         agent.and_then(|a| a.register.vms.iter().find(|v| v.name == vm)).map(|v| v.provider.clone()).unwrap_or_default()
+    }
+
+    /// For each region, the receiver of the live agent with the smallest id there that runs one
+    /// (an empty address when none does: the agent reports that region's replication failed).
+    fn replica_targets(&self, regions: &[String]) -> Vec<ReplicaTarget> {
+        regions
+            .iter()
+            .map(|region| {
+                let receiver = self
+                    .agents
+                    .values()
+                    .map(|a| &a.register)
+                    .filter(|r| r.region == *region && !r.replica_addr.is_empty())
+                    .min_by(|a, b| a.agent_id.cmp(&b.agent_id));
+                ReplicaTarget {
+                    region: region.clone(),
+                    addr: receiver.map(|r| r.replica_addr.clone()).unwrap_or_default(),
+                    agent_id: receiver.map(|r| r.agent_id.clone()).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Records how the replication of a task's point went, region by region.
+    fn replicated(
+        &mut self,
+        task: &str,
+        vm: &str,
+        policy: &str,
+        point: &str,
+        point_unix_ms: i64,
+        results: Vec<hyperexport_proto::v1::ReplicaResult>,
+    ) {
+        let now = now_ms();
+        for r in results {
+            if !self.replicas_recorded.insert((task.to_string(), r.region.clone())) {
+                continue;
+            }
+            let key = crate::store::replica_key(vm, &r.region);
+            let mut state = self.replica_states.get(&key).cloned().unwrap_or_else(|| ReplicaStatus {
+                vm: vm.to_string(),
+                region: r.region.clone(),
+                ..Default::default()
+            });
+            state.policy = policy.to_string();
+            state.last_attempt_unix_ms = now;
+            if r.ok {
+                state.point = point.to_string();
+                state.point_unix_ms = point_unix_ms;
+                state.last_error.clear();
+            } else {
+                tracing::warn!(vm, region = %r.region, error = %r.error, "replication of a point failed");
+                state.last_error = r.error;
+            }
+            self.turn.replicas.push(state.clone());
+            self.replica_states.insert(key, state);
+        }
     }
 
     /// The live agents serving `vm`.

@@ -21,6 +21,8 @@ fn scheduler(dir: &std::path::Path) -> Scheduler {
         ready_since: HashMap::new(),
         serving: HashMap::new(),
         slot_free: HashMap::new(),
+        replica_states: HashMap::new(),
+        replicas_recorded: HashSet::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
-use hyperexport_proto::v1::{Assign, CoordinatorMessage, JobState, ReleaseTask, Task};
+use hyperexport_proto::v1::{Assign, CoordinatorMessage, JobState, ReleaseTask, Task, TaskOutcome};
 
 use super::{MISSED_HEARTBEATS, Scheduler};
 use crate::error::CoordinatorError;
@@ -43,13 +43,18 @@ impl Scheduler {
         }
         let job_id = job.id.clone();
         match body {
-            AgentBody::Progress(p) => {
+            AgentBody::Progress(mut p) => {
+                let replicas = std::mem::take(&mut p.replicas);
+                let (point, point_unix_ms, vm, policy) = (p.point.clone(), p.point_unix_ms, task.vm.clone(), job.policy.clone());
                 let moved = task_state::apply_progress(task, p);
                 if moved {
                     job.set_state(jobs::derive_state(&job.tasks));
                 }
                 job.updated_unix_ms = now_ms();
                 self.changed(&job_id, moved);
+                if !replicas.is_empty() {
+                    self.replicated(&task_id, &vm, &policy, &point, point_unix_ms, replicas);
+                }
             }
             AgentBody::Checkpoint(c) => {
                 let Some(disk) = c.disk else { return };
@@ -70,7 +75,10 @@ impl Scheduler {
                 if let Some(slots) = self.slot_free.get_mut(agent).filter(|s| s.len() < capacity) {
                     slots.push(received);
                 }
+                let replicated = (f.outcome() == TaskOutcome::Succeeded && !f.replicas.is_empty())
+                    .then(|| (f.point.clone(), f.point_unix_ms, f.replicas.clone()));
                 let (job, i) = self.task_mut(&task_id).expect("the task was just found");
+                let policy = job.policy.clone();
                 let task = &mut job.tasks[i];
                 let was_final = is_final(task.state());
                 task_state::apply_finished(task, f, agent);
@@ -80,16 +88,20 @@ impl Scheduler {
                     JobState::Cancelled => "cancelled",
                     _ => "failed",
                 };
-                let vm = task.vm.clone();
+                let (vm, not_before) = (task.vm.clone(), task.not_before_unix_ms);
+                if let Some((point, point_unix_ms, results)) = replicated.filter(|_| !was_final) {
+                    self.replicated(&task_id, &vm, &policy, &point, point_unix_ms, results);
+                }
                 if settled && !was_final {
                     crate::metrics::finished(&self.provider_of(&vm), status);
-                } else if !settled && let Some(at) = task.not_before_unix_ms.checked_sub(now_ms()) {
+                } else if !settled && let Some(at) = not_before.checked_sub(now_ms()) {
                     self.ready_since.insert(task_id.clone(), Instant::now() + std::time::Duration::from_millis(at.max(0) as u64));
                 }
                 let (job, _) = self.task_mut(&task_id).expect("the task was just found");
                 job.set_state(jobs::derive_state(&job.tasks));
                 job.updated_unix_ms = now_ms();
                 if settled {
+                    self.replicas_recorded.retain(|(task, _)| *task != task_id);
                     self.checkpoints.remove(&task_id);
                     self.turn.forget.push(task_id.clone());
                 }
@@ -216,6 +228,7 @@ impl Scheduler {
         }
         drop(candidates);
         for (job_id, index, agent) in placed {
+            let replicate_to = self.jobs.get(&job_id).map(|j| self.replica_targets(&j.replicate_to)).unwrap_or_default();
             let job = self.jobs.get_mut(&job_id).expect("queued job");
             let t = &mut job.tasks[index];
             t.set_state(JobState::Scheduled);
@@ -230,6 +243,7 @@ impl Scheduler {
                 target: job.target.clone(),
                 attempt: t.attempt,
                 resume: self.checkpoints.get(&t.id).cloned(),
+                replicate_to,
             };
             tracing::info!(task = %t.id, vm = %t.vm, agent = %agent, attempt = t.attempt, "task assigned");
             let ready = self.ready_since.remove(&t.id);
@@ -257,7 +271,8 @@ impl Scheduler {
         let turn = std::mem::take(&mut self.turn);
         let jobs: Vec<_> = turn.jobs.iter().filter_map(|id| self.jobs.get(id).cloned()).collect();
         let checkpoints = turn.checkpoints.iter().filter_map(|id| self.checkpoints.get(id).map(|c| (id.clone(), c.clone()))).collect();
-        let batch = Batch { jobs, checkpoints, forget: turn.forget, durable: turn.durable };
+        let durable = turn.durable || !turn.replicas.is_empty();
+        let batch = Batch { jobs, checkpoints, forget: turn.forget, replicas: turn.replicas, durable };
         let written = if batch.is_empty() {
             Ok(batch)
         } else {

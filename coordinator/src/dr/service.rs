@@ -1,0 +1,93 @@
+//! `hyperexport.v1.DrService`: policies and the RPO table.
+
+use std::sync::Arc;
+
+use hyperexport_proto::v1::dr_service_server::DrService;
+use hyperexport_proto::v1::{
+    DeletePolicyRequest, DeletePolicyResponse, DrStatusRequest, DrStatusResponse, ListPoliciesRequest, ListPoliciesResponse, Policy,
+};
+use tonic::{Request, Response, Status};
+
+use super::runner::DrView;
+use crate::error::{CoordinatorError, Result};
+use crate::jobs::{now_ms, validate_target};
+use crate::store::JobStore;
+
+/// Most regions one policy replicates to.
+const MAX_REGIONS: usize = 16;
+
+/// The service.
+pub struct DrApi {
+    store: Arc<JobStore>,
+    view: Arc<DrView>,
+}
+
+impl DrApi {
+    /// Serves policies from `store` and the RPO table from `view`.
+    pub fn new(store: Arc<JobStore>, view: Arc<DrView>) -> Self {
+        DrApi { store, view }
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static) -> Result<T> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| CoordinatorError::Store { op: "run", detail: e.to_string() })?
+    }
+}
+
+/// Checks a policy as submitted.
+pub fn validate(p: &Policy) -> Result<()> {
+    let invalid = |m: String| Err(CoordinatorError::Invalid(m));
+    if p.name.is_empty() || p.name.len() > 64 || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return invalid(format!("policy name {:?} is not 1-64 characters of letters, digits, '.', '_' and '-'", p.name));
+    }
+    if p.vm_glob.is_empty() || p.vm_glob.len() > 255 || p.vm_glob.chars().any(char::is_control) {
+        return invalid(format!("vm_glob {:?} is not a pattern of 1-255 printable characters", p.vm_glob));
+    }
+    validate_target(&p.target)?;
+    if p.regions.is_empty() || p.regions.len() > MAX_REGIONS {
+        return invalid(format!("regions: name 1-{MAX_REGIONS} target regions"));
+    }
+    if let Some(r) = p.regions.iter().find(|r| r.is_empty() || r.len() > 128 || r.chars().any(char::is_control)) {
+        return invalid(format!("region {r:?} is not 1-128 printable characters"));
+    }
+    if p.rpo_seconds == 0 || p.interval_seconds == 0 {
+        return invalid("rpo_seconds and interval_seconds must be at least 1".into());
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl DrService for DrApi {
+    async fn set_policy(&self, request: Request<Policy>) -> std::result::Result<Response<Policy>, Status> {
+        let mut policy = request.into_inner();
+        validate(&policy)?;
+        let name = policy.name.clone();
+        let existing = self.run(move |s| Ok(s.policies()?.into_iter().find(|p| p.name == name))).await?;
+        // The RPO of VMs without a point counts from when the policy was first set.
+        policy.created_unix_ms = existing.map_or_else(now_ms, |p| p.created_unix_ms);
+        let stored = policy.clone();
+        self.run(move |s| s.put_policy(&stored)).await?;
+        tracing::info!(policy = %policy.name, vms = %policy.vm_glob, regions = ?policy.regions, rpo_s = policy.rpo_seconds, "policy set");
+        Ok(Response::new(policy))
+    }
+
+    async fn list_policies(&self, _: Request<ListPoliciesRequest>) -> std::result::Result<Response<ListPoliciesResponse>, Status> {
+        let mut policies = self.run(JobStore::policies).await?;
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListPoliciesResponse { policies }))
+    }
+
+    async fn delete_policy(&self, request: Request<DeletePolicyRequest>) -> std::result::Result<Response<DeletePolicyResponse>, Status> {
+        let name = request.into_inner().name;
+        let n = name.clone();
+        if !self.run(move |s| s.delete_policy(&n)).await? {
+            return Err(CoordinatorError::NoPolicy(name).into());
+        }
+        tracing::info!(policy = %name, "policy deleted");
+        Ok(Response::new(DeletePolicyResponse {}))
+    }
+
+    async fn status(&self, _: Request<DrStatusRequest>) -> std::result::Result<Response<DrStatusResponse>, Status> {
+        Ok(Response::new(DrStatusResponse { replicas: self.view.rows() }))
+    }
+}
