@@ -23,6 +23,8 @@ pub const COMMIT_SECONDS: &str = "hyperexport_coordinator_store_commit_seconds";
 
 /// Seconds of data a VM would lose if recovered from a target region now, by VM and region.
 pub const RPO_SECONDS: &str = "hyperexport_rpo_seconds";
+/// The RPO target of the policy covering a VM, by VM and region (for alert rules).
+pub const RPO_TARGET_SECONDS: &str = "hyperexport_rpo_target_seconds";
 /// Times a VM's RPO at a region went past its policy's target, by region.
 pub const RPO_BREACHES_TOTAL: &str = "hyperexport_rpo_breaches_total";
 
@@ -36,6 +38,7 @@ pub fn describe() {
     describe_histogram!(QUEUE_WAIT_SECONDS, Unit::Seconds, "How long tasks wait in the queue before an agent is assigned");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Store commit of one scheduler turn");
     describe_gauge!(RPO_SECONDS, Unit::Seconds, "Data a VM would lose if recovered from a target region now");
+    describe_gauge!(RPO_TARGET_SECONDS, Unit::Seconds, "The RPO target of the policy covering a VM at a region");
     describe_counter!(RPO_BREACHES_TOTAL, "Times a VM's RPO at a region went past its policy's target");
     for (name, value) in [(QUEUE_LENGTH, 0.0), (ACTIVE_EXPORTS, 0.0), (AGENTS, 0.0)] {
         gauge!(name).set(value);
@@ -74,9 +77,10 @@ pub fn committed(took: Duration) {
     histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
 }
 
-/// A VM's RPO at `region` now (labels: VMs a policy covers, and its regions).
-pub fn rpo(vm: &str, region: &str, seconds: f64) {
+/// A VM's RPO at `region` now and its target (labels: VMs a policy covers, and its regions).
+pub fn rpo(vm: &str, region: &str, seconds: f64, target_seconds: u32) {
     gauge!(RPO_SECONDS, "vm" => vm.to_string(), "target" => region.to_string()).set(seconds);
+    gauge!(RPO_TARGET_SECONDS, "vm" => vm.to_string(), "target" => region.to_string()).set(target_seconds as f64);
 }
 
 /// A VM's RPO at `region` went past its target.

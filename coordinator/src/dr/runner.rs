@@ -82,7 +82,7 @@ async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: 
     let rows = evaluate(&policies, &vms, &replicas, now);
     let mut breached = HashSet::new();
     for row in &rows {
-        crate::metrics::rpo(&row.vm, &row.region, row.rpo_seconds);
+        crate::metrics::rpo(&row.vm, &row.region, row.rpo_seconds, row.rpo_target_seconds);
         let key = (row.vm.clone(), row.region.clone());
         if row.state == BREACH {
             if !memory.breached.contains(&key) {
