@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use hyperexport_shared::keys::Secret;
 use hyperexport_shared::point::RecoveryPoint;
 use hyperexport_shared::{RepoError, Repository};
 use serde::Serialize;
@@ -127,4 +128,27 @@ pub fn failover(
     }
     let tried: Vec<String> = skipped.iter().map(|s| format!("{} {}: {}", s.replica.display(), s.point, s.reason)).collect();
     Err(AgentError::Invalid(format!("no usable point of VM {vm:?} in {} replicas (tried: {})", replicas.len(), tried.join("; "))))
+}
+
+/// A test failover on a replica receiver's host: restores `vm` from the replicas under
+/// `replica_root` (one folder per source repository) into a fresh folder under `scratch`,
+/// verified as any restore is, then deletes it. Returns what the failover did.
+pub fn drill(vm: &str, replica_root: &Path, secret: Option<&Secret>, scratch: &Path, threads: usize) -> Result<FailoverReport> {
+    let mut replicas = Vec::new();
+    let entries = std::fs::read_dir(replica_root).map_err(AgentError::io("list replicas", replica_root))?;
+    for entry in entries.flatten() {
+        let folder = entry.path();
+        if folder.join("config").is_file() {
+            replicas.push((folder.clone(), Repository::open(&folder, secret)?));
+        }
+    }
+    let out = scratch.join(format!("drill-{}-{}", crate::restore::file_stem(vm), std::process::id()));
+    std::fs::create_dir_all(scratch).map_err(AgentError::io("create folder", scratch))?;
+    let opts = RestoreOptions { format: crate::restore::RestoreFormat::Raw, force: true, threads };
+    // A folder of its own: a VM with several disks restores into it, one with a single disk as a
+    // file inside it.
+    std::fs::create_dir_all(&out).map_err(AgentError::io("create folder", &out))?;
+    let report = failover(vm, &replicas, &out.join("disk"), &opts, &crate::progress::NoProgress);
+    let _ = std::fs::remove_dir_all(&out);
+    report
 }

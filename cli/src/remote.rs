@@ -291,6 +291,8 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
             threads: crate::commands::threads(a.threads),
             faults: hyperexport_agent::export::TestFaults::from_env(),
             tls: a.url.tls.as_deref().map(NodeTls::load).transpose()?,
+            replica_root: a.replica_listen.map(|_| a.replica_root.clone().unwrap_or_else(|| a.data.join("replicas"))),
+            scratch: a.data.join("drills"),
         };
         let (root, handle) = ractor::Actor::spawn(Some(config.attach.agent_id.clone()), AgentRoot, config)
             .await

@@ -85,8 +85,11 @@ pub enum DrCommand {
     /// Replication policies the coordinator runs.
     #[command(subcommand)]
     Policy(crate::dr_cli::PolicyCommand),
-    /// Each VM's RPO at each target region (exit 4 when any is in breach).
+    /// Each VM's RPO at each target region, and its last measured RTO (exit 4 when any is in breach).
     Status(crate::dr_cli::ListArgs),
+    /// Measure the RTO: an agent of the target region restores the VM's newest complete point
+    /// from its replicas into an isolated folder, verifies it and deletes it.
+    TestFailover(crate::dr_cli::TestFailoverArgs),
 }
 
 /// Options of `dr failover`.
@@ -203,6 +206,7 @@ pub fn dr(command: DrCommand) -> Result<ExitCode> {
         DrCommand::Failover(a) => a,
         DrCommand::Policy(c) => return crate::dr_cli::policy(c),
         DrCommand::Status(a) => return crate::dr_cli::status(a),
+        DrCommand::TestFailover(a) => return crate::dr_cli::test_failover(a),
     };
     let secret = crate::secrets::from_args(&a.key)?;
     let mut replicas = Vec::new();

@@ -25,6 +25,8 @@ pub const COMMIT_SECONDS: &str = "hyperexport_coordinator_store_commit_seconds";
 pub const RPO_SECONDS: &str = "hyperexport_rpo_seconds";
 /// The RPO target of the policy covering a VM, by VM and region (for alert rules).
 pub const RPO_TARGET_SECONDS: &str = "hyperexport_rpo_target_seconds";
+/// Seconds the last test failover of a VM at a region took to a verified restore.
+pub const RTO_SECONDS: &str = "hyperexport_rto_seconds";
 /// Times a VM's RPO at a region went past its policy's target, by region.
 pub const RPO_BREACHES_TOTAL: &str = "hyperexport_rpo_breaches_total";
 
@@ -39,6 +41,7 @@ pub fn describe() {
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Store commit of one scheduler turn");
     describe_gauge!(RPO_SECONDS, Unit::Seconds, "Data a VM would lose if recovered from a target region now");
     describe_gauge!(RPO_TARGET_SECONDS, Unit::Seconds, "The RPO target of the policy covering a VM at a region");
+    describe_gauge!(RTO_SECONDS, Unit::Seconds, "Seconds the last test failover of a VM at a region took to a verified restore");
     describe_counter!(RPO_BREACHES_TOTAL, "Times a VM's RPO at a region went past its policy's target");
     for (name, value) in [(QUEUE_LENGTH, 0.0), (ACTIVE_EXPORTS, 0.0), (AGENTS, 0.0)] {
         gauge!(name).set(value);
@@ -86,4 +89,9 @@ pub fn rpo(vm: &str, region: &str, seconds: f64, target_seconds: u32) {
 /// A VM's RPO at `region` went past its target.
 pub fn rpo_breach(region: &str) {
     counter!(RPO_BREACHES_TOTAL, "target" => region.to_string()).increment(1);
+}
+
+/// The last test failover of `vm` at `region` took `seconds`.
+pub fn rto(vm: &str, region: &str, seconds: f64) {
+    gauge!(RTO_SECONDS, "vm" => vm.to_string(), "target" => region.to_string()).set(seconds);
 }

@@ -65,7 +65,7 @@ pub async fn serve(listener: TcpListener, store: JobStore, options: ServeOptions
     let (scheduler, scheduling) = scheduler::start(Arc::clone(&store), heartbeat, stopping.clone())?;
     let agents = AgentApi::new(scheduler.clone(), stopping.clone());
     let dr_view = crate::dr::runner::spawn(Arc::clone(&store), scheduler.clone(), dr_interval, stopping.clone());
-    let dr = DrServiceServer::new(crate::dr::service::DrApi::new(Arc::clone(&store), dr_view));
+    let dr = DrServiceServer::new(crate::dr::service::DrApi::new(Arc::clone(&store), dr_view, scheduler.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()

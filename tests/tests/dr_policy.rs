@@ -1,7 +1,8 @@
 //! A replication policy run by the coordinator: agents in region A export a VM on its interval and
 //! replicate each point to receivers in regions B and C (agents with `--replica-listen`); the
 //! coordinator tracks the RPO per VM and region, reports a breach when B is cut off, and B
-//! catches up once it is back. At no moment does a replica show a point with missing chunks.
+//! catches up once it is back. At no moment does a replica show a point with missing chunks. A
+//! test failover in C measures the RTO.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -113,6 +114,18 @@ fn a_policy_keeps_b_and_c_current_b_cut_off_breaches_and_catches_up() {
         ok(&s, "b") && s["b"]["rpo_seconds"].as_f64().unwrap() < RPO_SECONDS
     });
     sb.ok(&cli(&["dr", "status"]));
+
+    // The RTO, measured by a test failover in C, shows in the status and the metrics.
+    let drill = sb.ok(&cli(&["dr", "test-failover", "--vm", "vm", "--target", "c", "--output", "json"])).result();
+    assert_eq!(drill["bytes"], 4 << 20, "{drill}");
+    assert!(drill["rto_seconds"].as_f64().unwrap() > 0.0, "{drill}");
+    wait_until(Duration::from_secs(10), "the next evaluation to show the RTO", || {
+        status()["c"]["last_rto_seconds"].as_f64().unwrap() > 0.0
+    });
+    let metrics = scrape(c.metrics.as_ref().unwrap());
+    assert!(metrics.lines().any(|l| l.starts_with("hyperexport_rto_seconds{") && l.contains("target=\"c\"")), "{metrics}");
+    // A region whose agents keep no replicas cannot run one.
+    sb.run(&cli(&["dr", "test-failover", "--vm", "vm", "--target", "a"])).assert_clean_failure("keeps replicas");
     let replica = std::fs::read_dir(sb.path("replicas-b")).unwrap().next().unwrap().unwrap().path();
     restores(&sb, &replica, &image);
 }

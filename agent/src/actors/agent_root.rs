@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
-use hyperexport_proto::v1::{AgentMessage, Assign, Heartbeat, RunningTask, TaskFinished, TaskOutcome, Vm};
+use hyperexport_proto::v1::{AgentMessage, Assign, Drill, DrillDone, Heartbeat, RunningTask, TaskFinished, TaskOutcome, Vm};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 
@@ -46,6 +46,10 @@ pub struct AgentRootConfig {
     pub faults: TestFaults,
     /// Its TLS identity, for replication (none: tasks that replicate report every region failed).
     pub tls: Option<NodeTls>,
+    /// Where the replicas it receives are (none: it keeps none, and refuses test failovers).
+    pub replica_root: Option<PathBuf>,
+    /// Where test failovers restore to (emptied after each).
+    pub scratch: PathBuf,
 }
 
 /// Messages `AgentRoot` handles.
@@ -60,6 +64,8 @@ pub enum AgentRootMsg {
     Detached { generation: u64, reason: String },
     /// News of a task for the coordinator.
     Up { task_id: String, body: AgentBody },
+    /// A test failover is over: its report goes to the coordinator.
+    DrillDone(DrillDone),
     /// A task's supervisor stopped; if its result has not come by the time this is handled
     /// (results are sent before the supervisor stops), the task was lost.
     SupervisorStopped { task_id: String, reason: Option<String> },
@@ -189,9 +195,44 @@ impl AgentRootState {
                     self.tasks.remove(&r.task_id);
                 }
             }
+            CoordinatorBody::Drill(d) => self.drill(myself, d),
             CoordinatorBody::Registered(_) => tracing::warn!("unexpected second Registered from the coordinator"),
         }
         Ok(())
+    }
+
+    /// Runs a test failover off the actor's thread; its report comes back as `DrillDone`.
+    fn drill(&self, myself: &ActorRef<AgentRootMsg>, d: Drill) {
+        let Some(root) = self.config.replica_root.clone() else {
+            let done = DrillDone {
+                drill_id: d.drill_id,
+                vm: d.vm,
+                error: "this agent keeps no replicas (no --replica-listen)".into(),
+                ..Default::default()
+            };
+            let _ = myself.send_message(AgentRootMsg::DrillDone(done));
+            return;
+        };
+        let (secret, scratch, threads, me) =
+            (self.config.access.secret.clone(), self.config.scratch.clone(), self.config.threads, myself.clone());
+        tracing::info!(vm = %d.vm, drill = %d.drill_id, "test failover started");
+        tokio::spawn(async move {
+            let vm = d.vm.clone();
+            let ran = tokio::task::spawn_blocking(move || crate::failover::drill(&vm, &root, secret.as_ref(), &scratch, threads)).await;
+            let mut done = DrillDone { drill_id: d.drill_id, vm: d.vm, ..Default::default() };
+            match ran {
+                Ok(Ok(report)) => {
+                    done.ok = true;
+                    done.point = report.point;
+                    done.bytes = report.restore.bytes;
+                    done.seconds = report.rto_seconds;
+                }
+                Ok(Err(e)) => done.error = e.to_string(),
+                Err(e) => done.error = format!("the test failover task failed: {e}"),
+            }
+            tracing::info!(vm = %done.vm, ok = done.ok, rto_s = done.seconds, error = %done.error, "test failover finished");
+            let _ = me.send_message(AgentRootMsg::DrillDone(done));
+        });
     }
 
     async fn up(&mut self, task_id: String, body: AgentBody) {
@@ -282,6 +323,10 @@ impl Actor for AgentRoot {
                 }
             }
             AgentRootMsg::Up { task_id, body } => state.up(task_id, body).await,
+            AgentRootMsg::DrillDone(done) => {
+                // Unsent (the stream is down): the coordinator fails the drill when the stream ends.
+                state.send(AgentBody::DrillDone(done)).await;
+            }
             AgentRootMsg::SupervisorStopped { task_id, reason } => {
                 let Some(slot) = state.tasks.get(&task_id).filter(|s| s.finished.is_none()) else { return Ok(()) };
                 let error =
@@ -355,7 +400,16 @@ mod tests {
             replica_addr: String::new(),
         };
         let access = TargetAccess { secret: Some(Secret::KeyFile(vec![9; 32])), allow_unencrypted: false };
-        AgentRootConfig { attach, source, access, threads: 2, faults: TestFaults::default(), tls: None }
+        AgentRootConfig {
+            attach,
+            source,
+            access,
+            threads: 2,
+            faults: TestFaults::default(),
+            tls: None,
+            replica_root: None,
+            scratch: PathBuf::from("/nonexistent"),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -50,6 +50,9 @@ pub fn evaluate(policies: &[Policy], vms: &[String], replicas: &[ReplicaStatus],
                 state: state.into(),
                 last_error: seen.map(|r| r.last_error.clone()).unwrap_or_default(),
                 last_attempt_unix_ms: seen.map_or(0, |r| r.last_attempt_unix_ms),
+                last_rto_seconds: seen.map_or(0.0, |r| r.last_rto_seconds),
+                last_rto_gb_per_second: seen.map_or(0.0, |r| r.last_rto_gb_per_second),
+                last_rto_unix_ms: seen.map_or(0, |r| r.last_rto_unix_ms),
             });
         }
     }

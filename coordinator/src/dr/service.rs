@@ -5,12 +5,14 @@ use std::sync::Arc;
 use hyperexport_proto::v1::dr_service_server::DrService;
 use hyperexport_proto::v1::{
     DeletePolicyRequest, DeletePolicyResponse, DrStatusRequest, DrStatusResponse, ListPoliciesRequest, ListPoliciesResponse, Policy,
+    TestFailoverRequest, TestFailoverResponse,
 };
 use tonic::{Request, Response, Status};
 
 use super::runner::DrView;
 use crate::error::{CoordinatorError, Result};
 use crate::jobs::{now_ms, validate_target};
+use crate::scheduler::SchedulerHandle;
 use crate::store::JobStore;
 
 /// Most regions one policy replicates to.
@@ -20,12 +22,13 @@ const MAX_REGIONS: usize = 16;
 pub struct DrApi {
     store: Arc<JobStore>,
     view: Arc<DrView>,
+    scheduler: SchedulerHandle,
 }
 
 impl DrApi {
-    /// Serves policies from `store` and the RPO table from `view`.
-    pub fn new(store: Arc<JobStore>, view: Arc<DrView>) -> Self {
-        DrApi { store, view }
+    /// Serves policies from `store`, the RPO table from `view`, drills through `scheduler`.
+    pub fn new(store: Arc<JobStore>, view: Arc<DrView>, scheduler: SchedulerHandle) -> Self {
+        DrApi { store, view, scheduler }
     }
 
     async fn run<T: Send + 'static>(&self, f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static) -> Result<T> {
@@ -89,5 +92,20 @@ impl DrService for DrApi {
 
     async fn status(&self, _: Request<DrStatusRequest>) -> std::result::Result<Response<DrStatusResponse>, Status> {
         Ok(Response::new(DrStatusResponse { replicas: self.view.rows() }))
+    }
+
+    async fn test_failover(&self, request: Request<TestFailoverRequest>) -> std::result::Result<Response<TestFailoverResponse>, Status> {
+        let TestFailoverRequest { vm, region } = request.into_inner();
+        if vm.is_empty() || region.is_empty() {
+            return Err(CoordinatorError::Invalid("vm and region are both needed".into()).into());
+        }
+        let (agent_id, done) = self.scheduler.drill(vm, region).await?;
+        Ok(Response::new(TestFailoverResponse {
+            agent_id,
+            point: done.point,
+            bytes: done.bytes,
+            rto_seconds: done.seconds,
+            gb_per_second: done.bytes as f64 / done.seconds.max(1e-9) / 1e9,
+        }))
     }
 }

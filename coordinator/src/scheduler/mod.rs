@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
-use hyperexport_proto::v1::{CancelTask, CoordinatorMessage, Job, JobState, Register, ReplicaStatus, ReplicaTarget, TaskCheckpointState};
+use hyperexport_proto::v1::{
+    CancelTask, CoordinatorMessage, DrillDone, Job, JobState, Register, ReplicaStatus, ReplicaTarget, TaskCheckpointState,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Status;
 
@@ -23,6 +25,7 @@ use crate::server::stopped;
 use crate::store::JobStore;
 use crate::task_state::{self, holds_agent, is_active};
 
+mod drills;
 #[cfg(test)]
 mod tests;
 mod turn;
@@ -54,6 +57,8 @@ pub enum Event {
     Detached { agent: String, connection: u64, reason: &'static str },
     /// The registrations of the live agents.
     LiveAgents(oneshot::Sender<Vec<Register>>),
+    /// Run a test failover of a VM on an agent of a region that keeps replicas.
+    Drill { vm: String, region: String, reply: oneshot::Sender<Result<(String, DrillDone)>> },
 }
 
 /// How the API and the agent streams talk to the scheduler.
@@ -91,6 +96,12 @@ impl SchedulerHandle {
     /// The live agents.
     pub async fn live_agents(&self) -> Result<Vec<Register>> {
         self.ask(Event::LiveAgents).await
+    }
+
+    /// Runs a test failover of `vm` in `region`; answers with the agent that ran it and its
+    /// report once it is done.
+    pub async fn drill(&self, vm: String, region: String) -> Result<(String, DrillDone)> {
+        self.ask(|reply| Event::Drill { vm, region, reply }).await?
     }
 
     /// Every job change from now on.
@@ -146,6 +157,8 @@ pub struct Scheduler {
     /// (task, region) replication results already recorded (progress reports them early, the
     /// task's result again).
     replicas_recorded: HashSet<(String, String)>,
+    /// Test failovers under way, by drill id.
+    drills: HashMap<String, drills::PendingDrill>,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -184,6 +197,7 @@ pub fn start(
         slot_free: HashMap::new(),
         replica_states,
         replicas_recorded: HashSet::default(),
+        drills: HashMap::new(),
     };
     // The loop has an OS thread of its own: under load the runtime's workers are busy with a
     // thousand agent streams, and the one task every placement waits for must not queue behind
@@ -371,6 +385,7 @@ impl Scheduler {
                     self.lost(&agent, reason);
                 }
             }
+            Event::Drill { vm, region, reply } => self.drill(vm, region, reply),
             Event::LiveAgents(reply) => {
                 let _ = reply.send(self.agents.values().map(|a| a.register.clone()).collect());
             }
@@ -499,6 +514,7 @@ impl Scheduler {
     /// An agent is gone: its tasks go back to the queue and resume elsewhere.
     fn lost(&mut self, agent: &str, reason: &str) {
         tracing::warn!(agent = %agent, reason, "agent detached");
+        self.drills_lost(agent);
         if let Some(conn) = self.agents.remove(agent) {
             self.index(&conn.register, false);
             self.slot_free.remove(agent);

@@ -23,6 +23,7 @@ fn scheduler(dir: &std::path::Path) -> Scheduler {
         slot_free: HashMap::new(),
         replica_states: HashMap::new(),
         replicas_recorded: HashSet::default(),
+        drills: HashMap::new(),
     }
 }
 

@@ -24,6 +24,10 @@ impl Scheduler {
             AgentBody::Progress(p) => (p.task_id.clone(), p.attempt),
             AgentBody::Checkpoint(c) => (c.task_id.clone(), c.attempt),
             AgentBody::Finished(f) => (f.task_id.clone(), f.attempt),
+            AgentBody::DrillDone(d) => {
+                self.drill_done(agent, d.clone());
+                return;
+            }
             AgentBody::Heartbeat(_) | AgentBody::Register(_) => return,
         };
         let release =
@@ -108,7 +112,7 @@ impl Scheduler {
                 self.changed(&job_id, true);
                 release(self);
             }
-            AgentBody::Heartbeat(_) | AgentBody::Register(_) => {}
+            AgentBody::Heartbeat(_) | AgentBody::Register(_) | AgentBody::DrillDone(_) => {}
         }
     }
 
