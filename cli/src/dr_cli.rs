@@ -51,6 +51,9 @@ pub struct SetPolicyArgs {
     /// How often each VM is exported and replicated (e.g. 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// Points kept after each run, at the source and in every replica (default: all).
+    #[command(flatten)]
+    pub keep: crate::prune_cli::KeepArgs,
     #[command(flatten)]
     pub url: CoordinatorUrl,
 }
@@ -119,6 +122,7 @@ pub fn policy(command: PolicyCommand) -> Result<ExitCode> {
                     rpo_seconds: seconds(a.rpo, "rpo")?,
                     interval_seconds: seconds(a.interval, "interval")?,
                     created_unix_ms: 0,
+                    retention: a.keep.proto(),
                 };
                 let set = DrServiceClient::new(channel(&a.url).await?).set_policy(policy).await.map_err(refused)?.into_inner();
                 println!("policy {:?} set: VMs {:?} to {} every {} s, RPO {} s", set.name, set.vm_glob, set.regions.join(", "), set.interval_seconds, set.rpo_seconds);

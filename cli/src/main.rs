@@ -7,6 +7,7 @@ mod dr_cli;
 mod jobs_cli;
 mod load;
 mod progress;
+mod prune_cli;
 mod remote;
 mod replication_cli;
 mod sample;
@@ -59,6 +60,9 @@ enum Command {
     Verify(commands::VerifyArgs),
     /// Restore a point as raw, qcow2 or vmdk images, an OVF folder or an OVA.
     Restore(commands::RestoreArgs),
+    /// Remove points by retention rules (keep-last/daily/weekly/monthly) and the chunks no kept
+    /// point needs; works on replicas without a password.
+    Prune(prune_cli::PruneArgs),
     /// Manage the repository's keys.
     #[command(subcommand)]
     Key(commands::KeyCommand),
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => commands::verify(a),
         Command::Restore(a) => commands::restore(a),
         Command::Key(c) => commands::key(c),
+        Command::Prune(a) => prune_cli::run(a),
         Command::Coordinator(a) => remote::coordinator(&a),
         Command::Agent(a) => remote::agent(&a),
         Command::Vms(a) => remote::vms(&a),

@@ -129,6 +129,10 @@ pub struct ReplicateArgs {
     /// This node's TLS folder (from `hyperexport ca issue`).
     #[arg(long, value_name = "DIR")]
     pub tls: PathBuf,
+    /// Once the point is published there, the receiver prunes the VM's points by these rules
+    /// (default: keep everything).
+    #[command(flatten)]
+    pub keep: crate::prune_cli::KeepArgs,
     /// QUIC streams carrying chunks at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub streams: u16,
@@ -188,7 +192,7 @@ pub fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
         Arc::new(|p: SendProgress| print_json(&json!({"event": "progress", "operation": "replicate", "progress": p}))) as ProgressFn
     });
     let server_name = a.server_name.clone().unwrap_or_else(|| a.to.ip().to_string());
-    let options = SendOptions { streams: a.streams as usize, server_name, progress };
+    let options = SendOptions { streams: a.streams as usize, server_name, progress, retention: a.keep.retention() };
     let report = runtime()?.block_on(send_point(repo, point, a.to, &tls, &options)).with_context(|| format!("replicating to {}", a.to))?;
     match a.output {
         Output::Json => print_json(&json!({"event": "result", "operation": "replicate", "result": report})),

@@ -84,6 +84,7 @@ pub fn new_job(req: SubmitRequest) -> Result<Job> {
         max_parallel: req.max_parallel,
         replicate_to: req.replicate_to,
         policy: String::new(),
+        retention: None,
     };
     job.state = derive_state(&job.tasks) as i32;
     Ok(job)

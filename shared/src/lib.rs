@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lock;
 pub mod ovf;
 pub mod point;
+pub mod prune;
 pub mod replica;
 pub mod repo;
 pub mod units;

@@ -91,6 +91,12 @@ impl ReplicaStore {
         ReplicaStore { root, tmp_counter: AtomicU64::new(0) }
     }
 
+    /// Holds the replica's lock shared while a transfer runs, so that a prune (exclusive) never
+    /// removes a chunk the transfer relies on; waits up to `wait` for a prune to finish.
+    pub fn lock_shared(&self, wait: std::time::Duration) -> Result<crate::lock::RepoLock> {
+        crate::lock::RepoLock::acquire(&self.root, &self.root.join("locks/lock"), crate::lock::LockMode::Shared, wait, "replication")
+    }
+
     /// The replica's folder.
     pub fn root(&self) -> &Path {
         &self.root

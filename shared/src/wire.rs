@@ -8,6 +8,7 @@
 //! allocated, so a peer cannot make the other side reserve more than one frame's worth of memory.
 
 use crate::chunk::{ChunkId, MAX_CHUNK_SIZE};
+use crate::prune::Retention;
 
 /// Protocol versions this build speaks, oldest first.
 pub const VERSIONS: &[u16] = &[1];
@@ -106,8 +107,9 @@ pub enum Frame {
     Ack(Vec<ChunkId>),
     /// Sender → receiver: the next bytes of a recovery point file.
     PointPart(Vec<u8>),
-    /// Sender → receiver: the point file is complete; publish it.
-    PointEnd,
+    /// Sender → receiver: the point file is complete; publish it, then prune the VM's points by
+    /// these rules (all zero: keep everything).
+    PointEnd(Retention),
     /// Receiver → sender: the point is visible.
     Published {
         /// Its id.
@@ -181,7 +183,7 @@ impl Frame {
             Frame::Chunk { .. } => "chunk",
             Frame::Ack(_) => "ack",
             Frame::PointPart(_) => "point part",
-            Frame::PointEnd => "point end",
+            Frame::PointEnd(_) => "point end",
             Frame::Published { .. } => "published",
             Frame::Error { .. } => "error",
             Frame::Fetch(_) => "fetch",
@@ -234,7 +236,12 @@ impl Frame {
                 b.push(POINT_PART);
                 b.extend_from_slice(bytes);
             }
-            Frame::PointEnd => b.push(POINT_END),
+            Frame::PointEnd(r) => {
+                b.push(POINT_END);
+                for n in [r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly] {
+                    b.extend_from_slice(&n.to_le_bytes());
+                }
+            }
             Frame::Published { point_id } => {
                 b.push(PUBLISHED);
                 b.extend_from_slice(point_id.as_bytes());
@@ -316,7 +323,14 @@ impl Frame {
                 Frame::Chunk { id, blob: r.rest().to_vec() }
             }
             POINT_PART => Frame::PointPart(r.rest().to_vec()),
-            POINT_END => Frame::PointEnd,
+            POINT_END => {
+                r.frame = "point end";
+                let mut n = [0u32; 4];
+                for v in &mut n {
+                    *v = u32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
+                }
+                Frame::PointEnd(Retention { keep_last: n[0], keep_daily: n[1], keep_weekly: n[2], keep_monthly: n[3] })
+            }
             PUBLISHED => {
                 let id = std::str::from_utf8(r.rest()).map_err(|_| invalid("published", "the point id is not UTF-8"))?;
                 if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -443,7 +457,12 @@ mod tests {
             }),
             (any::<[u8; 32]>(), bytes.clone()).prop_map(|(i, blob)| Frame::Chunk { id: ChunkId(i), blob }),
             bytes.prop_map(Frame::PointPart),
-            Just(Frame::PointEnd),
+            any::<[u32; 4]>().prop_map(|n| Frame::PointEnd(Retention {
+                keep_last: n[0],
+                keep_daily: n[1],
+                keep_weekly: n[2],
+                keep_monthly: n[3]
+            })),
             "[0-9a-f]{32}".prop_map(|point_id| Frame::Published { point_id }),
             (prop_oneof![Just(ErrorCode::Version), Just(ErrorCode::Storage)], ".{0,50}")
                 .prop_map(|(code, message)| Frame::Error { code, message }),
@@ -468,7 +487,7 @@ mod tests {
         fn a_cut_frame_is_an_error(frame in frames(), cut in 1usize..40) {
             let bytes = frame.encode();
             let body = &bytes[4..];
-            prop_assume!(cut < body.len() && !matches!(frame, Frame::Chunk { .. } | Frame::PointPart(_) | Frame::Error { .. }));
+            prop_assume!(cut < body.len() && !matches!(frame, Frame::Chunk { .. } | Frame::PointPart(_) | Frame::Error { .. } | Frame::Published { .. }));
             prop_assert!(Frame::decode(&body[..body.len() - cut]).is_err());
         }
     }

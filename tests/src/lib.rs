@@ -390,6 +390,11 @@ pub fn metric_value(body: &str, series: &str) -> f64 {
     body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
 }
 
+/// How many point files a repository or replica holds.
+pub fn point_count(repo: &Path) -> usize {
+    fs::read_dir(repo.join("points")).map_or(0, |dirs| dirs.flatten().map(|d| fs::read_dir(d.path()).map_or(0, |f| f.count())).sum())
+}
+
 /// Flips one byte in the middle of a file (a damaged chunk).
 pub fn corrupt_file(path: &Path) {
     let mut bytes = fs::read(path).expect("file to corrupt");

@@ -2,7 +2,7 @@
 //! replicate each point to receivers in regions B and C (agents with `--replica-listen`); the
 //! coordinator tracks the RPO per VM and region, reports a breach when B is cut off, and B
 //! catches up once it is back. At no moment does a replica show a point with missing chunks. A
-//! test failover in C measures the RTO.
+//! test failover in C measures the RTO; the policy's retention keeps two points everywhere.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,7 +45,7 @@ fn a_policy_keeps_b_and_c_current_b_cut_off_breaches_and_catches_up() {
     let target = format!("file://{}", sb.path("repo").display());
     let set = ["dr", "policy", "set", "gold", "--vms", "vm", "--target", &target, "--region", "b", "--region", "c"];
     let mut set = args(&set);
-    set.extend(args(&["--rpo", RPO, "--interval", "1s"]));
+    set.extend(args(&["--rpo", RPO, "--interval", "1s", "--keep-last", "2"]));
     set.extend(c.flag());
     set.extend(args(&["--tls", &tls("cli")]));
     sb.ok(&set);
@@ -128,6 +128,12 @@ fn a_policy_keeps_b_and_c_current_b_cut_off_breaches_and_catches_up() {
     sb.run(&cli(&["dr", "test-failover", "--vm", "vm", "--target", "a"])).assert_clean_failure("keeps replicas");
     let replica = std::fs::read_dir(sb.path("replicas-b")).unwrap().next().unwrap().unwrap().path();
     restores(&sb, &replica, &image);
+
+    // The policy keeps the last 2 points, at the source and in each replica.
+    let replica_c = std::fs::read_dir(sb.path("replicas-c")).unwrap().next().unwrap().unwrap().path();
+    for repo in [sb.path("repo"), replica, replica_c] {
+        wait_until(Duration::from_secs(30), "retention to apply", || point_count(&repo) <= 2);
+    }
 }
 
 fn restores(sb: &Sandbox, replica: &Path, image: &Path) {

@@ -29,6 +29,7 @@ use crate::resume::{ResumePlan, plan_resume};
 use crate::source::disk::RawDisk;
 use crate::target::{TargetAccess, open_or_create, target_path};
 use crate::task_progress::TaskCounters;
+use hyperexport_shared::prune::{Retention, prune};
 
 /// Restarts of children a task may use before it fails.
 pub const RESTART_BUDGET: u32 = 3;
@@ -38,6 +39,8 @@ pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(8);
 /// The reason a child gives when it stops because the task was cancelled.
 pub const STOPPED_BY_CANCEL: &str = "cancelled";
+/// How long pruning the target after a task waits for other exports of it to finish.
+const PRUNE_WAIT: Duration = Duration::from_secs(600);
 /// How often progress goes to the coordinator while it changes.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -127,6 +130,7 @@ impl JobSupervisorState {
         }
         self.finished = true;
         self.send_progress();
+        let succeeded = outcome == TaskOutcome::Succeeded;
         let status = match outcome {
             TaskOutcome::Succeeded => "succeeded",
             TaskOutcome::Cancelled => "cancelled",
@@ -148,6 +152,25 @@ impl JobSupervisorState {
             point_unix_ms: self.run.as_ref().filter(|_| outcome == TaskOutcome::Succeeded).map_or(0, |r| r.time_unix_ms()),
         };
         self.up(AgentBody::Finished(finished));
+        // The export's locks go with the run; then the target is pruned by the task's rules, off
+        // the task's path (a prune waits for other exports of the repository to finish).
+        let run = self.run.take();
+        let retention = retention_of(a);
+        if succeeded && !retention.is_empty() {
+            let (vm, root) = (a.vm.clone(), run.as_ref().map(|r| r.repo().root().to_path_buf()));
+            drop(run);
+            if let Some(root) = root {
+                tokio::task::spawn_blocking(move || match prune(&root, Some(&vm), &retention, false, PRUNE_WAIT) {
+                    Ok(report) => tracing::info!(
+                        vm,
+                        removed = report.removed.values().map(Vec::len).sum::<usize>(),
+                        chunks = report.chunks_removed,
+                        "target pruned"
+                    ),
+                    Err(e) => tracing::warn!(vm, error = %e, "target prune failed"),
+                });
+            }
+        }
         myself.stop(None);
     }
 
@@ -191,6 +214,16 @@ impl JobSupervisorState {
         self.child = Some(cell);
         Ok(())
     }
+}
+
+/// The retention an assignment asks for (none: keep everything).
+fn retention_of(a: &Assign) -> Retention {
+    a.retention.map_or_else(Retention::default, |r| Retention {
+        keep_last: r.keep_last,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+    })
 }
 
 /// The export's report as the coordinator keeps it.
@@ -361,6 +394,7 @@ impl Actor for JobSupervisor {
                     targets,
                     tls: state.config.tls.clone(),
                     cancel: Arc::clone(&state.config.cancel),
+                    retention: retention_of(&state.config.assign),
                     supervisor: myself.clone(),
                 };
                 state.child = Some(Replicator::spawn_linked(None, Replicator, config, myself.get_cell()).await?.0.get_cell());

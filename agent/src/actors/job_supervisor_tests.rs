@@ -64,6 +64,7 @@ async fn start(dir: &Path, attempt: u32, resume: Option<TaskCheckpointState>, fa
         attempt,
         resume,
         replicate_to: Vec::new(),
+        retention: None,
     };
     let config = JobSupervisorConfig {
         assign,

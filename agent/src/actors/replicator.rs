@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hyperexport_proto::v1::{ReplicaResult, ReplicaTarget};
 use hyperexport_shared::Repository;
+use hyperexport_shared::prune::Retention;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::job_supervisor::JobSupervisorMsg;
@@ -30,6 +31,8 @@ pub struct ReplicatorConfig {
     pub tls: Option<NodeTls>,
     /// Set when the task is cancelled: replications still under way give up.
     pub cancel: Arc<AtomicBool>,
+    /// What each receiver prunes once the point is published there.
+    pub retention: Retention,
     /// Who gets the results.
     pub supervisor: ActorRef<JobSupervisorMsg>,
 }
@@ -44,7 +47,14 @@ pub enum ReplicatorMsg {
 pub struct Replicator;
 
 /// Replicates to one region.
-async fn one(repo: Arc<Repository>, point: String, target: ReplicaTarget, tls: Option<NodeTls>, cancel: Arc<AtomicBool>) -> ReplicaResult {
+async fn one(
+    repo: Arc<Repository>,
+    point: String,
+    target: ReplicaTarget,
+    tls: Option<NodeTls>,
+    cancel: Arc<AtomicBool>,
+    retention: Retention,
+) -> ReplicaResult {
     let failed = |error: String| ReplicaResult { region: target.region.clone(), ok: false, error, ..Default::default() };
     let Some(tls) = tls else { return failed("this agent has no --tls, so it cannot replicate".into()) };
     if target.addr.is_empty() {
@@ -57,7 +67,7 @@ async fn one(repo: Arc<Repository>, point: String, target: ReplicaTarget, tls: O
     let Ok(Ok(recovery_point)) = tokio::task::spawn_blocking(move || r.resolve_point(&point)).await else {
         return failed("the published point cannot be read back".into());
     };
-    let options = SendOptions { streams: STREAMS, server_name: addr.ip().to_string(), progress: None };
+    let options = SendOptions { streams: STREAMS, server_name: addr.ip().to_string(), progress: None, retention };
     let cancelled = async {
         while !cancel.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -103,7 +113,7 @@ impl Actor for Replicator {
             .targets
             .iter()
             .map(|t| {
-                let run = one(Arc::clone(&c.repo), c.point.clone(), t.clone(), c.tls.clone(), Arc::clone(&c.cancel));
+                let run = one(Arc::clone(&c.repo), c.point.clone(), t.clone(), c.tls.clone(), Arc::clone(&c.cancel), c.retention);
                 let supervisor = c.supervisor.clone();
                 tokio::spawn(async move {
                     let result = run.await;

@@ -11,12 +11,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hyperexport_shared::ChunkId;
+use hyperexport_shared::prune::{Retention, prune};
 use hyperexport_shared::replica::ReplicaStore;
 use hyperexport_shared::wire::{self, ErrorCode, Frame, MAX_POINT};
 
 use super::tls::NodeTls;
 use super::{ReplicationError, blocking, frames, transport};
 use crate::metrics;
+
+/// How long a session waits for a prune of its replica to finish.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A bound receiver.
 pub struct Receiver {
@@ -78,30 +82,61 @@ async fn connection(conn: quinn::Connection, root: Arc<PathBuf>) {
 }
 
 async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, root: Arc<PathBuf>, peer: SocketAddr) {
-    if let Err(e) = session(&mut send, &mut recv, root).await {
-        tracing::warn!(peer = %peer, error = %e, "replication stream failed");
-        if matches!(e, ReplicationError::Frame(_) | ReplicationError::Protocol(_)) {
-            metrics::replication_refused("protocol");
+    let prunes = match session(&mut send, &mut recv, root).await {
+        Ok(prunes) => prunes,
+        Err(e) => {
+            fail(&mut send, peer, e).await;
+            Vec::new()
         }
-        let _ = frames::write(&mut send, &Frame::Error { code: e.code(), message: e.to_string() }).await;
-    }
+    };
     let _ = send.finish();
     // Wait until the peer has our last frames (or went away).
     let _ = send.stopped().await;
+    // The session's lock is released: retention may take the replica's lock exclusively.
+    for (replica, vm, retention) in prunes {
+        let pruned = tokio::task::spawn_blocking(move || prune(&replica, Some(&vm), &retention, false, LOCK_WAIT)).await;
+        match pruned {
+            Ok(Ok(report)) => tracing::info!(
+                removed = report.removed.values().map(Vec::len).sum::<usize>(),
+                chunks = report.chunks_removed,
+                "replica pruned"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "replica prune failed"),
+            Err(e) => tracing::warn!(error = %e, "replica prune task failed"),
+        }
+    }
+}
+
+/// Tells the peer why its stream failed, and logs and counts it.
+async fn fail(send: &mut quinn::SendStream, peer: SocketAddr, e: ReplicationError) {
+    tracing::warn!(peer = %peer, error = %e, "replication stream failed");
+    if matches!(e, ReplicationError::Frame(_) | ReplicationError::Protocol(_)) {
+        metrics::replication_refused("protocol");
+    }
+    let _ = frames::write(send, &Frame::Error { code: e.code(), message: e.to_string() }).await;
 }
 
 fn unexpected(frame: &Frame, state: &str) -> ReplicationError {
     ReplicationError::Protocol(format!("unexpected {} frame {state}", frame.name()))
 }
 
-async fn session(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, root: Arc<PathBuf>) -> Result<(), ReplicationError> {
-    let Some(first) = frames::read(recv).await? else { return Ok(()) };
+/// One session; returns the prunes its points asked for (replica folder, VM, rules).
+async fn session(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    root: Arc<PathBuf>,
+) -> Result<Vec<(PathBuf, String, Retention)>, ReplicationError> {
+    let mut prunes = Vec::new();
+    let Some(first) = frames::read(recv).await? else { return Ok(prunes) };
     let Frame::Hello { versions, repo } = first else { return Err(unexpected(&first, "before hello")) };
     let Some(version) = wire::negotiate(&versions) else {
         let message = format!("no common protocol version: the sender speaks {versions:?}, this receiver {:?}", wire::VERSIONS);
         return Err(ReplicationError::Refused { code: ErrorCode::Version, message });
     };
     let store = Arc::new(blocking(move || ReplicaStore::open_or_create(&root, &repo)).await?);
+    // Held for the whole session: a prune waits until the transfer is over.
+    let s = Arc::clone(&store);
+    let _lock = blocking(move || s.lock_shared(LOCK_WAIT)).await?;
     frames::write(send, &Frame::Welcome { version }).await?;
     // The wanted chunks of the last offer not received yet, and those received.
     let mut pending: HashSet<ChunkId> = HashSet::new();
@@ -140,12 +175,17 @@ async fn session(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, roo
                 }
                 point.extend_from_slice(&bytes);
             }
-            Frame::PointEnd if pending.is_empty() => {
+            Frame::PointEnd(retention) if pending.is_empty() => {
                 let (s, bytes) = (Arc::clone(&store), std::mem::take(&mut point));
                 let published = blocking(move || s.publish_point(&bytes)).await?;
                 tracing::info!(vm = %published.vm, point = %published.id, replica = %store.root().display(), "replica point published");
                 metrics::replication_point("received");
+                if !retention.is_empty() {
+                    prunes.push((store.root().to_path_buf(), published.vm.clone(), retention));
+                }
                 frames::write(send, &Frame::Published { point_id: published.id }).await?;
+                // A published point ends the session (the sender closes right after).
+                return Ok(prunes);
             }
             Frame::Fetch(ids) if pending.is_empty() => {
                 let s = Arc::clone(&store);
@@ -164,7 +204,7 @@ async fn session(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, roo
             }
             Frame::Error { code, message } => {
                 tracing::warn!(?code, %message, "the sender gave up the stream");
-                return Ok(());
+                return Ok(prunes);
             }
             other => return Err(unexpected(&other, if pending.is_empty() { "between offers" } else { "while chunks are due" })),
         }
@@ -172,5 +212,5 @@ async fn session(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, roo
     if !pending.is_empty() {
         return Err(ReplicationError::Protocol(format!("the stream ended with {} wanted chunks not sent", pending.len())));
     }
-    Ok(())
+    Ok(prunes)
 }

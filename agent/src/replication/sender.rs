@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use hyperexport_shared::lock::LockMode;
 use hyperexport_shared::point::RecoveryPoint;
+use hyperexport_shared::prune::Retention;
 use hyperexport_shared::wire::{self, Frame, RepoFiles};
 use hyperexport_shared::{ChunkId, Repository};
 use serde::Serialize;
@@ -47,6 +49,9 @@ pub struct SendOptions {
     pub server_name: String,
     /// Where progress goes, if anywhere.
     pub progress: Option<ProgressFn>,
+    /// Once the point is published, the receiver prunes the VM's points by these rules (default:
+    /// keep everything).
+    pub retention: Retention,
 }
 
 /// Progress shared by a replication's streams.
@@ -104,7 +109,9 @@ pub async fn send_point(
     let started = Instant::now();
     let (endpoint, conn) = connect(to, &options.server_name, tls).await?;
     let r = Arc::clone(&repo);
-    let files = Arc::new(blocking(move || r.repo_files()).await?);
+    // Shared for the whole transfer: a prune of this repository waits until it is over.
+    let (files, _lock) = blocking(move || Ok((r.repo_files()?, r.lock(LockMode::Shared, Duration::from_secs(60), "replication")?))).await?;
+    let files = Arc::new(files);
     let ids = point.chunk_ids();
     let largest_chunk = point.disks.iter().map(|d| d.chunk_size as u64).max().unwrap_or(1).max(1);
     let batch = ((OFFER_BYTES / largest_chunk) as usize).clamp(1, OFFER_BATCH);
@@ -129,7 +136,7 @@ pub async fn send_point(
     let (chunks_sent, chunk_bytes_sent) = (counters.sent.load(Ordering::Relaxed) as usize, counters.bytes.load(Ordering::Relaxed));
     // Every chunk is durable at the receiver: the point may go.
     let bytes = point.encode(repo.keys());
-    send_point_file(&conn, &files, &point.id, &bytes).await?;
+    send_point_file(&conn, &files, &point.id, &bytes, options.retention).await?;
     metrics::replication_point("sent");
     let wire_bytes = conn.stats().udp_tx.bytes;
     conn.close(0u32.into(), b"done");
@@ -186,12 +193,18 @@ async fn send_chunks(
 }
 
 /// Sends the point file and waits until the receiver has published it.
-async fn send_point_file(conn: &quinn::Connection, files: &RepoFiles, point_id: &str, bytes: &[u8]) -> Result<(), ReplicationError> {
+async fn send_point_file(
+    conn: &quinn::Connection,
+    files: &RepoFiles,
+    point_id: &str,
+    bytes: &[u8],
+    retention: Retention,
+) -> Result<(), ReplicationError> {
     let (mut send, mut recv) = open(conn, files).await?;
     for part in bytes.chunks(POINT_PART) {
         frames::write(&mut send, &Frame::PointPart(part.to_vec())).await?;
     }
-    frames::write(&mut send, &Frame::PointEnd).await?;
+    frames::write(&mut send, &Frame::PointEnd(retention)).await?;
     match answer(&mut recv).await? {
         Frame::Published { point_id: id } if id == point_id => {}
         other => return Err(ReplicationError::Protocol(format!("expected point {point_id} published, got {other:?}"))),

@@ -120,6 +120,7 @@ async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: 
         };
         let mut job = jobs::new_job(request)?;
         job.policy = policy.name.clone();
+        job.retention = policy.retention;
         memory.submitted.insert(vm.clone(), now);
         match scheduler.submit(job).await {
             Ok(job) => {

@@ -248,6 +248,7 @@ impl Scheduler {
                 attempt: t.attempt,
                 resume: self.checkpoints.get(&t.id).cloned(),
                 replicate_to,
+                retention: job.retention,
             };
             tracing::info!(task = %t.id, vm = %t.vm, agent = %agent, attempt = t.attempt, "task assigned");
             let ready = self.ready_since.remove(&t.id);
