@@ -66,6 +66,8 @@ fn year_of_days(days: i64) -> i64 {
 
 /// The period keys of one time: day, ISO week, month.
 type Periods = (String, String, String);
+/// Picks one of the period keys.
+type PeriodKey = fn(&Periods) -> &String;
 
 /// The period keys of an RFC 3339 time; `None` if it does not start with a date.
 fn periods(time: &str) -> Option<Periods> {
@@ -88,7 +90,7 @@ pub fn select(points: &[RecoveryPoint], retention: &Retention) -> (Vec<String>, 
     let mut newest_first: Vec<&RecoveryPoint> = points.iter().collect();
     newest_first.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
     let mut kept: HashSet<&str> = newest_first.iter().take(retention.keep_last as usize).map(|p| p.id.as_str()).collect();
-    let rules: [(u32, fn(&Periods) -> &String); 3] =
+    let rules: [(u32, PeriodKey); 3] =
         [(retention.keep_daily, |p| &p.0), (retention.keep_weekly, |p| &p.1), (retention.keep_monthly, |p| &p.2)];
     for (count, key) in rules {
         if count == 0 {
