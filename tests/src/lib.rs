@@ -390,6 +390,12 @@ pub fn metric_value(body: &str, series: &str) -> f64 {
     body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
 }
 
+/// Overwrites `data` at `offset` in an existing file, keeping the rest (a VM writing to its disk).
+pub fn patch_file(path: &Path, offset: u64, data: &[u8]) {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all_at(data, offset).expect("patch file");
+}
+
 /// How many point files a repository or replica holds.
 pub fn point_count(repo: &Path) -> usize {
     fs::read_dir(repo.join("points")).map_or(0, |dirs| dirs.flatten().map(|d| fs::read_dir(d.path()).map_or(0, |f| f.count())).sum())

@@ -65,7 +65,7 @@ fn with_region_a_gone_failover_restores_from_the_best_replica_and_falls_back() {
     let first = sb.path("first.img");
     std::fs::copy(&image, &first).unwrap();
     // A second point, which only C receives.
-    write_image(&image, size, &[(3 * MIB, random_bytes(MIB as usize, 8))]);
+    patch_file(&image, 3 * MIB, &random_bytes(MIB as usize, 8));
     sb.export(&image, "repo", &["--chunk-size", "256K"]);
     replicated(&sb, &c);
     let (in_b, in_c) = (b.root.join(sb.repo_id("repo")), c.root.join(sb.repo_id("repo")));
@@ -103,4 +103,44 @@ fn with_region_a_gone_failover_restores_from_the_best_replica_and_falls_back() {
     assert_eq!(skipped[0]["replica"], in_c.to_str().unwrap());
     assert!(skipped[0]["reason"].as_str().unwrap().contains("corrupt"), "{result}");
     assert_eq!(sha256_file(&sb.path("fallback.img")), sha256_file(&first));
+}
+
+#[test]
+fn failback_sends_back_only_the_chunks_that_changed() {
+    let sb = Sandbox::new();
+    let size = 16 * MIB;
+    let a = sb.start_replica("a", "region-a", "127.0.0.1:0", &[]);
+    let b = sb.start_replica("b", "region-b", "127.0.0.1:0", &[]);
+    let image = sb.path("vm.img");
+    write_image(&image, size, &[(0, random_bytes(size as usize, 9))]);
+    sb.export(&image, "repo", &["--chunk-size", "256K"]);
+    replicated(&sb, &b);
+    // Region A's repository is where A's receiver keeps replicas of it (by repository id).
+    let id = sb.repo_id("repo");
+    let in_a = a.root.join(&id);
+    std::fs::rename(sb.path("repo"), &in_a).unwrap();
+    let in_b = b.root.join(&id);
+
+    // A fails: the VM comes up in B from B's replica, and runs there (1 MiB changes).
+    std::fs::create_dir_all(sb.path("site-b")).unwrap();
+    let running = sb.path("site-b/vm.img");
+    let mut failover = args(&["dr", "failover", "--vm", "vm", "--from", in_b.to_str().unwrap(), "--to", running.to_str().unwrap()]);
+    failover.extend(args(&["--password-file", sb.path("password").to_str().unwrap()]));
+    sb.ok(&failover);
+    patch_file(&running, 5 * MIB, &random_bytes(MIB as usize, 10));
+    let mut export = args(&["export", running.to_str().unwrap(), "--output", "json", "--chunk-size", "256K"]);
+    export.extend(sb.repo_at(&in_b));
+    sb.ok(&export);
+
+    // Failback: B's newest point goes back to A; only the 4 changed chunks cross the wire.
+    let mut back = args(&["replicate", "--vm", "vm", "--to", &a.addr, "--output", "json", "--tls", sb.node_tls("b").to_str().unwrap()]);
+    back.extend(sb.repo_at(&in_b));
+    let result = sb.ok(&back).result();
+    assert_eq!((result["chunks"].as_u64(), result["chunks_sent"].as_u64()), (Some(64), Some(4)), "{result}");
+    assert!(result["wire_bytes"].as_u64().unwrap() < 2 * MIB, "{result}");
+    let out = sb.path("back-in-a.img");
+    let mut restore = args(&["restore", "latest", "--to", out.to_str().unwrap()]);
+    restore.extend(sb.repo_at(&in_a));
+    sb.ok(&restore);
+    assert_eq!(sha256_file(&out), sha256_file(&running));
 }

@@ -13,7 +13,7 @@ fn prune_keeps_the_newest_points_and_frees_what_only_the_others_needed() {
     let image = sb.path("vm.img");
     write_image(&image, 4 * MIB as u64, &[(0, random_bytes(4 * MIB, 1))]);
     for round in 0..4u64 {
-        write_image(&image, 4 * MIB as u64, &[(round * MIB as u64, random_bytes(MIB, 10 + round))]);
+        patch_file(&image, round * MIB as u64, &random_bytes(MIB, 10 + round));
         sb.export(&image, "repo", &["--chunk-size", "256K"]);
     }
     assert_eq!(point_count(&sb.path("repo")), 4);
@@ -66,7 +66,7 @@ fn a_replica_is_not_pruned_while_a_transfer_uses_it_and_receivers_apply_retentio
 
     // Two more points, the last one sent with a retention rule: the receiver prunes after it.
     for round in 0..2u64 {
-        write_image(&image, 16 * MIB as u64, &[(round * MIB as u64, random_bytes(MIB, 20 + round))]);
+        patch_file(&image, round * MIB as u64, &random_bytes(MIB, 20 + round));
         sb.export(&image, "repo", &["--chunk-size", "256K"]);
         let keep: &[&str] = if round == 1 { &["--keep-last", "1"] } else { &[] };
         let run = sb.replicate(&b.addr, keep);

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use hyperexport_tests::{Replica, Sandbox, args, chunk_files, metric_value, random_bytes, scrape, sha256_file, wait_until, write_image};
+use hyperexport_tests::{
+    Replica, Sandbox, args, chunk_files, metric_value, patch_file, random_bytes, scrape, sha256_file, wait_until, write_image,
+};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -43,7 +45,7 @@ fn a_point_replicates_to_two_regions_and_a_one_percent_change_sends_little() {
 
     // 1% of the disk changes (655,360 bytes from 20 MiB on: three 256 KiB chunks).
     let change = (size / 100) as usize;
-    write_image(&image, size, &[(20 * MIB, random_bytes(change, 2))]);
+    patch_file(&image, 20 * MIB, &random_bytes(change, 2));
     sb.export(&image, "repo", &["--chunk-size", "256K"]);
     let run = sb.replicate(&b.addr, &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
