@@ -49,8 +49,11 @@ pub struct SetPolicyArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub rpo: Duration,
     /// How often each VM is exported and replicated (e.g. 5m).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub interval: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "cron", conflicts_with = "cron")]
+    pub interval: Option<Duration>,
+    /// When to run instead, as five cron fields in UTC (e.g. "0 2 * * 1-5").
+    #[arg(long)]
+    pub cron: Option<String>,
     /// Points kept after each run, at the source and in every replica (default: all).
     #[command(flatten)]
     pub keep: crate::prune_cli::KeepArgs,
@@ -120,12 +123,14 @@ pub fn policy(command: PolicyCommand) -> Result<ExitCode> {
                     target: a.target,
                     regions: a.regions,
                     rpo_seconds: seconds(a.rpo, "rpo")?,
-                    interval_seconds: seconds(a.interval, "interval")?,
+                    interval_seconds: a.interval.map(|i| seconds(i, "interval")).transpose()?.unwrap_or(0),
+                    cron: a.cron.unwrap_or_default(),
                     created_unix_ms: 0,
                     retention: a.keep.proto(),
                 };
                 let set = DrServiceClient::new(channel(&a.url).await?).set_policy(policy).await.map_err(refused)?.into_inner();
-                println!("policy {:?} set: VMs {:?} to {} every {} s, RPO {} s", set.name, set.vm_glob, set.regions.join(", "), set.interval_seconds, set.rpo_seconds);
+                let when = if set.cron.is_empty() { format!("every {} s", set.interval_seconds) } else { format!("at cron {:?} (UTC)", set.cron) };
+                println!("policy {:?} set: VMs {:?} to {} {when}, RPO {} s", set.name, set.vm_glob, set.regions.join(", "), set.rpo_seconds);
             }
             PolicyCommand::List(a) => {
                 let policies = DrServiceClient::new(channel(&a.url).await?).list_policies(ListPoliciesRequest {}).await.map_err(refused)?.into_inner().policies;
@@ -133,14 +138,15 @@ pub fn policy(command: PolicyCommand) -> Result<ExitCode> {
                     Output::Json => {
                         let list: Vec<_> = policies
                             .iter()
-                            .map(|p| json!({"name": p.name, "vms": p.vm_glob, "target": p.target, "regions": p.regions, "rpo_seconds": p.rpo_seconds, "interval_seconds": p.interval_seconds}))
+                            .map(|p| json!({"name": p.name, "vms": p.vm_glob, "target": p.target, "regions": p.regions, "rpo_seconds": p.rpo_seconds, "interval_seconds": p.interval_seconds, "cron": p.cron}))
                             .collect();
                         println!("{}", serde_json::Value::Array(list));
                     }
                     Output::Text => {
                         println!("{:<20} {:<16} {:<24} {:>8} {:>10}  TARGET", "NAME", "VMS", "REGIONS", "RPO", "INTERVAL");
                         for p in &policies {
-                            let (rpo, every) = (format!("{}s", p.rpo_seconds), format!("{}s", p.interval_seconds));
+                            let every = if p.cron.is_empty() { format!("{}s", p.interval_seconds) } else { p.cron.clone() };
+                            let rpo = format!("{}s", p.rpo_seconds);
                             println!("{:<20} {:<16} {:<24} {:>8} {:>10}  {}", p.name, p.vm_glob, p.regions.join(","), rpo, every, p.target);
                         }
                     }

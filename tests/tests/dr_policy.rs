@@ -49,6 +49,11 @@ fn a_policy_keeps_b_and_c_current_b_cut_off_breaches_and_catches_up() {
     set.extend(c.flag());
     set.extend(args(&["--tls", &tls("cli")]));
     sb.ok(&set);
+    let bad_cron =
+        ["dr", "policy", "set", "nightly", "--vms", "vm", "--target", &target, "--region", "b", "--rpo", "1d", "--cron", "61 2 * * *"];
+    sb.run(&cli(&bad_cron)).assert_clean_failure("cron minute field");
+    let listed = sb.ok(&cli(&["dr", "policy", "list", "--output", "json"])).stdout;
+    assert!(listed.contains("\"gold\"") && !listed.contains("nightly"), "{listed}");
 
     let status = || -> HashMap<String, Value> {
         let run = sb.run(&cli(&["dr", "status", "--output", "json"]));

@@ -9,6 +9,7 @@
 //!      └─ scheduler: TaskFinished.replicas of a job's task ─► ReplicaStatus per region
 //! ```
 
+pub mod cron;
 pub mod evaluate;
 pub mod runner;
 pub mod service;

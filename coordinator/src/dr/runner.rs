@@ -108,7 +108,12 @@ async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: 
     }
     for vm in &vms {
         let Some(policy) = policies.iter().find(|p| glob_match(&p.vm_glob, vm)) else { continue };
-        let due = memory.submitted.get(vm).is_none_or(|at| now - at >= policy.interval_seconds as i64 * 1000);
+        let last = memory.submitted.get(vm).copied();
+        let due = match super::cron::Cron::parse(&policy.cron) {
+            // A cron policy runs at its minutes, counted from its last run or its creation.
+            Ok(cron) if !policy.cron.is_empty() => cron.due(last.unwrap_or(policy.created_unix_ms), now),
+            _ => last.is_none_or(|at| now - at >= policy.interval_seconds as i64 * 1000),
+        };
         if !due || memory.in_flight.contains_key(vm) {
             continue;
         }

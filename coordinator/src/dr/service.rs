@@ -53,8 +53,16 @@ pub fn validate(p: &Policy) -> Result<()> {
     if let Some(r) = p.regions.iter().find(|r| r.is_empty() || r.len() > 128 || r.chars().any(char::is_control)) {
         return invalid(format!("region {r:?} is not 1-128 printable characters"));
     }
-    if p.rpo_seconds == 0 || p.interval_seconds == 0 {
-        return invalid("rpo_seconds and interval_seconds must be at least 1".into());
+    if p.rpo_seconds == 0 {
+        return invalid("rpo_seconds must be at least 1".into());
+    }
+    match (p.interval_seconds, p.cron.is_empty()) {
+        (0, true) => return invalid("give interval_seconds or cron".into()),
+        (n, false) if n > 0 => return invalid("give interval_seconds or cron, not both".into()),
+        (_, false) => {
+            super::cron::Cron::parse(&p.cron)?;
+        }
+        _ => {}
     }
     Ok(())
 }
