@@ -7,6 +7,7 @@ pub mod chunk;
 pub mod compress;
 pub mod config;
 pub mod crypto;
+pub mod dates;
 pub mod direct_io;
 pub mod error;
 pub mod keys;

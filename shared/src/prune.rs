@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ChunkId;
+use crate::dates::{civil_from_days, days_from_civil};
 use crate::error::{RepoError, Result};
 use crate::lock::{LockMode, RepoLock};
 use crate::point::RecoveryPoint;
@@ -42,28 +43,6 @@ impl Retention {
     }
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The year of the civil date `days` after 1970-01-01.
-fn year_of_days(days: i64) -> i64 {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    yoe + era * 400 + i64::from(m <= 2)
-}
-
 /// The period keys of one time: day, ISO week, month.
 type Periods = (String, String, String);
 /// Picks one of the period keys.
@@ -80,7 +59,7 @@ fn periods(time: &str) -> Option<Periods> {
     let days = days_from_civil(y, m, d);
     let weekday = (days + 3).rem_euclid(7); // Monday 0: 1970-01-01 was a Thursday.
     let thursday = days - weekday + 3;
-    let iso_year = year_of_days(thursday);
+    let iso_year = civil_from_days(thursday).0;
     let week = (thursday - days_from_civil(iso_year, 1, 1)) / 7 + 1;
     Some((date.to_string(), format!("{iso_year}-W{week:02}"), date[..7].to_string()))
 }
