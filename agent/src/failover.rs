@@ -134,14 +134,7 @@ pub fn failover(
 /// `replica_root` (one folder per source repository) into a fresh folder under `scratch`,
 /// verified as any restore is, then deletes it. Returns what the failover did.
 pub fn drill(vm: &str, replica_root: &Path, secret: Option<&Secret>, scratch: &Path, threads: usize) -> Result<FailoverReport> {
-    let mut replicas = Vec::new();
-    let entries = std::fs::read_dir(replica_root).map_err(AgentError::io("list replicas", replica_root))?;
-    for entry in entries.flatten() {
-        let folder = entry.path();
-        if folder.join("config").is_file() {
-            replicas.push((folder.clone(), Repository::open(&folder, secret)?));
-        }
-    }
+    let replicas = replicas_under(replica_root, secret)?;
     let out = scratch.join(format!("drill-{}-{}", crate::restore::file_stem(vm), std::process::id()));
     std::fs::create_dir_all(scratch).map_err(AgentError::io("create folder", scratch))?;
     let opts = RestoreOptions { format: crate::restore::RestoreFormat::Raw, force: true, threads };
@@ -151,4 +144,25 @@ pub fn drill(vm: &str, replica_root: &Path, secret: Option<&Secret>, scratch: &P
     let report = failover(vm, &replicas, &out.join("disk"), &opts, &crate::progress::NoProgress);
     let _ = std::fs::remove_dir_all(&out);
     report
+}
+
+/// A failover on a replica receiver's host: restores `vm` from the replicas under
+/// `replica_root` to `to` (as raw images), which must not exist yet.
+pub fn failover_from_root(vm: &str, replica_root: &Path, secret: Option<&Secret>, to: &Path, threads: usize) -> Result<FailoverReport> {
+    let replicas = replicas_under(replica_root, secret)?;
+    let opts = RestoreOptions { format: crate::restore::RestoreFormat::Raw, force: false, threads };
+    failover(vm, &replicas, to, &opts, &crate::progress::NoProgress)
+}
+
+/// Every replica (a folder with a `config`) under `root`, opened with `secret`.
+fn replicas_under(root: &Path, secret: Option<&Secret>) -> Result<Vec<(PathBuf, Repository)>> {
+    let mut replicas = Vec::new();
+    let entries = std::fs::read_dir(root).map_err(AgentError::io("list replicas", root))?;
+    for entry in entries.flatten() {
+        let folder = entry.path();
+        if folder.join("config").is_file() {
+            replicas.push((folder.clone(), Repository::open(&folder, secret)?));
+        }
+    }
+    Ok(replicas)
 }

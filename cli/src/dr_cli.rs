@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use hyperexport_proto::v1::dr_service_client::DrServiceClient;
-use hyperexport_proto::v1::{DeletePolicyRequest, DrStatusRequest, ListPoliciesRequest, Policy, TestFailoverRequest};
+use hyperexport_proto::v1::{DeletePolicyRequest, DrStatusRequest, FailoverRequest, ListPoliciesRequest, Policy, TestFailoverRequest};
 use serde_json::json;
 
 use crate::Output;
@@ -91,6 +91,35 @@ pub fn test_failover(a: TestFailoverArgs) -> Result<ExitCode> {
             "test failover of {:?} at {} (agent {}): point {} restored and verified in {:.2} s ({:.3} GB/s)",
             a.vm, a.region, r.agent_id, r.point, r.rto_seconds, r.gb_per_second
         ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dr failover` through the coordinator: the region with the newest point restores `vm` to
+/// `to` on its agent's host.
+pub fn failover(vm: &str, to: &std::path::Path, url: &CoordinatorUrl, output: Output) -> Result<ExitCode> {
+    let request = FailoverRequest { vm: vm.to_string(), to: to.display().to_string() };
+    let r = runtime()?.block_on(async {
+        Ok::<_, anyhow::Error>(DrServiceClient::new(channel(url).await?).failover(request).await.map_err(refused)?.into_inner())
+    })?;
+    match output {
+        Output::Json => print_json(&json!({"event": "result", "operation": "failover", "result": {
+            "vm": vm, "region": r.region, "agent": r.agent_id, "point": r.point, "to": to, "bytes": r.bytes,
+            "rto_seconds": r.rto_seconds, "gb_per_second": r.gb_per_second, "skipped": r.skipped}})),
+        Output::Text => {
+            for s in &r.skipped {
+                println!("skipped region {s}");
+            }
+            println!(
+                "failed {vm:?} over in {} (agent {}): point {} restored to {} in {:.2} s ({:.3} GB/s)",
+                r.region,
+                r.agent_id,
+                r.point,
+                to.display(),
+                r.rto_seconds,
+                r.gb_per_second
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -98,9 +98,13 @@ pub struct FailoverArgs {
     /// The VM.
     #[arg(long)]
     pub vm: String,
-    /// A replica (repository folder) to restore from; repeat for several, most preferred first.
-    #[arg(long = "from", value_name = "DIR", required = true)]
+    /// A replica (repository folder) to restore from, here; repeat for several, most preferred
+    /// first. Without it, the coordinator (--coordinator) picks the region with the newest point
+    /// and its agent restores to --to on its host.
+    #[arg(long = "from", value_name = "DIR")]
     pub from: Vec<PathBuf>,
+    #[command(flatten)]
+    pub url: crate::remote::CoordinatorUrl,
     #[command(flatten)]
     pub target: RestoreTarget,
     #[command(flatten)]
@@ -212,6 +216,9 @@ pub fn dr(command: DrCommand) -> Result<ExitCode> {
         DrCommand::Status(a) => return crate::dr_cli::status(a),
         DrCommand::TestFailover(a) => return crate::dr_cli::test_failover(a),
     };
+    if a.from.is_empty() {
+        return crate::dr_cli::failover(&a.vm, &a.target.to, &a.url, a.output);
+    }
     let secret = crate::secrets::from_args(&a.key)?;
     let mut replicas = Vec::new();
     for folder in &a.from {

@@ -2,7 +2,8 @@
 //! replicate each point to receivers in regions B and C (agents with `--replica-listen`); the
 //! coordinator tracks the RPO per VM and region, reports a breach when B is cut off, and B
 //! catches up once it is back. At no moment does a replica show a point with missing chunks. A
-//! test failover in C measures the RTO; the policy's retention keeps two points everywhere.
+//! test failover in C measures the RTO; the policy's retention keeps two points everywhere; with
+//! region A gone, the coordinator fails the VM over where the newest point is.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,7 +29,7 @@ fn a_policy_keeps_b_and_c_current_b_cut_off_breaches_and_catches_up() {
     std::fs::create_dir_all(&empty).unwrap();
     let image = vms.join("vm.img");
     write_image(&image, 4 << 20, &[(0, random_bytes(4 << 20, 11))]);
-    let _a = sb.start_agent(&c, "a", &vms, "agent-a", &["--tls", &tls("agent-a")]);
+    let a = sb.start_agent(&c, "a", &vms, "agent-a", &["--tls", &tls("agent-a")]);
     let receiver = |region: &str| {
         let root = sb.path(&format!("replicas-{region}")).display().to_string();
         let name = format!("agent-{region}");
@@ -139,6 +140,15 @@ fn a_policy_keeps_b_and_c_current_b_cut_off_breaches_and_catches_up() {
     for repo in [sb.path("repo"), replica, replica_c] {
         wait_until(Duration::from_secs(30), "retention to apply", || point_count(&repo) <= 2);
     }
+
+    // Region A is gone: the coordinator fails the VM over in the region with the newest point.
+    a.kill();
+    let to = sb.path("failed-over.img");
+    let result = sb.ok(&cli(&["dr", "failover", "--vm", "vm", "--to", to.to_str().unwrap(), "--output", "json"])).result();
+    assert!(["b", "c"].contains(&result["region"].as_str().unwrap()), "{result}");
+    assert!(result["rto_seconds"].as_f64().unwrap() > 0.0, "{result}");
+    assert_eq!(sha256_file(&to), sha256_file(&image));
+    sb.run(&cli(&["dr", "failover", "--vm", "ghost", "--to", to.to_str().unwrap()])).assert_clean_failure("no region holds");
 }
 
 fn restores(sb: &Sandbox, replica: &Path, image: &Path) {

@@ -201,7 +201,8 @@ impl AgentRootState {
         Ok(())
     }
 
-    /// Runs a test failover off the actor's thread; its report comes back as `DrillDone`.
+    /// Runs a failover (a test into scratch space, or a real one to `restore_to`) off the
+    /// actor's thread; its report comes back as `DrillDone`.
     fn drill(&self, myself: &ActorRef<AgentRootMsg>, d: Drill) {
         let Some(root) = self.config.replica_root.clone() else {
             let done = DrillDone {
@@ -215,10 +216,14 @@ impl AgentRootState {
         };
         let (secret, scratch, threads, me) =
             (self.config.access.secret.clone(), self.config.scratch.clone(), self.config.threads, myself.clone());
-        tracing::info!(vm = %d.vm, drill = %d.drill_id, "test failover started");
+        tracing::info!(vm = %d.vm, drill = %d.drill_id, restore_to = %d.restore_to, "failover started");
         tokio::spawn(async move {
-            let vm = d.vm.clone();
-            let ran = tokio::task::spawn_blocking(move || crate::failover::drill(&vm, &root, secret.as_ref(), &scratch, threads)).await;
+            let (vm, to) = (d.vm.clone(), d.restore_to.clone());
+            let ran = tokio::task::spawn_blocking(move || match to.is_empty() {
+                true => crate::failover::drill(&vm, &root, secret.as_ref(), &scratch, threads),
+                false => crate::failover::failover_from_root(&vm, &root, secret.as_ref(), std::path::Path::new(&to), threads),
+            })
+            .await;
             let mut done = DrillDone { drill_id: d.drill_id, vm: d.vm, ..Default::default() };
             match ran {
                 Ok(Ok(report)) => {
@@ -230,7 +235,7 @@ impl AgentRootState {
                 Ok(Err(e)) => done.error = e.to_string(),
                 Err(e) => done.error = format!("the test failover task failed: {e}"),
             }
-            tracing::info!(vm = %done.vm, ok = done.ok, rto_s = done.seconds, error = %done.error, "test failover finished");
+            tracing::info!(vm = %done.vm, ok = done.ok, rto_s = done.seconds, error = %done.error, "failover finished");
             let _ = me.send_message(AgentRootMsg::DrillDone(done));
         });
     }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use hyperexport_proto::v1::dr_service_server::DrService;
 use hyperexport_proto::v1::{
-    DeletePolicyRequest, DeletePolicyResponse, DrStatusRequest, DrStatusResponse, ListPoliciesRequest, ListPoliciesResponse, Policy,
-    TestFailoverRequest, TestFailoverResponse,
+    DeletePolicyRequest, DeletePolicyResponse, DrStatusRequest, DrStatusResponse, FailoverRequest, FailoverResponse, ListPoliciesRequest,
+    ListPoliciesResponse, Policy, TestFailoverRequest, TestFailoverResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -102,12 +102,46 @@ impl DrService for DrApi {
         Ok(Response::new(DrStatusResponse { replicas: self.view.rows() }))
     }
 
+    async fn failover(&self, request: Request<FailoverRequest>) -> std::result::Result<Response<FailoverResponse>, Status> {
+        let FailoverRequest { vm, to } = request.into_inner();
+        if vm.is_empty() || !to.starts_with('/') {
+            return Err(CoordinatorError::Invalid("vm, and an absolute path `to` on the chosen agent's host, are needed".into()).into());
+        }
+        // Regions holding a point of the VM, newest point first.
+        let wanted = vm.clone();
+        let mut regions =
+            self.run(move |s| Ok(s.replicas()?.into_iter().filter(|r| r.vm == wanted && r.point_unix_ms > 0).collect::<Vec<_>>())).await?;
+        regions.sort_by(|a, b| b.point_unix_ms.cmp(&a.point_unix_ms).then_with(|| a.region.cmp(&b.region)));
+        if regions.is_empty() {
+            return Err(CoordinatorError::Conflict(format!("no region holds a replicated point of VM {vm:?}")).into());
+        }
+        let mut skipped = Vec::new();
+        for r in regions {
+            match self.scheduler.drill(vm.clone(), r.region.clone(), to.clone()).await {
+                Ok((agent_id, done)) => {
+                    tracing::info!(vm = %vm, region = %r.region, agent = %agent_id, point = %done.point, skipped = skipped.len(), "failover chose a region");
+                    return Ok(Response::new(FailoverResponse {
+                        region: r.region,
+                        agent_id,
+                        point: done.point,
+                        bytes: done.bytes,
+                        rto_seconds: done.seconds,
+                        gb_per_second: done.bytes as f64 / done.seconds.max(1e-9) / 1e9,
+                        skipped,
+                    }));
+                }
+                Err(e) => skipped.push(format!("{}: {e}", r.region)),
+            }
+        }
+        Err(CoordinatorError::Conflict(format!("no region could restore VM {vm:?}: {}", skipped.join("; "))).into())
+    }
+
     async fn test_failover(&self, request: Request<TestFailoverRequest>) -> std::result::Result<Response<TestFailoverResponse>, Status> {
         let TestFailoverRequest { vm, region } = request.into_inner();
         if vm.is_empty() || region.is_empty() {
             return Err(CoordinatorError::Invalid("vm and region are both needed".into()).into());
         }
-        let (agent_id, done) = self.scheduler.drill(vm, region).await?;
+        let (agent_id, done) = self.scheduler.drill(vm, region, String::new()).await?;
         Ok(Response::new(TestFailoverResponse {
             agent_id,
             point: done.point,

@@ -15,12 +15,15 @@ pub(super) struct PendingDrill {
     vm: String,
     region: String,
     agent: String,
+    /// A real failover: it measures a recovery but is no drill to record.
+    real: bool,
     reply: oneshot::Sender<Result<(String, DrillDone)>>,
 }
 
 impl Scheduler {
-    /// Asks an agent of `region` that runs a replica receiver to test the failover of `vm`.
-    pub(super) fn drill(&mut self, vm: String, region: String, reply: oneshot::Sender<Result<(String, DrillDone)>>) {
+    /// Asks an agent of `region` that runs a replica receiver to test the failover of `vm`, or,
+    /// with `restore_to`, to fail it over to that path for real.
+    pub(super) fn drill(&mut self, vm: String, region: String, restore_to: String, reply: oneshot::Sender<Result<(String, DrillDone)>>) {
         let target = self.replica_targets(std::slice::from_ref(&region)).pop().filter(|t| !t.agent_id.is_empty());
         let Some(target) = target else {
             let _ = reply.send(Err(CoordinatorError::NoAgent(format!("no live agent in region {region:?} keeps replicas"))));
@@ -28,16 +31,23 @@ impl Scheduler {
         };
         let drill_id = new_id();
         tracing::info!(vm = %vm, region = %region, agent = %target.agent_id, drill = %drill_id, "test failover asked");
-        self.turn.outbox.push((target.agent_id.clone(), CoordinatorBody::Drill(Drill { drill_id: drill_id.clone(), vm: vm.clone() })));
-        self.drills.insert(drill_id, PendingDrill { vm, region, agent: target.agent_id, reply });
+        let real = !restore_to.is_empty();
+        let drill = Drill { drill_id: drill_id.clone(), vm: vm.clone(), restore_to };
+        self.turn.outbox.push((target.agent_id.clone(), CoordinatorBody::Drill(drill)));
+        self.drills.insert(drill_id, PendingDrill { vm, region, agent: target.agent_id, real, reply });
     }
 
     /// An agent's answer to a drill: the RTO goes into the VM's state at that region.
     pub(super) fn drill_done(&mut self, agent: &str, done: DrillDone) {
         let Some(pending) = self.drills.remove(&done.drill_id).filter(|p| p.agent == agent) else { return };
         if !done.ok {
-            tracing::warn!(vm = %pending.vm, region = %pending.region, error = %done.error, "test failover failed");
-            let _ = pending.reply.send(Err(CoordinatorError::Conflict(format!("test failover on agent {agent}: {}", done.error))));
+            tracing::warn!(vm = %pending.vm, region = %pending.region, error = %done.error, "failover failed");
+            let _ = pending.reply.send(Err(CoordinatorError::Conflict(format!("failover on agent {agent}: {}", done.error))));
+            return;
+        }
+        if pending.real {
+            tracing::info!(vm = %pending.vm, region = %pending.region, rto_s = done.seconds, point = %done.point, "failover done");
+            let _ = pending.reply.send(Ok((agent.to_string(), done)));
             return;
         }
         let key = replica_key(&pending.vm, &pending.region);

@@ -58,7 +58,8 @@ pub enum Event {
     /// The registrations of the live agents.
     LiveAgents(oneshot::Sender<Vec<Register>>),
     /// Run a test failover of a VM on an agent of a region that keeps replicas.
-    Drill { vm: String, region: String, reply: oneshot::Sender<Result<(String, DrillDone)>> },
+    /// With `restore_to`, a real failover to that path on the agent's host.
+    Drill { vm: String, region: String, restore_to: String, reply: oneshot::Sender<Result<(String, DrillDone)>> },
 }
 
 /// How the API and the agent streams talk to the scheduler.
@@ -98,10 +99,10 @@ impl SchedulerHandle {
         self.ask(Event::LiveAgents).await
     }
 
-    /// Runs a test failover of `vm` in `region`; answers with the agent that ran it and its
-    /// report once it is done.
-    pub async fn drill(&self, vm: String, region: String) -> Result<(String, DrillDone)> {
-        self.ask(|reply| Event::Drill { vm, region, reply }).await?
+    /// Runs a failover of `vm` in `region` (a test when `restore_to` is empty); answers with the
+    /// agent that ran it and its report once it is done.
+    pub async fn drill(&self, vm: String, region: String, restore_to: String) -> Result<(String, DrillDone)> {
+        self.ask(|reply| Event::Drill { vm, region, restore_to, reply }).await?
     }
 
     /// Every job change from now on.
@@ -385,7 +386,7 @@ impl Scheduler {
                     self.lost(&agent, reason);
                 }
             }
-            Event::Drill { vm, region, reply } => self.drill(vm, region, reply),
+            Event::Drill { vm, region, restore_to, reply } => self.drill(vm, region, restore_to, reply),
             Event::LiveAgents(reply) => {
                 let _ = reply.send(self.agents.values().map(|a| a.register.clone()).collect());
             }
