@@ -143,6 +143,15 @@ fn a_policy_keeps_b_and_c_current_b_cut_off_breaches_and_catches_up() {
 
     // Region A is gone: the coordinator fails the VM over in the region with the newest point.
     a.kill();
+    wait_until(Duration::from_secs(10), "A's agent to be taken for gone", || {
+        sb.ok(&cli(&["vms", "--output", "json"])).stdout.trim() == "[]"
+    });
+    // The VM's RPO is still tracked without its agent, and keeps growing.
+    let at_drop = status()["c"]["rpo_seconds"].as_f64().unwrap();
+    wait_until(Duration::from_secs(10), "the RPO to keep growing with A gone", || {
+        let s = status();
+        s.contains_key("b") && s.get("c").is_some_and(|r| r["rpo_seconds"].as_f64().unwrap() > at_drop + 0.6)
+    });
     let to = sb.path("failed-over.img");
     let result = sb.ok(&cli(&["dr", "failover", "--vm", "vm", "--to", to.to_str().unwrap(), "--output", "json"])).result();
     assert!(["b", "c"].contains(&result["region"].as_str().unwrap()), "{result}");

@@ -77,6 +77,7 @@ impl ReplicationError {
                 ErrorCode::Repository
             }
             ReplicationError::Repo(_) => ErrorCode::Storage,
+            ReplicationError::Refused { code, .. } => *code,
             _ => ErrorCode::Protocol,
         }
     }

@@ -82,18 +82,18 @@ async fn connection(conn: quinn::Connection, root: Arc<PathBuf>) {
 }
 
 async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, root: Arc<PathBuf>, peer: SocketAddr) {
-    let prunes = match session(&mut send, &mut recv, root).await {
-        Ok(prunes) => prunes,
+    let prune_after = match session(&mut send, &mut recv, root).await {
+        Ok(prune_after) => prune_after,
         Err(e) => {
             fail(&mut send, peer, e).await;
-            Vec::new()
+            None
         }
     };
     let _ = send.finish();
     // Wait until the peer has our last frames (or went away).
     let _ = send.stopped().await;
     // The session's lock is released: retention may take the replica's lock exclusively.
-    for (replica, vm, retention) in prunes {
+    if let Some((replica, vm, retention)) = prune_after {
         let pruned = tokio::task::spawn_blocking(move || prune(&replica, Some(&vm), &retention, false, LOCK_WAIT)).await;
         match pruned {
             Ok(Ok(report)) => tracing::info!(
@@ -120,14 +120,12 @@ fn unexpected(frame: &Frame, state: &str) -> ReplicationError {
     ReplicationError::Protocol(format!("unexpected {} frame {state}", frame.name()))
 }
 
-/// One session; returns the prunes its points asked for (replica folder, VM, rules).
-async fn session(
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    root: Arc<PathBuf>,
-) -> Result<Vec<(PathBuf, String, Retention)>, ReplicationError> {
-    let mut prunes = Vec::new();
-    let Some(first) = frames::read(recv).await? else { return Ok(prunes) };
+/// A prune a published point asked for: the replica folder, the VM and the rules.
+type PruneAfter = Option<(PathBuf, String, Retention)>;
+
+/// One session; returns the prune its point, if it published one, asked for.
+async fn session(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, root: Arc<PathBuf>) -> Result<PruneAfter, ReplicationError> {
+    let Some(first) = frames::read(recv).await? else { return Ok(None) };
     let Frame::Hello { versions, repo } = first else { return Err(unexpected(&first, "before hello")) };
     let Some(version) = wire::negotiate(&versions) else {
         let message = format!("no common protocol version: the sender speaks {versions:?}, this receiver {:?}", wire::VERSIONS);
@@ -180,12 +178,10 @@ async fn session(
                 let published = blocking(move || s.publish_point(&bytes)).await?;
                 tracing::info!(vm = %published.vm, point = %published.id, replica = %store.root().display(), "replica point published");
                 metrics::replication_point("received");
-                if !retention.is_empty() {
-                    prunes.push((store.root().to_path_buf(), published.vm.clone(), retention));
-                }
+                let prune_after = (!retention.is_empty()).then(|| (store.root().to_path_buf(), published.vm.clone(), retention));
                 frames::write(send, &Frame::Published { point_id: published.id }).await?;
                 // A published point ends the session (the sender closes right after).
-                return Ok(prunes);
+                return Ok(prune_after);
             }
             Frame::Fetch(ids) if pending.is_empty() => {
                 let s = Arc::clone(&store);
@@ -204,7 +200,7 @@ async fn session(
             }
             Frame::Error { code, message } => {
                 tracing::warn!(?code, %message, "the sender gave up the stream");
-                return Ok(prunes);
+                return Ok(None);
             }
             other => return Err(unexpected(&other, if pending.is_empty() { "between offers" } else { "while chunks are due" })),
         }
@@ -212,5 +208,5 @@ async fn session(
     if !pending.is_empty() {
         return Err(ReplicationError::Protocol(format!("the stream ended with {} wanted chunks not sent", pending.len())));
     }
-    Ok(prunes)
+    Ok(None)
 }

@@ -79,7 +79,11 @@ async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: 
     vms.dedup();
     let replicas = blocking(store, JobStore::replicas).await?;
     let now = now_ms();
-    let rows = evaluate(&policies, &vms, &replicas, now);
+    // VMs that have replicas count even when no live agent serves them any more: that is when
+    // their RPO matters most.
+    let mut covered = vms.clone();
+    covered.extend(replicas.iter().map(|r| r.vm.clone()));
+    let rows = evaluate(&policies, &covered, &replicas, now);
     let mut breached = HashSet::new();
     for row in &rows {
         crate::metrics::rpo(&row.vm, &row.region, row.rpo_seconds, row.rpo_target_seconds);
