@@ -20,3 +20,15 @@ bench:
 # Microbenchmarks of the chunk kernels.
 bench-kernels:
     cargo bench -p hyperexport-shared
+
+# Replication throughput vs scp on the same 2 GiB image.
+bench-replication:
+    bash scripts/replication-bench.sh
+
+# The coordinator under 1,000 agents and 10,000 tasks.
+bench-scale:
+    bash scripts/scale-bench.sh
+
+# Every fuzz target, a million executions each.
+fuzz:
+    bash scripts/fuzz.sh 1000000
