@@ -43,6 +43,15 @@ impl Batch {
     }
 }
 
+/// Runs `f` on the store off the async reactor (redb reads and writes block).
+pub async fn off_reactor<T: Send + 'static>(
+    store: &std::sync::Arc<JobStore>,
+    f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = std::sync::Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| CoordinatorError::Store { op: "run", detail: e.to_string() })?
+}
+
 /// The key of a VM's state at a region.
 pub fn replica_key(vm: &str, region: &str) -> String {
     format!("{vm}\u{0}{region}")

@@ -14,7 +14,7 @@ use crate::agents::glob_match;
 use crate::error::Result;
 use crate::jobs::{self, is_final, now_ms};
 use crate::scheduler::SchedulerHandle;
-use crate::store::JobStore;
+use crate::store::{JobStore, off_reactor};
 
 /// The last evaluation, for `DrService.Status`.
 #[derive(Default)]
@@ -62,14 +62,9 @@ pub fn spawn(store: Arc<JobStore>, scheduler: SchedulerHandle, every: Duration, 
     view
 }
 
-async fn blocking<T: Send + 'static>(store: &Arc<JobStore>, f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static) -> Result<T> {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| crate::CoordinatorError::Store { op: "run", detail: e.to_string() })?
-}
-
 /// One evaluation: RPO rows, metrics and breach events, and the submissions that are due.
 async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: &mut Memory) -> Result<Vec<ReplicaStatus>> {
-    let mut policies = blocking(store, JobStore::policies).await?;
+    let mut policies = off_reactor(store, JobStore::policies).await?;
     if policies.is_empty() {
         return Ok(Vec::new());
     }
@@ -77,7 +72,7 @@ async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: 
     let mut vms: Vec<String> = scheduler.live_agents().await?.into_iter().flat_map(|a| a.vms.into_iter().map(|v| v.name)).collect();
     vms.sort();
     vms.dedup();
-    let replicas = blocking(store, JobStore::replicas).await?;
+    let replicas = off_reactor(store, JobStore::replicas).await?;
     let now = now_ms();
     // VMs that have replicas count even when no live agent serves them any more: that is when
     // their RPO matters most.
@@ -103,7 +98,7 @@ async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: 
     let mut finished = Vec::new();
     for (vm, job) in &memory.in_flight {
         let id = job.clone();
-        if blocking(store, move |s| s.get(&id)).await?.is_none_or(|j| is_final(j.state())) {
+        if off_reactor(store, move |s| s.get(&id)).await?.is_none_or(|j| is_final(j.state())) {
             finished.push(vm.clone());
         }
     }

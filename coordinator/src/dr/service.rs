@@ -32,8 +32,7 @@ impl DrApi {
     }
 
     async fn run<T: Send + 'static>(&self, f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static) -> Result<T> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| CoordinatorError::Store { op: "run", detail: e.to_string() })?
+        crate::store::off_reactor(&self.store, f).await
     }
 }
 
