@@ -87,7 +87,7 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
     /// This node's TLS folder (from `hyperexport ca issue`): serve the API with mutual TLS and
-    /// refuse clients without a certificate from the same CA.
+    /// refuse clients without a certificate from the same CA. Needed to listen beyond loopback.
     #[arg(long, value_name = "DIR")]
     pub tls: Option<PathBuf>,
     /// How often replication policies are evaluated, in milliseconds: RPO metrics, breach
@@ -336,6 +336,11 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
+        // Plaintext only where no other host can connect: beyond loopback every peer must show a
+        // certificate from the cluster CA.
+        if tls.is_none() && !addr.ip().is_loopback() {
+            anyhow::bail!("refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address");
+        }
         println!("listening on {addr}");
         if let Some(listen) = &a.metrics_listen {
             let metrics = crate::telemetry::serve(listen).await?;

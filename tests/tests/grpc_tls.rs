@@ -55,3 +55,11 @@ fn a_coordinator_with_tls_serves_members_of_the_cluster_only() {
     // The intruding agent never attached: only one agent serves the VM.
     assert_eq!(agents(), vec![format!("{:?}", sb.agent_id("agent"))]);
 }
+
+#[test]
+fn a_coordinator_without_tls_serves_loopback_only() {
+    let sb = Sandbox::new();
+    let data = sb.path("coord").display().to_string();
+    sb.run(&args(&["coordinator", "--listen", "0.0.0.0:0", "--data", &data]))
+        .assert_clean_failure("refusing to serve the API in plaintext");
+}
