@@ -12,13 +12,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use crate::chunk::{BLOB_VERSION, ChunkId, HEADER_LEN, MAGIC};
 use crate::config::{REPO_FORMAT, REPO_VERSION, RepoConfig, parse_versioned};
 use crate::error::{RepoError, Result};
 use crate::point::RecoveryPoint;
-use crate::repo::{chunk_path, create_layout, publish_point_file, sync_dir, write_atomic};
+use crate::repo::{chunk_path, create_layout, publish_point_file, put_blob_file, sync_dir, syncfs, write_atomic};
 use crate::wire::RepoFiles;
 
 /// A replica being written.
@@ -123,22 +123,12 @@ impl ReplicaStore {
         if blob.len() < HEADER_LEN || blob[..4] != MAGIC || blob[4] != BLOB_VERSION {
             return Err(invalid(format!("chunk {id} from the sender is not a version {BLOB_VERSION} chunk blob")));
         }
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
-        fs::write(&tmp, blob).map_err(RepoError::io("write", &tmp))?;
-        let path = chunk_path(&self.root, id);
-        fs::rename(&tmp, &path).map_err(RepoError::io("rename into place", &path))
+        put_blob_file(&self.root, &self.tmp_counter, id, blob)
     }
 
-    /// Makes every chunk stored so far durable (one `syncfs`, then the chunk folders).
+    /// Makes every chunk stored so far durable (one `syncfs` for the replica's file system).
     pub fn sync(&self) -> Result<()> {
-        let dir = fs::File::open(&self.root).map_err(RepoError::io("open", &self.root))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: syncfs only reads the file descriptor, which `dir` keeps open for the call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(RepoError::io("syncfs", &self.root)(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        syncfs(&self.root)
     }
 
     /// Publishes a point file received whole: only when every chunk it names is here, after

@@ -70,6 +70,27 @@ pub(crate) fn create_layout(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Flushes everything written under `root` to stable storage (one `syncfs` for its file system).
+pub(crate) fn syncfs(root: &Path) -> Result<()> {
+    let dir = fs::File::open(root).map_err(RepoError::io("open", root))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs only reads the file descriptor, which `dir` keeps open for the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(RepoError::io("syncfs", root)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Stores a chunk blob that arrived whole (a copy from a replica, or a replicated chunk) in the
+/// repository at `root`: temp file, then rename into place. Not durable until [`syncfs`].
+pub(crate) fn put_blob_file(root: &Path, counter: &AtomicU64, id: &ChunkId, blob: &[u8]) -> Result<()> {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    let tmp = root.join("tmp").join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
+    fs::write(&tmp, blob).map_err(RepoError::io("write", &tmp))?;
+    let path = chunk_path(root, id);
+    fs::rename(&tmp, &path).map_err(RepoError::io("rename into place", &path))
+}
+
 /// Where chunk `id` is stored in the repository at `root`.
 pub(crate) fn chunk_path(root: &Path, id: &ChunkId) -> PathBuf {
     let hex = id.to_hex();
@@ -303,11 +324,7 @@ impl Repository {
     pub fn put_blob(&self, id: &ChunkId, blob: Vec<u8>, len: usize) -> Result<()> {
         chunk::decode(&self.keys, id, blob.clone(), len.min(MAX_CHUNK_SIZE as usize))
             .map_err(|reason| RepoError::CorruptChunk { id: id.to_hex(), reason: format!("the copy is corrupt too: {reason}") })?;
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
-        fs::write(&tmp, &blob).map_err(RepoError::io("write", &tmp))?;
-        let path = self.chunk_path(id);
-        fs::rename(&tmp, &path).map_err(RepoError::io("rename into place", &path))
+        put_blob_file(&self.root, &self.tmp_counter, id, &blob)
     }
 
     /// The files that identify the repository (`config` and the key slots), for a replica.
@@ -344,13 +361,7 @@ impl Repository {
 
     /// Flushes everything written so far to stable storage (one `syncfs` for the file system).
     pub fn sync(&self) -> Result<()> {
-        let dir = fs::File::open(&self.root).map_err(RepoError::io("open", &self.root))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: syncfs only reads the file descriptor, which `dir` keeps open for the call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(RepoError::io("syncfs", &self.root)(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        syncfs(&self.root)
     }
 
     /// Publishes a point atomically; it becomes visible complete or not at all.
