@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::bandwidth::Throttle;
 use crate::buffer_pool::{BufferPool, PooledBuf};
 use crate::checkpoint::{DiskCheckpoint, DiskControl, DiskResume, SavedStates, checkpoint_every};
 use crate::digest::ResumableSha256;
@@ -40,6 +41,8 @@ pub struct ExportOptions {
     pub lock_wait: Duration,
     /// Fault injection for tests (off unless the test environment variables are set).
     pub faults: TestFaults,
+    /// Bandwidth limits on reads and writes (none: as fast as it goes).
+    pub throttle: Option<Throttle>,
 }
 
 /// What one disk's export did.
@@ -346,6 +349,11 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk, control: &DiskContr
             let _ = hash_tx.send(HashInput::Zeros(len));
             return Ok(Some(Item::Hole(len)));
         }
+        if let Some(throttle) = &opts.throttle
+            && !throttle.read_blocking(len, cancel)
+        {
+            return Err(AgentError::Cancelled);
+        }
         let mut buf = pool.take(len as usize);
         raw.read_at(offset, buf.as_mut_slice())?;
         read_counter.fetch_add(len, Ordering::Relaxed);
@@ -488,5 +496,11 @@ fn store_if_new(ctx: &DiskContext, data: &[u8]) -> Result<Outcome> {
     };
     opts.faults.before_store(stored, ctx.cancel)?;
     let stored = repo.store_chunk(opts.compression, &id, data)?;
+    // Counted once written (its size is known only then): the next write waits for it.
+    if let Some(throttle) = &opts.throttle
+        && !throttle.upload_blocking(stored, ctx.cancel)
+    {
+        return Err(AgentError::Cancelled);
+    }
     Ok(Outcome::New(id, stored, damaged))
 }

@@ -7,6 +7,7 @@
 
 pub mod actors;
 pub mod attach;
+pub mod bandwidth;
 pub mod buffer_pool;
 pub mod checkpoint;
 pub mod digest;

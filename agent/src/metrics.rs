@@ -25,6 +25,15 @@ pub const REPLICATION_POINTS_TOTAL: &str = "hyperexport_replication_points_total
 /// Replication peers or streams refused, by reason (`handshake`: no certificate from the
 /// cluster CA, or not TLS at all; `protocol`: malformed or unexpected frames).
 pub const REPLICATION_REFUSED_TOTAL: &str = "hyperexport_replication_refused_total";
+/// The agent's bandwidth rate now, for all its data streams (+Inf: no limit).
+pub const BANDWIDTH_RATE: &str = "hyperexport_agent_bandwidth_rate_bytes_per_second";
+/// Bandwidth allocated to this agent's jobs, by QoS class.
+pub const BANDWIDTH_ALLOCATED: &str = "hyperexport_agent_bandwidth_allocated_bytes_per_second";
+/// Bytes counted by the bandwidth limiter, by QoS class and direction (`read`, `upload`): its
+/// rate is the achieved bandwidth.
+pub const BANDWIDTH_BYTES_TOTAL: &str = "hyperexport_agent_bandwidth_bytes_total";
+/// How long data streams waited for bandwidth tokens, per wait.
+pub const BANDWIDTH_WAIT_SECONDS: &str = "hyperexport_agent_bandwidth_wait_seconds";
 
 /// How often the read rate is sampled.
 pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,8 +50,13 @@ pub fn describe() {
     describe_counter!(REPLICATION_BYTES_TOTAL, Unit::Bytes, "Chunk bytes moved by replication, as stored, by direction");
     describe_counter!(REPLICATION_POINTS_TOTAL, "Recovery points replicated, by direction");
     describe_counter!(REPLICATION_REFUSED_TOTAL, "Replication peers or streams refused, by reason");
+    describe_gauge!(BANDWIDTH_RATE, "The agent's bandwidth rate for all its data streams (+Inf: no limit)");
+    describe_gauge!(BANDWIDTH_ALLOCATED, "Bandwidth allocated to this agent's jobs, by QoS class");
+    describe_counter!(BANDWIDTH_BYTES_TOTAL, Unit::Bytes, "Bytes counted by the bandwidth limiter, by QoS class and direction");
+    describe_histogram!(BANDWIDTH_WAIT_SECONDS, Unit::Seconds, "How long data streams waited for bandwidth tokens, per wait");
     gauge!(ACTIVE_EXPORTS).set(0.0);
     gauge!(DOWNLOAD_SPEED).set(0.0);
+    gauge!(BANDWIDTH_RATE).set(f64::INFINITY);
     counter!(EXPORT_BYTES_TOTAL).absolute(0);
 }
 
@@ -95,4 +109,31 @@ pub fn spawn_rate_sampler() {
             last = now;
         }
     });
+}
+
+/// The limiter's rates changed: the agent's `rate` and its jobs' `(class, rate)`.
+pub fn bandwidth_rates<'a>(rate: f64, jobs: impl Iterator<Item = (&'a str, f64)>) {
+    gauge!(BANDWIDTH_RATE).set(rate);
+    let mut by_class: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+    for (class, rate) in jobs {
+        *by_class.entry(class).or_default() += rate;
+    }
+    for (class, rate) in by_class {
+        gauge!(BANDWIDTH_ALLOCATED, "class" => class.to_string()).set(rate);
+    }
+}
+
+/// The limiter counted `bytes` of a job of `class` (empty: not yet told) going `direction`.
+pub fn bandwidth_bytes(class: &str, direction: crate::bandwidth::Direction, bytes: u64) {
+    let direction = match direction {
+        crate::bandwidth::Direction::Read => "read",
+        crate::bandwidth::Direction::Upload => "upload",
+    };
+    let class = if class.is_empty() { "unassigned".to_string() } else { class.to_string() };
+    counter!(BANDWIDTH_BYTES_TOTAL, "class" => class, "direction" => direction).increment(bytes);
+}
+
+/// A data stream waited `waited` for tokens.
+pub fn bandwidth_waited(waited: Duration) {
+    histogram!(BANDWIDTH_WAIT_SECONDS).record(waited.as_secs_f64());
 }

@@ -78,6 +78,21 @@ pub struct ExportArgs {
     pub output: Output,
 }
 
+/// A limiter of a local export's reads at `--bwlimit RATE[:BURST]`.
+fn local_throttle(bwlimit: Option<&str>) -> Result<Option<hyperexport_agent::bandwidth::Throttle>> {
+    let Some(text) = bwlimit else { return Ok(None) };
+    let (rate, burst) = crate::bandwidth_cli::parse_bwlimit(text)?;
+    let limiter = hyperexport_agent::bandwidth::Limiter::new();
+    let job = "local".to_string();
+    limiter.apply(&hyperexport_proto::v1::Rates {
+        agent_bps: rate,
+        jobs: vec![hyperexport_proto::v1::JobRate { job_id: job.clone(), bps: rate, burst, class: String::new() }],
+        counts: "reads".into(),
+        adaptive: false,
+    });
+    Ok(Some(hyperexport_agent::bandwidth::Throttle { limiter, job }))
+}
+
 #[derive(Debug, Args)]
 pub struct PointsArgs {
     #[command(flatten)]
@@ -233,6 +248,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         threads: threads(a.threads),
         lock_wait: Duration::from_secs(a.lock_wait),
         faults: TestFaults::from_env(),
+        throttle: local_throttle(a.remote.bwlimit.as_deref())?,
     };
     let report = exporter::export(&Arc::new(repo), &Arc::new(vm), &opts, progress.as_ref())?;
     drop(progress);

@@ -144,6 +144,7 @@ pub fn submit(a: &SubmitArgs, output: Output) -> Result<ExitCode> {
         let (k, v) = l.split_once('=').ok_or_else(|| anyhow!("label {l:?} is not KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
+    let (bandwidth_cap, bandwidth_burst) = a.bwlimit.as_deref().map(crate::bandwidth_cli::parse_bwlimit).transpose()?.unwrap_or_default();
     runtime()?.block_on(async {
         let mut client = connect(&a.url).await?;
         let req = SubmitRequest {
@@ -154,6 +155,9 @@ pub fn submit(a: &SubmitArgs, output: Output) -> Result<ExitCode> {
             labels,
             max_parallel: a.max_parallel,
             replicate_to: a.replicate_to.clone(),
+            class: a.class.clone().unwrap_or_default(),
+            bandwidth_cap,
+            bandwidth_burst,
         };
         let id = client.submit(req).await.map_err(refused)?.into_inner().job_id;
         match output {

@@ -230,7 +230,7 @@ async fn agent(
         loop {
             tokio::time::sleep(heartbeat).await;
             sequence += 1;
-            if beats.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { sequence })) }).await.is_err() {
+            if beats.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { sequence, demand: Vec::new() })) }).await.is_err() {
                 return;
             }
         }

@@ -1,5 +1,6 @@
 //! `hyperexport`: export VMs into a deduplicated, encrypted repository, verify and restore them.
 
+mod bandwidth_cli;
 mod commands;
 mod demo;
 mod demo_cluster;
@@ -99,6 +100,9 @@ enum Command {
     /// Disaster recovery: fail a VM over from its replicas.
     #[command(subcommand)]
     Dr(replication_cli::DrCommand),
+    /// Bandwidth budgets: caps per cluster, region and site, QoS classes, timetables.
+    #[command(subcommand)]
+    Bandwidth(bandwidth_cli::BandwidthCommand),
     /// Build a sample VM, export it twice with a change between, verify, restore, and print a summary.
     Demo(demo::DemoArgs),
     /// Tools for benchmarks and tests: make and mutate sample images.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Command::Replica(c) => replication_cli::replica(c),
         Command::Replicate(a) => replication_cli::replicate(a),
         Command::Dr(c) => replication_cli::dr(c),
+        Command::Bandwidth(c) => bandwidth_cli::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Dev(c) => sample::run(c),
     };

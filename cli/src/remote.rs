@@ -64,6 +64,13 @@ pub struct SubmitArgs {
     /// Then replicate each new point to a receiver in this region (repeat for several).
     #[arg(long = "replicate-to", value_name = "REGION", requires = "vm")]
     pub replicate_to: Vec<String>,
+    /// QoS class for bandwidth (one of `hyperexport bandwidth show`'s classes) [default: standard]
+    #[arg(long, requires = "vm")]
+    pub class: Option<String>,
+    /// Bandwidth cap, RATE[:BURST] (e.g. 5M:8M): with --vm the job's cap over all its agents;
+    /// for a local export, its reads from the source.
+    #[arg(long, value_name = "RATE[:BURST]")]
+    pub bwlimit: Option<String>,
     /// Follow the job with progress per disk; exit 0 only when it succeeds.
     #[arg(long, requires = "vm")]
     pub wait: bool,

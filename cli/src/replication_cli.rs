@@ -196,7 +196,7 @@ pub fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
         Arc::new(|p: SendProgress| print_json(&json!({"event": "progress", "operation": "replicate", "progress": p}))) as ProgressFn
     });
     let server_name = a.server_name.clone().unwrap_or_else(|| a.to.ip().to_string());
-    let options = SendOptions { streams: a.streams as usize, server_name, progress, retention: a.keep.retention() };
+    let options = SendOptions { streams: a.streams as usize, server_name, progress, retention: a.keep.retention(), throttle: None };
     let report = runtime()?.block_on(send_point(repo, point, a.to, &tls, &options)).with_context(|| format!("replicating to {}", a.to))?;
     match a.output {
         Output::Json => print_json(&json!({"event": "result", "operation": "replicate", "result": report})),

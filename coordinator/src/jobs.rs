@@ -85,6 +85,9 @@ pub fn new_job(req: SubmitRequest) -> Result<Job> {
         replicate_to: req.replicate_to,
         policy: String::new(),
         retention: None,
+        class: req.class,
+        bandwidth_cap: req.bandwidth_cap,
+        bandwidth_burst: req.bandwidth_burst,
     };
     job.state = derive_state(&job.tasks) as i32;
     Ok(job)

@@ -3,6 +3,7 @@
 //! it (`AgentService`), every change persisted before it is acted on.
 
 pub mod agents;
+pub mod bandwidth;
 pub mod dr;
 pub mod error;
 pub mod jobs;

@@ -29,6 +29,10 @@ pub const RPO_TARGET_SECONDS: &str = "hyperexport_rpo_target_seconds";
 pub const RTO_SECONDS: &str = "hyperexport_rto_seconds";
 /// Times a VM's RPO at a region went past its policy's target, by region.
 pub const RPO_BREACHES_TOTAL: &str = "hyperexport_rpo_breaches_total";
+/// Bandwidth allocated to agents, by QoS class, in the last allocation (+Inf: no cap applies).
+pub const BANDWIDTH_ALLOCATED: &str = "hyperexport_coordinator_bandwidth_allocated_bytes_per_second";
+/// Bandwidth agents reported achieving, by QoS class.
+pub const BANDWIDTH_ACHIEVED: &str = "hyperexport_coordinator_bandwidth_achieved_bytes_per_second";
 
 /// Gives every metric its help text and unit (call once the recorder is installed).
 pub fn describe() {
@@ -43,6 +47,8 @@ pub fn describe() {
     describe_gauge!(RPO_TARGET_SECONDS, Unit::Seconds, "The RPO target of the policy covering a VM at a region");
     describe_gauge!(RTO_SECONDS, Unit::Seconds, "Seconds the last test failover of a VM at a region took to a verified restore");
     describe_counter!(RPO_BREACHES_TOTAL, "Times a VM's RPO at a region went past its policy's target");
+    describe_gauge!(BANDWIDTH_ALLOCATED, "Bandwidth allocated to agents by QoS class in the last allocation (+Inf: uncapped)");
+    describe_gauge!(BANDWIDTH_ACHIEVED, "Bandwidth agents reported achieving, by QoS class");
     for (name, value) in [(QUEUE_LENGTH, 0.0), (ACTIVE_EXPORTS, 0.0), (AGENTS, 0.0)] {
         gauge!(name).set(value);
     }
@@ -94,4 +100,11 @@ pub fn rpo_breach(region: &str) {
 /// The last test failover of `vm` at `region` took `seconds`.
 pub fn rto(vm: &str, region: &str, seconds: f64) {
     gauge!(RTO_SECONDS, "vm" => vm.to_string(), "target" => region.to_string()).set(seconds);
+}
+
+/// The last allocation gave `class` `allocated` bytes per second; its jobs reported `achieved`
+/// (labels: the configured classes).
+pub fn bandwidth(class: &str, allocated: f64, achieved: f64) {
+    gauge!(BANDWIDTH_ALLOCATED, "class" => class.to_string()).set(allocated);
+    gauge!(BANDWIDTH_ACHIEVED, "class" => class.to_string()).set(achieved);
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hyperexport_proto::v1::FILE_DESCRIPTOR_SET;
 use hyperexport_proto::v1::agent_service_server::AgentServiceServer;
+use hyperexport_proto::v1::bandwidth_service_server::BandwidthServiceServer;
 use hyperexport_proto::v1::dr_service_server::DrServiceServer;
 use hyperexport_proto::v1::export_service_server::ExportServiceServer;
 use hyperexport_proto::v1::inventory_service_server::InventoryServiceServer;
@@ -76,10 +77,12 @@ pub async fn serve(listener: TcpListener, store: JobStore, options: ServeOptions
         builder = builder.tls_config(tls).map_err(|e| CoordinatorError::Serve(format!("TLS configuration: {e}")))?;
     }
     let server = builder
+        .add_service(BandwidthServiceServer::new(crate::bandwidth::service::BandwidthApi::new(scheduler.clone())))
         .add_service(ExportServiceServer::new(ExportApi::new(store, scheduler, stopping)))
         .add_service(AgentServiceServer::new(agents.clone()))
         .add_service(InventoryServiceServer::new(agents))
         .add_service(dr)
+
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;

@@ -19,6 +19,9 @@ pub(crate) const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// Where each VM stands at each target region, by `vm NUL region`, each a protobuf-encoded
 /// `hyperexport.v1.ReplicaStatus` (its point, consistency time and last attempt).
 pub(crate) const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas_v1");
+/// The bandwidth configuration under the key `config`, a protobuf-encoded
+/// `hyperexport.v1.BandwidthConfig`.
+pub(crate) const BANDWIDTH: TableDefinition<&str, &[u8]> = TableDefinition::new("bandwidth_v1");
 
 /// Changes written together in one transaction.
 #[derive(Default)]
@@ -79,6 +82,7 @@ impl JobStore {
         txn.open_table(CHECKPOINTS).map_err(fail("create table"))?;
         txn.open_table(POLICIES).map_err(fail("create table"))?;
         txn.open_table(REPLICAS).map_err(fail("create table"))?;
+        txn.open_table(BANDWIDTH).map_err(fail("create table"))?;
         txn.commit().map_err(fail("commit"))?;
         Ok(JobStore { db })
     }

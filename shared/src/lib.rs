@@ -17,6 +17,7 @@ pub mod point;
 pub mod prune;
 pub mod replica;
 pub mod repo;
+pub mod timetable;
 pub mod units;
 pub mod wire;
 

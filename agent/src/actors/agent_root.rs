@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::ChildStop;
 use super::job_supervisor::{JobSupervisor, JobSupervisorConfig, JobSupervisorMsg};
 use crate::attach::{AttachConfig, attach, inventory_of};
+use crate::bandwidth::Limiter;
 use crate::export::TestFaults;
 use crate::replication::tls::NodeTls;
 use crate::target::TargetAccess;
@@ -93,6 +94,8 @@ pub struct AgentRootState {
     sequence: u64,
     backoff: Duration,
     tasks: HashMap<String, TaskSlot>,
+    /// Bandwidth limits of all its tasks, at the rates the coordinator last sent.
+    limiter: Arc<Limiter>,
 }
 
 impl AgentRootState {
@@ -166,6 +169,7 @@ impl AgentRootState {
             cancel: Arc::clone(&cancel),
             tls: self.config.tls.clone(),
             root: myself.clone(),
+            limiter: Arc::clone(&self.limiter),
         };
         let (supervisor, _) = JobSupervisor::spawn_linked(None, JobSupervisor, config, myself.get_cell()).await?;
         let slot = TaskSlot { attempt: assign.attempt, cancel, supervisor: Some(supervisor), finished: None, unsent: Vec::new() };
@@ -196,6 +200,10 @@ impl AgentRootState {
                 }
             }
             CoordinatorBody::Drill(d) => self.drill(myself, d),
+            CoordinatorBody::Rates(r) => {
+                tracing::debug!(agent_bps = r.agent_bps, jobs = r.jobs.len(), "bandwidth rates");
+                self.limiter.apply(&r);
+            }
             CoordinatorBody::Registered(_) => tracing::warn!("unexpected second Registered from the coordinator"),
         }
         Ok(())
@@ -278,6 +286,7 @@ impl Actor for AgentRoot {
             sequence: 0,
             backoff: MIN_BACKOFF,
             tasks: HashMap::new(),
+            limiter: Limiter::new(),
         })
     }
 
@@ -310,7 +319,8 @@ impl Actor for AgentRoot {
             AgentRootMsg::Heartbeat { generation } => {
                 if state.outbound.as_ref().is_some_and(|(current, _)| *current == generation) {
                     state.sequence += 1;
-                    if state.send(AgentBody::Heartbeat(Heartbeat { sequence: state.sequence })).await {
+                    let heartbeat = Heartbeat { sequence: state.sequence, demand: state.limiter.report() };
+                    if state.send(AgentBody::Heartbeat(heartbeat)).await {
                         myself.send_after(state.heartbeat, move || AgentRootMsg::Heartbeat { generation });
                     }
                 }

@@ -21,6 +21,7 @@ use super::disk_reader::{DiskReader, DiskReaderConfig};
 use super::replicator::{Replicator, ReplicatorConfig};
 use super::uploader::{Uploader, UploaderConfig};
 use crate::AgentError;
+use crate::bandwidth::{Limiter, Throttle};
 use crate::checkpoint::{DiskCheckpoint, DiskResume, encode_chunks};
 use crate::export::{DiskResult, ExportOptions, ExportReport, ExportRun, TestFaults};
 use crate::progress::Progress;
@@ -65,6 +66,15 @@ pub struct JobSupervisorConfig {
     pub tls: Option<NodeTls>,
     /// Who gets the task's news.
     pub root: ActorRef<AgentRootMsg>,
+    /// The agent's bandwidth limiter.
+    pub limiter: Arc<Limiter>,
+}
+
+impl JobSupervisorConfig {
+    /// The task's handle on the agent's bandwidth limiter.
+    fn throttle(&self) -> Throttle {
+        Throttle { limiter: Arc::clone(&self.limiter), job: self.assign.job_id.clone() }
+    }
 }
 
 /// Messages `JobSupervisor` handles.
@@ -261,6 +271,7 @@ fn open(config: &JobSupervisorConfig) -> Result<Opened, AgentError> {
         threads: config.threads,
         lock_wait: Duration::from_secs(24 * 3600),
         faults: config.faults,
+        throttle: Some(config.throttle()),
     };
     let sizes: Vec<u64> = source.disks.iter().map(|d| RawDisk::open(&d.raw_path).map(|r| r.size())).collect::<Result<_, _>>()?;
     let run = ExportRun::begin(repo, source, opts, &config.cancel)?;
@@ -396,6 +407,7 @@ impl Actor for JobSupervisor {
                     cancel: Arc::clone(&state.config.cancel),
                     retention: retention_of(&state.config.assign),
                     supervisor: myself.clone(),
+                    throttle: Some(state.config.throttle()),
                 };
                 state.child = Some(Replicator::spawn_linked(None, Replicator, config, myself.get_cell()).await?.0.get_cell());
             }

@@ -76,6 +76,7 @@ async fn start(dir: &Path, attempt: u32, resume: Option<TaskCheckpointState>, fa
         cancel: Arc::clone(&cancel),
         tls: None,
         root,
+        limiter: crate::bandwidth::Limiter::new(),
     };
     let (supervisor, _) = Actor::spawn(None, JobSupervisor, config).await.unwrap();
     Task { supervisor, cancel, news }

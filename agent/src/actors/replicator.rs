@@ -13,6 +13,7 @@ use hyperexport_shared::prune::Retention;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::job_supervisor::JobSupervisorMsg;
+use crate::bandwidth::Throttle;
 use crate::replication::sender::{SendOptions, send_point};
 use crate::replication::tls::NodeTls;
 
@@ -35,6 +36,8 @@ pub struct ReplicatorConfig {
     pub retention: Retention,
     /// Who gets the results.
     pub supervisor: ActorRef<JobSupervisorMsg>,
+    /// The task's bandwidth limits.
+    pub throttle: Option<Throttle>,
 }
 
 /// Messages `Replicator` handles.
@@ -54,6 +57,7 @@ async fn one(
     tls: Option<NodeTls>,
     cancel: Arc<AtomicBool>,
     retention: Retention,
+    throttle: Option<Throttle>,
 ) -> ReplicaResult {
     let failed = |error: String| ReplicaResult { region: target.region.clone(), ok: false, error, ..Default::default() };
     let Some(tls) = tls else { return failed("this agent has no --tls, so it cannot replicate".into()) };
@@ -67,7 +71,7 @@ async fn one(
     let Ok(Ok(recovery_point)) = tokio::task::spawn_blocking(move || r.resolve_point(&point)).await else {
         return failed("the published point cannot be read back".into());
     };
-    let options = SendOptions { streams: STREAMS, server_name: addr.ip().to_string(), progress: None, retention };
+    let options = SendOptions { streams: STREAMS, server_name: addr.ip().to_string(), progress: None, retention, throttle };
     let cancelled = async {
         while !cancel.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -113,7 +117,7 @@ impl Actor for Replicator {
             .targets
             .iter()
             .map(|t| {
-                let run = one(Arc::clone(&c.repo), c.point.clone(), t.clone(), c.tls.clone(), Arc::clone(&c.cancel), c.retention);
+                let run = one(Arc::clone(&c.repo), c.point.clone(), t.clone(), c.tls.clone(), Arc::clone(&c.cancel), c.retention, c.throttle.clone());
                 let supervisor = c.supervisor.clone();
                 tokio::spawn(async move {
                     let result = run.await;

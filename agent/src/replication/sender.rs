@@ -16,6 +16,8 @@ use serde::Serialize;
 use super::client::{answer, connect, open};
 use super::tls::NodeTls;
 use super::{OFFER_BATCH, ReplicationError, blocking, frames};
+use crate::bandwidth::adaptive::SAMPLE_EVERY;
+use crate::bandwidth::{PathWatch, Throttle};
 use crate::metrics;
 
 /// Bytes of a point file per frame.
@@ -52,6 +54,9 @@ pub struct SendOptions {
     /// Once the point is published, the receiver prunes the VM's points by these rules (default:
     /// keep everything).
     pub retention: Retention,
+    /// Bandwidth limits on the chunks sent, and adaptive mode's view of the path (none: as fast
+    /// as it goes).
+    pub throttle: Option<Throttle>,
 }
 
 /// Progress shared by a replication's streams.
@@ -128,8 +133,10 @@ pub async fn send_point(
     for part in ids.chunks(share) {
         let (conn, repo, files, counters) = (conn.clone(), Arc::clone(&repo), Arc::clone(&files), Arc::clone(&counters));
         let part = part.to_vec();
-        streams.spawn(async move { send_chunks(&conn, repo, &files, &part, batch, &counters).await });
+        let throttle = options.throttle.clone();
+        streams.spawn(async move { send_chunks(&conn, repo, &files, &part, batch, &counters, throttle.as_ref()).await });
     }
+    let _watch = options.throttle.as_ref().map(|t| watch_path(conn.clone(), t.limiter.path()));
     while let Some(done) = streams.join_next().await {
         done.map_err(|e| ReplicationError::Protocol(format!("a sending task failed: {e}")))??;
     }
@@ -153,6 +160,28 @@ pub async fn send_point(
     })
 }
 
+/// A task that is stopped when this is dropped.
+struct StopOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Feeds adaptive mode with the connection's round trip and losses until the returned guard is
+/// dropped (the watch goes with the task).
+fn watch_path(conn: quinn::Connection, mut watch: PathWatch) -> StopOnDrop {
+    StopOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            let stats = conn.stats();
+            watch.observe(stats.path.rtt, stats.path.lost_packets);
+        }
+    }))
+}
+
 /// Offers `ids` in batches of `batch` on one stream and sends what the receiver wants; one
 /// batch at a time is unacknowledged.
 async fn send_chunks(
@@ -162,6 +191,7 @@ async fn send_chunks(
     ids: &[ChunkId],
     batch: usize,
     counters: &Counters,
+    throttle: Option<&Throttle>,
 ) -> Result<(), ReplicationError> {
     let (mut send, mut recv) = open(conn, files).await?;
     for offer in ids.chunks(batch) {
@@ -175,6 +205,9 @@ async fn send_chunks(
         // Counted before they go: a failure from here on may have sent any part of them.
         counters.add(wanted.len() as u64, blobs.iter().map(|b| b.len() as u64).sum(), 0);
         for (id, blob) in wanted.iter().zip(&blobs) {
+            if let Some(throttle) = throttle {
+                throttle.upload(blob.len() as u64).await;
+            }
             frames::write_chunk(&mut send, id, blob).await?;
             metrics::replication_bytes("sent", blob.len() as u64);
         }

@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
 use hyperexport_proto::v1::{
-    CancelTask, CoordinatorMessage, DrillDone, Job, JobState, Register, ReplicaStatus, ReplicaTarget, TaskCheckpointState,
+    BandwidthConfig, BandwidthTree, CancelTask, CoordinatorMessage, DrillDone, Job, JobState, Register, ReplicaStatus, ReplicaTarget,
+    TaskCheckpointState,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Status;
 
+use crate::bandwidth::config::{Compiled, DEFAULT_CLASS};
+use crate::bandwidth::plan::Plan;
 use crate::error::{CoordinatorError, Result};
 use crate::jobs::{self, is_final, now_ms};
 use crate::placement::eligible;
@@ -25,6 +28,7 @@ use crate::server::stopped;
 use crate::store::JobStore;
 use crate::task_state::{self, holds_agent, is_active};
 
+mod bandwidth;
 mod drills;
 #[cfg(test)]
 mod tests;
@@ -39,6 +43,8 @@ const MAX_EVENTS_PER_TURN: usize = 4096;
 /// Time spent taking events in one turn at most: a burst of submissions (each admitting all its
 /// tasks) is placed and committed in slices, so that the first jobs are not held up by the last.
 const HANDLE_BUDGET: Duration = Duration::from_millis(2);
+/// Longest time between two turns when no event comes (bandwidth allocation runs on turns).
+const MAX_IDLE_TURN: Duration = Duration::from_millis(250);
 
 /// The sending half of an agent's stream.
 pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -60,6 +66,12 @@ pub enum Event {
     /// Run a test failover of a VM on an agent of a region that keeps replicas.
     /// With `restore_to`, a real failover to that path on the agent's host.
     Drill { vm: String, region: String, restore_to: String, reply: oneshot::Sender<Result<(String, DrillDone)>> },
+    /// Persist and apply a validated bandwidth configuration.
+    SetBandwidth(Compiled, oneshot::Sender<Result<BandwidthConfig>>),
+    /// The bandwidth configuration in force.
+    BandwidthConfig(oneshot::Sender<BandwidthConfig>),
+    /// The last bandwidth allocation.
+    BandwidthTree(oneshot::Sender<BandwidthTree>),
 }
 
 /// How the API and the agent streams talk to the scheduler.
@@ -103,6 +115,21 @@ impl SchedulerHandle {
     /// agent that ran it and its report once it is done.
     pub async fn drill(&self, vm: String, region: String, restore_to: String) -> Result<(String, DrillDone)> {
         self.ask(|reply| Event::Drill { vm, region, restore_to, reply }).await?
+    }
+
+    /// Persists and applies a bandwidth configuration; returns it as stored.
+    pub async fn set_bandwidth(&self, config: Compiled) -> Result<BandwidthConfig> {
+        self.ask(|reply| Event::SetBandwidth(config, reply)).await?
+    }
+
+    /// The bandwidth configuration in force.
+    pub async fn bandwidth_config(&self) -> Result<BandwidthConfig> {
+        self.ask(Event::BandwidthConfig).await
+    }
+
+    /// The last bandwidth allocation.
+    pub async fn bandwidth_tree(&self) -> Result<BandwidthTree> {
+        self.ask(Event::BandwidthTree).await
     }
 
     /// Every job change from now on.
@@ -160,6 +187,8 @@ pub struct Scheduler {
     replicas_recorded: HashSet<(String, String)>,
     /// Test failovers under way, by drill id.
     drills: HashMap<String, drills::PendingDrill>,
+    /// Bandwidth budgets: configuration, demand, rates sent.
+    bandwidth: Plan,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -180,6 +209,7 @@ pub fn start(
     }
     let checkpoints = store.checkpoints()?.into_iter().collect();
     let replica_states = store.replicas()?.into_iter().map(|r| (crate::store::replica_key(&r.vm, &r.region), r)).collect();
+    let bandwidth = Plan::new(store.bandwidth()?);
     tracing::info!(unfinished_jobs = jobs.len(), "scheduler loaded");
     let (events, mut rx) = mpsc::unbounded_channel();
     let changes = broadcast::channel(WATCH_BACKLOG).0;
@@ -199,6 +229,7 @@ pub fn start(
         replica_states,
         replicas_recorded: HashSet::default(),
         drills: HashMap::new(),
+        bandwidth,
     };
     // The loop has an OS thread of its own: under load the runtime's workers are busy with a
     // thousand agent streams, and the one task every placement waits for must not queue behind
@@ -209,7 +240,7 @@ pub fn start(
     let run = async move {
         let stop = stopped(stopping);
         tokio::pin!(stop);
-        let mut tick = tokio::time::interval(heartbeat / 2);
+        let mut tick = tokio::time::interval((heartbeat / 2).min(MAX_IDLE_TURN));
         loop {
             tokio::select! {
                 event = rx.recv() => match event {
@@ -231,6 +262,7 @@ pub fn start(
             let handled = started.elapsed();
             scheduler.expire();
             scheduler.place();
+            scheduler.allocate_bandwidth();
             let placed = started.elapsed() - handled;
             let jobs = scheduler.turn.jobs.len();
             scheduler.commit()?;
@@ -387,6 +419,20 @@ impl Scheduler {
                 }
             }
             Event::Drill { vm, region, restore_to, reply } => self.drill(vm, region, restore_to, reply),
+            Event::SetBandwidth(config, reply) => {
+                let stored = self.store.put_bandwidth(&config.config).map(|()| config.config.clone());
+                if stored.is_ok() {
+                    tracing::info!(global = %config.config.global, regions = config.config.regions.len(), "bandwidth configuration set");
+                    self.bandwidth.set_config(config);
+                }
+                let _ = reply.send(stored);
+            }
+            Event::BandwidthConfig(reply) => {
+                let _ = reply.send(self.bandwidth.config().config.clone());
+            }
+            Event::BandwidthTree(reply) => {
+                let _ = reply.send(self.bandwidth.tree());
+            }
             Event::LiveAgents(reply) => {
                 let _ = reply.send(self.agents.values().map(|a| a.register.clone()).collect());
             }
@@ -395,6 +441,11 @@ impl Scheduler {
 
     /// Checks that every VM of a new job can be placed somewhere now.
     fn admit(&self, job: &Job) -> Result<()> {
+        let class = if job.class.is_empty() { DEFAULT_CLASS } else { job.class.as_str() };
+        if !self.bandwidth.config().has_class(class) {
+            let known: Vec<&String> = self.bandwidth.config().config.classes.keys().collect();
+            return Err(CoordinatorError::Invalid(format!("class {class:?} is not a bandwidth class (classes: {known:?})")));
+        }
         if !job.region.is_empty() && !self.agents.values().any(|a| a.register.region == job.region) {
             return Err(CoordinatorError::NoAgent(format!("no live agent in region {:?}", job.region)));
         }
@@ -458,6 +509,7 @@ impl Scheduler {
         let vms = register.vms.iter().map(|v| v.name.clone()).collect();
         self.slot_free.insert(id.clone(), vec![Instant::now(); register.capacity.max(1) as usize]);
         self.agents.insert(id.clone(), AgentConn { register, vms, connection, tx, last_seen: Instant::now() });
+        self.bandwidth.forget(&id);
         // Tasks it holds: take back those still meant for it, cancel the others (a finished one
         // answers with its result, which is then released).
         for (task_id, attempt) in &held {
@@ -516,6 +568,7 @@ impl Scheduler {
     fn lost(&mut self, agent: &str, reason: &str) {
         tracing::warn!(agent = %agent, reason, "agent detached");
         self.drills_lost(agent);
+        self.bandwidth.forget(agent);
         if let Some(conn) = self.agents.remove(agent) {
             self.index(&conn.register, false);
             self.slot_free.remove(agent);

@@ -24,6 +24,7 @@ fn scheduler(dir: &std::path::Path) -> Scheduler {
         replica_states: HashMap::new(),
         replicas_recorded: HashSet::default(),
         drills: HashMap::new(),
+        bandwidth: crate::bandwidth::plan::Plan::new(crate::bandwidth::config::Compiled::default_config()),
     }
 }
 

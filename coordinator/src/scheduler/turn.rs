@@ -20,6 +20,13 @@ impl Scheduler {
     /// Applies a message of agent `agent` about one of its tasks. News of a task the agent no
     /// longer owns (another attempt runs elsewhere) is dropped; a stale result is released.
     pub(super) fn on_agent_message(&mut self, agent: &str, body: AgentBody, received: Instant) {
+        let body = match body {
+            AgentBody::Heartbeat(h) => {
+                self.bandwidth.report(agent, h.demand);
+                return;
+            }
+            other => other,
+        };
         let (task_id, attempt) = match &body {
             AgentBody::Progress(p) => (p.task_id.clone(), p.attempt),
             AgentBody::Checkpoint(c) => (c.task_id.clone(), c.attempt),
@@ -110,6 +117,7 @@ impl Scheduler {
                     self.turn.forget.push(task_id.clone());
                 }
                 self.changed(&job_id, true);
+                self.bandwidth.touch();
                 release(self);
             }
             AgentBody::Heartbeat(_) | AgentBody::Register(_) | AgentBody::DrillDone(_) => {}
@@ -265,6 +273,7 @@ impl Scheduler {
             job.updated_unix_ms = now;
             self.turn.outbox.push((agent, CoordinatorBody::Assign(assign)));
             self.changed(&job_id, true);
+            self.bandwidth.touch();
         }
     }
 
