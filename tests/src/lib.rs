@@ -246,9 +246,15 @@ impl Sandbox {
     /// Starts an agent like [`Sandbox::start_agent`] with `--metrics-listen 127.0.0.1:0`; returns
     /// it with the address of its `/metrics`.
     pub fn start_agent_with_metrics(&self, coordinator: &Coordinator, region: &str, source: &Path, data: &str) -> (Service, String) {
+        self.start_agent_with_metrics_and(coordinator, region, source, data, &[])
+    }
+
+    /// Like [`Sandbox::start_agent_with_metrics`], with extra arguments (e.g. `--capacity 2`).
+    pub fn start_agent_with_metrics_and(&self, coordinator: &Coordinator, region: &str, source: &Path, data: &str, extra: &[&str]) -> (Service, String) {
         let mut a = args(&["agent", "--coordinator", &coordinator.addr, "--region", region, "--metrics-listen", "127.0.0.1:0"]);
         a.extend(["--data".into(), self.path(data).display().to_string(), "--source".into(), format!("local:{}", source.display())]);
         a.extend(["--password-file".into(), self.path("password").display().to_string()]);
+        a.extend(args(extra));
         let mut service = self.spawn_service(data, &a, Stdio::piped(), &[]);
         let stdout = service.child.stdout.take().expect("piped stdout");
         let metrics = read_metrics_line(&mut std::io::BufReader::new(stdout));
@@ -277,6 +283,12 @@ impl Sandbox {
     /// Like [`Sandbox::start_coordinator`], with extra arguments (e.g. `--heartbeat-ms`; a
     /// `--listen` among them replaces the free port).
     pub fn start_coordinator_with(&self, data: &str, extra: &[&str]) -> Coordinator {
+        self.start_coordinator_with_env(data, extra, &[])
+    }
+
+    /// Like [`Sandbox::start_coordinator_with`], with extra environment variables (e.g. an
+    /// injected clock).
+    pub fn start_coordinator_with_env(&self, data: &str, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
         use std::io::BufRead;
         let mut a = args(&["coordinator"]);
         if !extra.contains(&"--listen") {
@@ -284,7 +296,7 @@ impl Sandbox {
         }
         a.extend(["--data".into(), self.path(data).display().to_string()]);
         a.extend(args(extra));
-        let mut service = self.spawn_service(data, &a, Stdio::piped(), &[]);
+        let mut service = self.spawn_service(data, &a, Stdio::piped(), env);
         let mut line = String::new();
         let stdout = service.child.stdout.take().expect("piped stdout");
         let mut stdout = std::io::BufReader::new(stdout);
