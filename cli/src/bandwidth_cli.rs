@@ -255,8 +255,16 @@ mod tests {
 
     #[test]
     fn set_changes_only_what_it_names() {
-        let base = BandwidthConfig { global: "10M".into(), regions: [("a".into(), "1M".into()), ("b".into(), "2M".into())].into(), ..Default::default() };
-        let c = change(base.clone(), &args(&["--region", "b=off", "--region", "c=08:00,5M 18:00,off", "--class", "gold=9", "--adaptive", "on"])).unwrap();
+        let base = BandwidthConfig {
+            global: "10M".into(),
+            regions: [("a".into(), "1M".into()), ("b".into(), "2M".into())].into(),
+            ..Default::default()
+        };
+        let c = change(
+            base.clone(),
+            &args(&["--region", "b=off", "--region", "c=08:00,5M 18:00,off", "--class", "gold=9", "--adaptive", "on"]),
+        )
+        .unwrap();
         assert_eq!(c.global, "10M");
         assert_eq!(c.regions.len(), 2);
         assert_eq!(c.regions["c"], "08:00,5M 18:00,off");

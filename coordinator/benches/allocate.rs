@@ -62,18 +62,22 @@ fn bench(c: &mut Criterion) {
     }
     c.bench_function("allocate 1000 agents x 3 classes x 50 sites", |b| b.iter(|| black_box(allocate(&caps, black_box(&leaves)))));
 
-    let names: Vec<(String, String, String)> = (0..AGENTS).map(|a| {
-        let (region, site) = site_of(a);
-        (format!("agent-{a:04}"), region, site)
-    }).collect();
+    let names: Vec<(String, String, String)> = (0..AGENTS)
+        .map(|a| {
+            let (region, site) = site_of(a);
+            (format!("agent-{a:04}"), region, site)
+        })
+        .collect();
     let agents: Vec<AgentPlace> = names.iter().map(|(id, region, site)| AgentPlace { id, region, site }).collect();
     let jobs: Vec<Job> = (0..SITES)
-        .flat_map(|s| CLASSES.iter().map(move |class| Job {
-            id: format!("job-s{s}-{class}"),
-            class: class.to_string(),
-            bandwidth_cap: if *class == "bulk" { 50 << 20 } else { 0 },
-            ..Default::default()
-        }))
+        .flat_map(|s| {
+            CLASSES.iter().map(move |class| Job {
+                id: format!("job-s{s}-{class}"),
+                class: class.to_string(),
+                bandwidth_cap: if *class == "bulk" { 50 << 20 } else { 0 },
+                ..Default::default()
+            })
+        })
         .collect();
     let work: Vec<(&str, &Job)> = (0..AGENTS)
         .flat_map(|a| (0..CLASSES.len()).map(move |c| (a, c)))

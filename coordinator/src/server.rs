@@ -82,7 +82,6 @@ pub async fn serve(listener: TcpListener, store: JobStore, options: ServeOptions
         .add_service(AgentServiceServer::new(agents.clone()))
         .add_service(InventoryServiceServer::new(agents))
         .add_service(dr)
-
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;

@@ -182,7 +182,10 @@ mod tests {
 
     #[test]
     fn the_week_starts_on_the_right_monday() {
-        assert_eq!(humantime::format_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at(0, 0, 0) as u64)).to_string(), "2026-11-23T00:00:00Z");
+        assert_eq!(
+            humantime::format_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at(0, 0, 0) as u64)).to_string(),
+            "2026-11-23T00:00:00Z"
+        );
     }
 
     #[test]

@@ -250,7 +250,14 @@ impl Sandbox {
     }
 
     /// Like [`Sandbox::start_agent_with_metrics`], with extra arguments (e.g. `--capacity 2`).
-    pub fn start_agent_with_metrics_and(&self, coordinator: &Coordinator, region: &str, source: &Path, data: &str, extra: &[&str]) -> (Service, String) {
+    pub fn start_agent_with_metrics_and(
+        &self,
+        coordinator: &Coordinator,
+        region: &str,
+        source: &Path,
+        data: &str,
+        extra: &[&str],
+    ) -> (Service, String) {
         let mut a = args(&["agent", "--coordinator", &coordinator.addr, "--region", region, "--metrics-listen", "127.0.0.1:0"]);
         a.extend(["--data".into(), self.path(data).display().to_string(), "--source".into(), format!("local:{}", source.display())]);
         a.extend(["--password-file".into(), self.path("password").display().to_string()]);

@@ -106,7 +106,9 @@ impl Rig {
 
 /// Waits until `agent`'s rate is `expected` MiB/s (the coordinator's allocation applied).
 fn wait_for_rate(agent: &Agent, expected: f64) {
-    wait_until(Duration::from_secs(30), &format!("an agent rate of {expected} MiB/s"), || (agent.value(AGENT_RATE) / MIB - expected).abs() < 0.01);
+    wait_until(Duration::from_secs(30), &format!("an agent rate of {expected} MiB/s"), || {
+        (agent.value(AGENT_RATE) / MIB - expected).abs() < 0.01
+    });
 }
 
 /// Bytes per second each agent read from its sources over the next `seconds`.

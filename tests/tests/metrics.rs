@@ -57,6 +57,9 @@ fn coordinator_and_agent_metrics_are_complete_and_promtool_clean() {
     assert_eq!(value(&coordinator, "hyperexport_coordinator_placement_latency_seconds_count"), 1.0);
     assert!(value(&coordinator, "process_resident_memory_bytes") > 0.0);
     assert!(value(&coordinator, "process_cpu_seconds_total") >= 0.0, "CPU time is reported");
+    // No caps configured: nothing is allocated to the class of the finished job, and the agent
+    // runs unlimited (+Inf).
+    assert_eq!(value(&coordinator, r#"hyperexport_coordinator_bandwidth_allocated_bytes_per_second{class="standard"}"#), 0.0);
 
     let agent = scrape(&agent_metrics);
     promtool_check(&sb, "agent.metrics", &agent);
@@ -65,5 +68,7 @@ fn coordinator_and_agent_metrics_are_complete_and_promtool_clean() {
     assert_eq!(value(&agent, "hyperexport_export_bytes_total"), SIZE as f64);
     assert_eq!(value(&agent, "hyperexport_active_exports"), 0.0);
     assert!(value(&agent, "hyperexport_download_speed_bytes_per_second") >= 0.0);
+    assert_eq!(value(&agent, "hyperexport_agent_bandwidth_rate_bytes_per_second"), f64::INFINITY);
+    assert_eq!(value(&agent, r#"hyperexport_agent_bandwidth_bytes_total{class="standard",direction="read"}"#), SIZE as f64);
     assert!(value(&agent, "process_resident_memory_bytes") > 0.0);
 }

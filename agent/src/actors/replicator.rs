@@ -117,7 +117,15 @@ impl Actor for Replicator {
             .targets
             .iter()
             .map(|t| {
-                let run = one(Arc::clone(&c.repo), c.point.clone(), t.clone(), c.tls.clone(), Arc::clone(&c.cancel), c.retention, c.throttle.clone());
+                let run = one(
+                    Arc::clone(&c.repo),
+                    c.point.clone(),
+                    t.clone(),
+                    c.tls.clone(),
+                    Arc::clone(&c.cancel),
+                    c.retention,
+                    c.throttle.clone(),
+                );
                 let supervisor = c.supervisor.clone();
                 tokio::spawn(async move {
                     let result = run.await;

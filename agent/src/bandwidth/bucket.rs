@@ -61,7 +61,7 @@ impl TokenBucket {
         }
         self.refill(now);
         self.tokens -= bytes as f64;
-        (self.tokens < 0.0).then(|| Ticket(self.refilled - self.tokens))
+        (self.tokens < 0.0).then_some(Ticket(self.refilled - self.tokens))
     }
 
     /// How long the holder of `ticket` still has to wait (`None`: it may go).

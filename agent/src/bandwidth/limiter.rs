@@ -80,7 +80,13 @@ fn wire(bps: u64) -> Rate {
 }
 
 fn burst_for(rate: Rate, given: u64) -> f64 {
-    if given > 0 { given as f64 } else if rate.is_finite() { (rate * BURST_SECONDS).max(MIN_BURST) } else { MIN_BURST }
+    if given > 0 {
+        given as f64
+    } else if rate.is_finite() {
+        (rate * BURST_SECONDS).max(MIN_BURST)
+    } else {
+        MIN_BURST
+    }
 }
 
 impl State {

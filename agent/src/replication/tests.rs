@@ -66,7 +66,8 @@ async fn a_point_replicates_once_and_a_stranger_is_refused() {
     let repo = exported(dir.path());
     let point = repo.list_points().unwrap().pop().unwrap();
     let sender = node(&ca, "a", &dir.path().join("a"));
-    let options = SendOptions { streams: 3, server_name: "127.0.0.1".into(), progress: None, retention: Default::default(), throttle: None };
+    let options =
+        SendOptions { streams: 3, server_name: "127.0.0.1".into(), progress: None, retention: Default::default(), throttle: None };
 
     let first = send_point(Arc::clone(&repo), point.clone(), addr, &sender, &options).await.unwrap();
     assert_eq!((first.chunks, first.chunks_sent), (48, 48), "{first:?}");

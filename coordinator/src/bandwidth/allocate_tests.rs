@@ -5,15 +5,7 @@ const INF: Rate = f64::INFINITY;
 const EPS: f64 = 1e-6;
 
 fn leaf(region: &str, site: &str, class: &str, job: &str, agent: &str, demand: Rate) -> Leaf {
-    Leaf {
-        region: region.into(),
-        site: site.into(),
-        class: class.into(),
-        job: job.into(),
-        agent: agent.into(),
-        demand,
-        achieved: 0.0,
-    }
+    Leaf { region: region.into(), site: site.into(), class: class.into(), job: job.into(), agent: agent.into(), demand, achieved: 0.0 }
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -30,11 +22,7 @@ fn water_fill_gives_small_demands_in_full_and_shares_the_rest_by_weight() {
 
 #[test]
 fn the_issue_example_a_global_cap_and_a_region_cap() {
-    let caps = Caps {
-        global: 60.0,
-        regions: [("b".to_string(), 20.0)].into_iter().collect(),
-        ..Default::default()
-    };
+    let caps = Caps { global: 60.0, regions: [("b".to_string(), 20.0)].into_iter().collect(), ..Default::default() };
     let leaves = [
         leaf("a", "s", "standard", "j1", "a1", INF),
         leaf("b", "s", "standard", "j2", "b1", INF),
@@ -82,13 +70,21 @@ fn scenario() -> impl Strategy<Value = (Caps, Vec<Leaf>)> {
     let cap = prop_oneof![Just(INF), (1.0f64..1000.0)];
     let demand = prop_oneof![Just(INF), Just(0.0), (0.0f64..500.0)];
     let leaves = proptest::collection::vec((0..3usize, 0..3usize, 0..3usize, 0..4usize, 0..4usize, demand), 1..40);
-    let caps = (cap.clone(), proptest::collection::vec(cap.clone(), 3), proptest::collection::vec(cap.clone(), 9), proptest::collection::vec(1.0f64..10.0, 3), proptest::collection::vec(cap, 4));
+    let caps = (
+        cap.clone(),
+        proptest::collection::vec(cap.clone(), 3),
+        proptest::collection::vec(cap.clone(), 9),
+        proptest::collection::vec(1.0f64..10.0, 3),
+        proptest::collection::vec(cap, 4),
+    );
     (caps, leaves).prop_map(|((global, regions, sites, weights, jobs), raw)| {
         let mut seen = std::collections::HashSet::new();
         let leaves: Vec<Leaf> = raw
             .into_iter()
             .filter(|(r, s, c, j, a, _)| seen.insert((*r, *s, *c, *j, *a)))
-            .map(|(r, s, c, j, a, d)| leaf(&format!("r{r}"), &format!("s{s}"), &format!("c{c}"), &format!("j{r}{s}{c}{j}"), &format!("a{r}{s}{a}"), d))
+            .map(|(r, s, c, j, a, d)| {
+                leaf(&format!("r{r}"), &format!("s{s}"), &format!("c{c}"), &format!("j{r}{s}{c}{j}"), &format!("a{r}{s}{a}"), d)
+            })
             .collect();
         let mut caps = Caps { global, ..Default::default() };
         for r in 0..3 {

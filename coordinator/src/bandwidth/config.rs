@@ -175,11 +175,8 @@ mod tests {
 
     #[test]
     fn caps_follow_the_timetable_and_the_store_keeps_them() {
-        let config = BandwidthConfig {
-            global: "08:00,50M 18:00,off".into(),
-            regions: [("b".into(), "20M".into())].into(),
-            ..Default::default()
-        };
+        let config =
+            BandwidthConfig { global: "08:00,50M 18:00,off".into(), regions: [("b".into(), "20M".into())].into(), ..Default::default() };
         let c = compile(config.clone()).unwrap();
         let noon = 12 * 3_600_000;
         assert_eq!(c.caps_at(noon).global, (50 << 20) as f64);

@@ -69,9 +69,13 @@ impl Plan {
         self.dirty = true;
     }
 
-    /// An agent reported its jobs' demand.
+    /// An agent reported its jobs' demand. A job that started or stopped waiting for tokens
+    /// changes the allocation at once; other changes wait for the interval.
     pub fn report(&mut self, agent: &str, demand: Vec<JobDemand>) {
-        let jobs = demand.into_iter().map(|d| (d.job_id.clone(), d)).collect();
+        let jobs: HashMap<String, JobDemand> = demand.into_iter().map(|d| (d.job_id.clone(), d)).collect();
+        let before = self.reports.get(agent);
+        let flipped = jobs.values().any(|d| before.and_then(|b| b.get(&d.job_id)).is_none_or(|b| b.backlogged != d.backlogged));
+        self.dirty |= flipped;
         self.reports.insert(agent.to_string(), jobs);
     }
 

@@ -18,9 +18,10 @@ impl Scheduler {
             .values()
             .map(|a| AgentPlace { id: &a.register.agent_id, region: &a.register.region, site: &a.register.site })
             .collect();
-        let work = self.jobs.values().flat_map(|job| {
-            job.tasks.iter().filter(|t| is_active(t) && !t.agent.is_empty()).map(move |t| (t.agent.as_str(), job))
-        });
+        let work = self
+            .jobs
+            .values()
+            .flat_map(|job| job.tasks.iter().filter(|t| is_active(t) && !t.agent.is_empty()).map(move |t| (t.agent.as_str(), job)));
         let sends = self.bandwidth.run(&agents, work);
         for (agent, rates) in sends {
             self.turn.outbox.push((agent, CoordinatorBody::Rates(rates)));
