@@ -19,7 +19,7 @@ use hyperexport_proto::v1::{
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Status;
 
-use crate::bandwidth::config::{Compiled, DEFAULT_CLASS};
+use crate::bandwidth::config::Compiled;
 use crate::bandwidth::plan::Plan;
 use crate::error::{CoordinatorError, Result};
 use crate::jobs::{self, is_final, now_ms};
@@ -441,10 +441,12 @@ impl Scheduler {
 
     /// Checks that every VM of a new job can be placed somewhere now.
     fn admit(&self, job: &Job) -> Result<()> {
-        let class = if job.class.is_empty() { DEFAULT_CLASS } else { job.class.as_str() };
-        if !self.bandwidth.config().has_class(class) {
-            let known: Vec<&String> = self.bandwidth.config().config.classes.keys().collect();
-            return Err(CoordinatorError::Invalid(format!("class {class:?} is not a bandwidth class (classes: {known:?})")));
+        // A job without a class is `standard` (weight 1 if the configuration has no such class);
+        // a class named must exist.
+        if !job.class.is_empty() && !self.bandwidth.config().has_class(&job.class) {
+            let mut known: Vec<&String> = self.bandwidth.config().config.classes.keys().collect();
+            known.sort();
+            return Err(CoordinatorError::Invalid(format!("class {:?} is not a bandwidth class (classes: {known:?})", job.class)));
         }
         if !job.region.is_empty() && !self.agents.values().any(|a| a.register.region == job.region) {
             return Err(CoordinatorError::NoAgent(format!("no live agent in region {:?}", job.region)));
