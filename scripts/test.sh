@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # protoc builds proto/ (the gRPC API); qemu-img reads and writes qcow2/vmdk; xmllint checks OVF
-# descriptors independently; tar lists OVAs; promtool (Debian prometheus) lints /metrics.
-bash scripts/ensure-packages.sh protoc:protobuf-compiler qemu-img:qemu-utils xmllint:libxml2-utils tar:tar promtool:prometheus
+# descriptors independently; tar lists OVAs; promtool (Debian prometheus) lints /metrics; etcd
+# (Debian etcd-server, 3.4) holds the state of coordinators started with --store etcd://.
+bash scripts/ensure-packages.sh protoc:protobuf-compiler qemu-img:qemu-utils xmllint:libxml2-utils tar:tar promtool:prometheus etcd:etcd-server
 
 # Lints first when the toolchain has them (rustup's default profile does).
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi

@@ -13,6 +13,7 @@ mod remote;
 mod replication_cli;
 mod sample;
 mod secrets;
+mod store_cli;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -100,6 +101,9 @@ enum Command {
     /// Disaster recovery: fail a VM over from its replicas.
     #[command(subcommand)]
     Dr(replication_cli::DrCommand),
+    /// The coordinator's store: move an embedded store into etcd.
+    #[command(subcommand)]
+    Store(store_cli::StoreCommand),
     /// Bandwidth budgets: caps per cluster, region and site, QoS classes, timetables.
     #[command(subcommand)]
     Bandwidth(bandwidth_cli::BandwidthCommand),
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         Command::Replicate(a) => replication_cli::replicate(a),
         Command::Dr(c) => replication_cli::dr(c),
         Command::Bandwidth(c) => bandwidth_cli::run(c),
+        Command::Store(c) => store_cli::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Dev(c) => sample::run(c),
     };

@@ -13,6 +13,7 @@ use hyperexport_agent::replication::receiver::Receiver;
 use hyperexport_agent::replication::tls::NodeTls;
 use hyperexport_agent::target::TargetAccess;
 use hyperexport_coordinator::server::ServeOptions;
+use hyperexport_coordinator::store::Store;
 use hyperexport_proto::v1::ListVmsRequest;
 use hyperexport_proto::v1::export_service_client::ExportServiceClient;
 use hyperexport_proto::v1::inventory_service_client::InventoryServiceClient;
@@ -84,9 +85,11 @@ pub struct CoordinatorArgs {
     /// Address to serve the gRPC API on (port 0: any free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:7700", value_name = "ADDR")]
     pub listen: String,
-    /// Folder for the coordinator's state (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
+    /// Folder for the coordinator's state (created if missing); not used with --store.
+    #[arg(long, value_name = "DIR", required_unless_present = "store")]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: crate::store_cli::EtcdArgs,
     /// How often agents must send a heartbeat, in milliseconds (three missed: taken for dead).
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     pub heartbeat_ms: u64,
@@ -337,9 +340,7 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
     let _logs = init_logs();
     let tls = a.tls.as_deref().map(|dir| NodeTls::load(dir).map(|t| t.grpc_server())).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    // The store opens first: "listening on" is printed only once the coordinator can serve.
-    let store = hyperexport_coordinator::store::JobStore::open(&a.data)
-        .with_context(|| format!("opening the coordinator state in {}", a.data.display()))?;
+    let etcd = a.etcd.options()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
@@ -348,6 +349,25 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
         if tls.is_none() && !addr.ip().is_loopback() {
             anyhow::bail!("refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address");
         }
+        // The store opens first: "listening on" is printed only once the coordinator can serve
+        // (with etcd: once it leads).
+        let (stepped_down_tx, mut stepped_down) = tokio::sync::watch::channel(false);
+        let store = match (&etcd, &a.data) {
+            (Some(options), _) => {
+                let (_stop, never) = tokio::sync::watch::channel(false);
+                let identity = addr.to_string();
+                let lead = hyperexport_coordinator::store::etcd::lead(options, &identity, never, stepped_down_tx);
+                let led = tokio::select! {
+                    led = lead => led.context("joining the coordinators on etcd")?,
+                    () = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+                };
+                Store::Etcd(Box::new(led.ok_or_else(|| anyhow!("stopped before leading"))?))
+            }
+            (None, Some(data)) => Store::Embedded(std::sync::Arc::new(
+                hyperexport_coordinator::store::JobStore::open(data).with_context(|| format!("opening the coordinator state in {}", data.display()))?,
+            )),
+            (None, None) => anyhow::bail!("give --data DIR or --store etcd://..."),
+        };
         println!("listening on {addr}");
         if let Some(listen) = &a.metrics_listen {
             let metrics = crate::telemetry::serve(listen).await?;
@@ -355,10 +375,33 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
             println!("metrics on {metrics}");
         }
         std::io::stdout().flush()?;
-        tracing::info!(%addr, data = %a.data.display(), "coordinator started");
+        let term = store.term();
+        tracing::info!(%addr, store = a.etcd.store.as_deref().unwrap_or("embedded"), term, "coordinator started");
         let heartbeat = std::time::Duration::from_millis(a.heartbeat_ms.max(50));
         let options = ServeOptions { heartbeat, tls, dr_interval: std::time::Duration::from_millis(a.dr_interval_ms.max(50)) };
-        hyperexport_coordinator::server::serve(listener, store, options, shutdown_signal()).await?;
+        // Serves until a signal, or until it no longer leads on etcd (it then stops at once, so
+        // that another coordinator takes over cleanly).
+        let lost = async {
+            while !*stepped_down.borrow() {
+                if stepped_down.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let stop = async {
+            tokio::select! {
+                () = shutdown_signal() => false,
+                () = lost => true,
+            }
+        };
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            let _ = lost_tx.send(stop.await);
+        };
+        hyperexport_coordinator::server::serve(listener, store, options, shutdown).await?;
+        if lost_rx.await.unwrap_or(false) {
+            anyhow::bail!("this coordinator lost its etcd leadership (term {term}) and stopped; another one takes over");
+        }
         tracing::info!("coordinator stopped");
         Ok(ExitCode::SUCCESS)
     })

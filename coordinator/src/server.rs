@@ -1,7 +1,6 @@
 //! Serving the coordinator's gRPC API (with server reflection) on a listener.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyperexport_proto::v1::FILE_DESCRIPTOR_SET;
@@ -19,7 +18,7 @@ use crate::agents::AgentApi;
 use crate::error::{CoordinatorError, Result};
 use crate::scheduler;
 use crate::service::ExportApi;
-use crate::store::JobStore;
+use crate::store::Store;
 
 /// How long a stopping coordinator waits for clients to close their connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -59,14 +58,13 @@ pub struct ServeOptions {
 /// Serves the API on `listener` over `store` until `shutdown` completes; then open watches are
 /// ended so that the server can stop. With `tls`, every client must present a certificate from
 /// its CA (mutual TLS); without, the API is plaintext.
-pub async fn serve(listener: TcpListener, store: JobStore, options: ServeOptions, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+pub async fn serve(listener: TcpListener, store: Store, options: ServeOptions, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let ServeOptions { heartbeat, tls, dr_interval } = options;
     let (stop, stopping) = watch::channel(false);
-    let store = Arc::new(store);
-    let (scheduler, scheduling) = scheduler::start(Arc::clone(&store), heartbeat, stopping.clone())?;
+    let (scheduler, scheduling) = scheduler::start(store.clone(), heartbeat, stopping.clone()).await?;
     let agents = AgentApi::new(scheduler.clone(), stopping.clone());
-    let dr_view = crate::dr::runner::spawn(Arc::clone(&store), scheduler.clone(), dr_interval, stopping.clone());
-    let dr = DrServiceServer::new(crate::dr::service::DrApi::new(Arc::clone(&store), dr_view, scheduler.clone()));
+    let dr_view = crate::dr::runner::spawn(store.clone(), scheduler.clone(), dr_interval, stopping.clone());
+    let dr = DrServiceServer::new(crate::dr::service::DrApi::new(store.clone(), dr_view, scheduler.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()

@@ -3,7 +3,6 @@
 //! tokio's blocking pool; watches follow the scheduler's stream of job changes.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use hyperexport_proto::v1::export_service_server::ExportService;
 use hyperexport_proto::v1::{
@@ -18,15 +17,15 @@ use crate::error::{CoordinatorError, Result};
 use crate::jobs;
 use crate::scheduler::SchedulerHandle;
 use crate::server::stopped;
-use crate::store::JobStore;
+use crate::store::Store;
 
 /// Jobs per `List` page when the client names no size, and the most it may ask for.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// The job API over a [`JobStore`].
+/// The job API over a [`Store`].
 pub struct ExportApi {
-    store: Arc<JobStore>,
+    store: Store,
     scheduler: SchedulerHandle,
     /// Turns true when the server shuts down: open watches end so the server can stop.
     stopping: watch::Receiver<bool>,
@@ -34,17 +33,12 @@ pub struct ExportApi {
 
 impl ExportApi {
     /// The API over `store` and `scheduler`; `stopping` turns true when the server shuts down.
-    pub fn new(store: Arc<JobStore>, scheduler: SchedulerHandle, stopping: watch::Receiver<bool>) -> Self {
+    pub fn new(store: Store, scheduler: SchedulerHandle, stopping: watch::Receiver<bool>) -> Self {
         ExportApi { store, scheduler, stopping }
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static) -> Result<T> {
-        crate::store::off_reactor(&self.store, f).await
-    }
-
     async fn job(&self, id: String) -> Result<Job> {
-        let lookup = id.clone();
-        self.blocking(move |s| s.get(&lookup)).await?.ok_or(CoordinatorError::NotFound(id))
+        self.store.get(&id).await?.ok_or(CoordinatorError::NotFound(id))
     }
 }
 
@@ -67,7 +61,7 @@ impl ExportService for ExportApi {
             n => n.min(MAX_PAGE),
         };
         let after = (!req.page_token.is_empty()).then_some(req.page_token);
-        let (jobs, more) = self.blocking(move |s| s.page(limit, after.as_deref())).await?;
+        let (jobs, more) = self.store.page(limit, after).await?;
         let next_page_token = if more { jobs.last().map(|j| j.id.clone()).unwrap_or_default() } else { String::new() };
         Ok(Response::new(ListJobsResponse { jobs, next_page_token }))
     }

@@ -523,3 +523,79 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 pub fn have_tool(tool: &str) -> bool {
     Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
+
+/// A free TCP port on 127.0.0.1 (for servers that cannot be told to pick one and say which,
+/// like etcd; another process could take it in between, which the caller then sees as a
+/// failure to start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// An etcd member started by [`Sandbox::start_etcd`].
+pub struct Etcd {
+    service: Service,
+    /// `HOST:PORT` of its client API.
+    pub addr: String,
+}
+
+impl Etcd {
+    /// `etcd://HOST:PORT` for `--store`.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.addr)
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill(self) {
+        self.service.kill();
+    }
+}
+
+impl Sandbox {
+    /// Starts a one-member etcd (Debian `etcd-server`, installed by scripts/test.sh) on free
+    /// loopback ports, its data in `name`, and waits until it answers `/health`.
+    pub fn start_etcd(&self, name: &str) -> Etcd {
+        let (client, peer) = (free_port(), free_port());
+        let args = vec![
+            "--name".to_string(),
+            name.to_string(),
+            "--data-dir".into(),
+            self.path(name).display().to_string(),
+            "--listen-client-urls".into(),
+            format!("http://127.0.0.1:{client}"),
+            "--advertise-client-urls".into(),
+            format!("http://127.0.0.1:{client}"),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster".into(),
+            format!("{name}=http://127.0.0.1:{peer}"),
+        ];
+        let log = self.path(&format!("{name}.log"));
+        let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("etcd log");
+        let child = Command::new("etcd")
+            .args(&args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("etcd runs (Debian package etcd-server; scripts/test.sh installs it)");
+        let etcd = Etcd { service: Service { child, log }, addr: format!("127.0.0.1:{client}") };
+        wait_until(Duration::from_secs(30), "etcd to answer /health", || {
+            http_get(&etcd.addr, "/health").is_some_and(|b| b.contains("true"))
+        });
+        etcd
+    }
+}
+
+/// `GET path` from `addr`: the body of a 200 answer, `None` otherwise (or when unreachable).
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}

@@ -96,6 +96,8 @@ pub struct AgentRootState {
     tasks: HashMap<String, TaskSlot>,
     /// Bandwidth limits of all its tasks, at the rates the coordinator last sent.
     limiter: Arc<Limiter>,
+    /// The highest coordinator term it accepted an assignment of (the fencing token).
+    term: u64,
 }
 
 impl AgentRootState {
@@ -141,6 +143,9 @@ impl AgentRootState {
     async fn assign(&mut self, myself: &ActorRef<AgentRootMsg>, assign: Assign) -> Result<(), ActorProcessingErr> {
         let busy = self.tasks.values().filter(|t| t.finished.is_none()).count() as u32;
         let refusal = match self.tasks.get(&assign.task_id) {
+            _ if assign.term < self.term => {
+                Some(format!("the assignment is of coordinator term {}, older than term {} it already follows", assign.term, self.term))
+            }
             Some(slot) if slot.finished.is_none() => Some(format!("it still runs attempt {} of this task", slot.attempt)),
             _ if busy >= self.config.attach.capacity => Some(format!("it is full ({busy} tasks running)")),
             _ => None,
@@ -158,6 +163,8 @@ impl AgentRootState {
             self.send(AgentBody::Finished(refused)).await;
             return Ok(());
         }
+        self.term = assign.term;
+        tracing::info!(task = %assign.task_id, attempt = assign.attempt, term = assign.term, "assignment accepted");
         let cancel = Arc::new(AtomicBool::new(false));
         let config = JobSupervisorConfig {
             assign: assign.clone(),
@@ -287,6 +294,7 @@ impl Actor for AgentRoot {
             backoff: MIN_BACKOFF,
             tasks: HashMap::new(),
             limiter: Limiter::new(),
+            term: 0,
         })
     }
 
@@ -383,7 +391,7 @@ mod tests {
     use std::time::Duration;
 
     use hyperexport_coordinator::server::{ServeOptions, serve};
-    use hyperexport_coordinator::store::JobStore;
+    use hyperexport_coordinator::store::{JobStore, Store};
     use hyperexport_proto::v1::export_service_client::ExportServiceClient;
     use hyperexport_proto::v1::{JobState, SubmitRequest, WatchJobRequest};
     use hyperexport_shared::keys::Secret;
@@ -394,7 +402,7 @@ mod tests {
     async fn coordinator(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
-        let store = JobStore::open(dir).unwrap();
+        let store = Store::Embedded(std::sync::Arc::new(JobStore::open(dir).unwrap()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let options = ServeOptions { heartbeat: Duration::from_millis(100), tls: None, dr_interval: Duration::from_secs(1) };
         tokio::spawn(serve(listener, store, options, async move {

@@ -65,6 +65,7 @@ async fn start(dir: &Path, attempt: u32, resume: Option<TaskCheckpointState>, fa
         resume,
         replicate_to: Vec::new(),
         retention: None,
+        term: 0,
     };
     let config = JobSupervisorConfig {
         assign,

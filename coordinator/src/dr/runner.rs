@@ -14,7 +14,7 @@ use crate::agents::glob_match;
 use crate::error::Result;
 use crate::jobs::{self, is_final, now_ms};
 use crate::scheduler::SchedulerHandle;
-use crate::store::{JobStore, off_reactor};
+use crate::store::Store;
 
 /// The last evaluation, for `DrService.Status`.
 #[derive(Default)]
@@ -41,7 +41,7 @@ struct Memory {
 }
 
 /// Starts the runner; it evaluates every `every` until `stopping` turns true.
-pub fn spawn(store: Arc<JobStore>, scheduler: SchedulerHandle, every: Duration, mut stopping: watch::Receiver<bool>) -> Arc<DrView> {
+pub fn spawn(store: Store, scheduler: SchedulerHandle, every: Duration, mut stopping: watch::Receiver<bool>) -> Arc<DrView> {
     let view = Arc::new(DrView::default());
     let shared = Arc::clone(&view);
     tokio::spawn(async move {
@@ -63,8 +63,8 @@ pub fn spawn(store: Arc<JobStore>, scheduler: SchedulerHandle, every: Duration, 
 }
 
 /// One evaluation: RPO rows, metrics and breach events, and the submissions that are due.
-async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: &mut Memory) -> Result<Vec<ReplicaStatus>> {
-    let mut policies = off_reactor(store, JobStore::policies).await?;
+async fn evaluation(store: &Store, scheduler: &SchedulerHandle, memory: &mut Memory) -> Result<Vec<ReplicaStatus>> {
+    let mut policies = store.policies().await?;
     if policies.is_empty() {
         return Ok(Vec::new());
     }
@@ -72,7 +72,7 @@ async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: 
     let mut vms: Vec<String> = scheduler.live_agents().await?.into_iter().flat_map(|a| a.vms.into_iter().map(|v| v.name)).collect();
     vms.sort();
     vms.dedup();
-    let replicas = off_reactor(store, JobStore::replicas).await?;
+    let replicas = store.replicas().await?;
     let now = now_ms();
     // VMs that have replicas count even when no live agent serves them any more: that is when
     // their RPO matters most.
@@ -98,7 +98,7 @@ async fn evaluation(store: &Arc<JobStore>, scheduler: &SchedulerHandle, memory: 
     let mut finished = Vec::new();
     for (vm, job) in &memory.in_flight {
         let id = job.clone();
-        if off_reactor(store, move |s| s.get(&id)).await?.is_none_or(|j| is_final(j.state())) {
+        if store.get(&id).await?.is_none_or(|j| is_final(j.state())) {
             finished.push(vm.clone());
         }
     }

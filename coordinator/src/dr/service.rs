@@ -13,26 +13,22 @@ use super::runner::DrView;
 use crate::error::{CoordinatorError, Result};
 use crate::jobs::{now_ms, validate_target};
 use crate::scheduler::SchedulerHandle;
-use crate::store::JobStore;
+use crate::store::Store;
 
 /// Most regions one policy replicates to.
 const MAX_REGIONS: usize = 16;
 
 /// The service.
 pub struct DrApi {
-    store: Arc<JobStore>,
+    store: Store,
     view: Arc<DrView>,
     scheduler: SchedulerHandle,
 }
 
 impl DrApi {
     /// Serves policies from `store`, the RPO table from `view`, drills through `scheduler`.
-    pub fn new(store: Arc<JobStore>, view: Arc<DrView>, scheduler: SchedulerHandle) -> Self {
+    pub fn new(store: Store, view: Arc<DrView>, scheduler: SchedulerHandle) -> Self {
         DrApi { store, view, scheduler }
-    }
-
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static) -> Result<T> {
-        crate::store::off_reactor(&self.store, f).await
     }
 }
 
@@ -72,25 +68,24 @@ impl DrService for DrApi {
         let mut policy = request.into_inner();
         validate(&policy)?;
         let name = policy.name.clone();
-        let existing = self.run(move |s| Ok(s.policies()?.into_iter().find(|p| p.name == name))).await?;
+        let existing = self.store.policies().await?.into_iter().find(|p| p.name == name);
         // The RPO of VMs without a point counts from when the policy was first set.
         policy.created_unix_ms = existing.map_or_else(now_ms, |p| p.created_unix_ms);
         let stored = policy.clone();
-        self.run(move |s| s.put_policy(&stored)).await?;
+        self.store.put_policy(stored).await?;
         tracing::info!(policy = %policy.name, vms = %policy.vm_glob, regions = ?policy.regions, rpo_s = policy.rpo_seconds, "policy set");
         Ok(Response::new(policy))
     }
 
     async fn list_policies(&self, _: Request<ListPoliciesRequest>) -> std::result::Result<Response<ListPoliciesResponse>, Status> {
-        let mut policies = self.run(JobStore::policies).await?;
+        let mut policies = self.store.policies().await?;
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListPoliciesResponse { policies }))
     }
 
     async fn delete_policy(&self, request: Request<DeletePolicyRequest>) -> std::result::Result<Response<DeletePolicyResponse>, Status> {
         let name = request.into_inner().name;
-        let n = name.clone();
-        if !self.run(move |s| s.delete_policy(&n)).await? {
+        if !self.store.delete_policy(&name).await? {
             return Err(CoordinatorError::NoPolicy(name).into());
         }
         tracing::info!(policy = %name, "policy deleted");
@@ -108,8 +103,7 @@ impl DrService for DrApi {
         }
         // Regions holding a point of the VM, newest point first.
         let wanted = vm.clone();
-        let mut regions =
-            self.run(move |s| Ok(s.replicas()?.into_iter().filter(|r| r.vm == wanted && r.point_unix_ms > 0).collect::<Vec<_>>())).await?;
+        let mut regions = self.store.replicas().await?.into_iter().filter(|r| r.vm == wanted && r.point_unix_ms > 0).collect::<Vec<_>>();
         regions.sort_by(|a, b| b.point_unix_ms.cmp(&a.point_unix_ms).then_with(|| a.region.cmp(&b.region)));
         if regions.is_empty() {
             return Err(CoordinatorError::Conflict(format!("no region holds a replicated point of VM {vm:?}")).into());

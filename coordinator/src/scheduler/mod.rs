@@ -7,7 +7,6 @@
 //! and a turn under load batches many changes into one commit.
 
 use foldhash::{HashMap, HashMapExt, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
@@ -25,7 +24,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::jobs::{self, is_final, now_ms};
 use crate::placement::eligible;
 use crate::server::stopped;
-use crate::store::JobStore;
+use crate::store::Store;
 use crate::task_state::{self, holds_agent, is_active};
 
 mod bandwidth;
@@ -159,11 +158,15 @@ struct Turn {
     replies: Vec<(oneshot::Sender<Result<Job>>, Result<String>)>,
     /// Since when each task assigned this turn could have been placed.
     placed: Vec<Instant>,
+    /// Cancels of jobs no longer in memory: answered from the store after the commit.
+    cancel_lookups: Vec<(String, oneshot::Sender<Result<Job>>)>,
+    /// A bandwidth configuration to persist, then put in force and answer.
+    bandwidth: Option<(Compiled, oneshot::Sender<Result<BandwidthConfig>>)>,
 }
 
 /// The scheduler's state.
 pub struct Scheduler {
-    store: Arc<JobStore>,
+    store: Store,
     heartbeat: Duration,
     /// Until then, tasks of agents that have not reattached since a restart are left alone.
     grace_until: Instant,
@@ -194,22 +197,22 @@ pub struct Scheduler {
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
 /// `stopping` turns true, or until a store write fails (the returned receiver then gets the
 /// error).
-pub fn start(
-    store: Arc<JobStore>,
+pub async fn start(
+    store: Store,
     heartbeat: Duration,
     stopping: watch::Receiver<bool>,
 ) -> Result<(SchedulerHandle, oneshot::Receiver<Result<()>>)> {
     let mut jobs = HashMap::new();
     let mut tasks = HashMap::new();
-    for job in store.list()?.into_iter().filter(|j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t))) {
+    for job in store.list().await?.into_iter().filter(|j| j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t))) {
         for (i, t) in job.tasks.iter().enumerate() {
             tasks.insert(t.id.clone(), (job.id.clone(), i));
         }
         jobs.insert(job.id.clone(), job);
     }
-    let checkpoints = store.checkpoints()?.into_iter().collect();
-    let replica_states = store.replicas()?.into_iter().map(|r| (crate::store::replica_key(&r.vm, &r.region), r)).collect();
-    let bandwidth = Plan::new(store.bandwidth()?);
+    let checkpoints = store.checkpoints().await?.into_iter().collect();
+    let replica_states = store.replicas().await?.into_iter().map(|r| (crate::store::replica_key(&r.vm, &r.region), r)).collect();
+    let bandwidth = Plan::new(store.bandwidth().await?);
     tracing::info!(unfinished_jobs = jobs.len(), "scheduler loaded");
     let (events, mut rx) = mpsc::unbounded_channel();
     let changes = broadcast::channel(WATCH_BACKLOG).0;
@@ -265,7 +268,7 @@ pub fn start(
             scheduler.allocate_bandwidth();
             let placed = started.elapsed() - handled;
             let jobs = scheduler.turn.jobs.len();
-            scheduler.commit()?;
+            scheduler.commit().await?;
             let took = started.elapsed();
             tracing::debug!(
                 events,
@@ -402,8 +405,12 @@ impl Scheduler {
                 self.turn.replies.push((reply, result));
             }
             Event::Cancel(id, reply) => {
-                let result = self.cancel(&id).map(|()| id);
-                self.turn.replies.push((reply, result));
+                if self.jobs.contains_key(&id) {
+                    let result = self.cancel(&id).map(|()| id);
+                    self.turn.replies.push((reply, result));
+                } else {
+                    self.turn.cancel_lookups.push((id, reply));
+                }
             }
             Event::Attached { register, connection, tx } => self.attached(register, connection, tx),
             Event::FromAgent { agent, connection, body, received } => {
@@ -420,12 +427,10 @@ impl Scheduler {
             }
             Event::Drill { vm, region, restore_to, reply } => self.drill(vm, region, restore_to, reply),
             Event::SetBandwidth(config, reply) => {
-                let stored = self.store.put_bandwidth(&config.config).map(|()| config.config.clone());
-                if stored.is_ok() {
-                    tracing::info!(global = %config.config.global, regions = config.config.regions.len(), "bandwidth configuration set");
-                    self.bandwidth.set_config(config);
+                // A later one in the same turn wins; the earlier caller is told it was replaced.
+                if let Some((_, earlier)) = self.turn.bandwidth.replace((config, reply)) {
+                    let _ = earlier.send(Err(CoordinatorError::Conflict("replaced by a later bandwidth configuration".into())));
                 }
-                let _ = reply.send(stored);
             }
             Event::BandwidthConfig(reply) => {
                 let _ = reply.send(self.bandwidth.config().config.clone());
@@ -471,13 +476,10 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Cancels a job in memory (the others are finished or unknown: see `commit`).
     fn cancel(&mut self, id: &str) -> Result<()> {
         let Some(job) = self.jobs.get_mut(id) else {
-            // Not in memory: finished (a conflict) or unknown.
-            return match self.store.get(id)? {
-                Some(mut job) => jobs::cancel(&mut job),
-                None => Err(CoordinatorError::NotFound(id.to_string())),
-            };
+            return Err(CoordinatorError::NotFound(id.to_string()));
         };
         let holders: Vec<(String, String)> =
             job.tasks.iter().filter(|t| is_active(t) && !t.agent.is_empty()).map(|t| (t.agent.clone(), t.id.clone())).collect();

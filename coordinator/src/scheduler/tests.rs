@@ -9,7 +9,7 @@ use super::*;
 
 fn scheduler(dir: &std::path::Path) -> Scheduler {
     Scheduler {
-        store: Arc::new(JobStore::open(dir).unwrap()),
+        store: Store::Embedded(Arc::new(crate::store::JobStore::open(dir).unwrap())),
         heartbeat: Duration::from_secs(1),
         grace_until: Instant::now(),
         jobs: HashMap::new(),
@@ -54,7 +54,7 @@ async fn submit(s: &mut Scheduler, vms: &[&str], priority: i32, max_parallel: u3
 async fn turn(s: &mut Scheduler) {
     s.expire();
     s.place();
-    s.commit().unwrap();
+    s.commit().await.unwrap();
 }
 
 /// The assignments waiting in an agent's stream.
@@ -112,7 +112,7 @@ async fn a_lost_agent_s_task_resumes_elsewhere_with_its_checkpoint_and_stale_new
     let checkpoint = TaskCheckpoint { task_id: assign.task_id.clone(), attempt: 1, disk: Some(disk) };
     s.handle(Event::FromAgent { agent: "a".into(), connection: 1, body: AgentBody::Checkpoint(checkpoint), received: Instant::now() });
     turn(&mut s).await;
-    assert_eq!(s.store.get(&job.id).unwrap().unwrap().tasks[0].checkpoint_bytes, 20);
+    assert_eq!(s.store.get(&job.id).await.unwrap().unwrap().tasks[0].checkpoint_bytes, 20);
 
     let mut second = attach(&mut s, "b", "eu", 1, &["web"]);
     s.handle(Event::Detached { agent: "a".into(), connection: 1, reason: "stream broken" });
@@ -125,6 +125,6 @@ async fn a_lost_agent_s_task_resumes_elsewhere_with_its_checkpoint_and_stale_new
     let late = TaskFinished { task_id: assign.task_id.clone(), attempt: 1, outcome: TaskOutcome::Succeeded as i32, ..Default::default() };
     s.handle(Event::FromAgent { agent: "b".into(), connection: 1, body: AgentBody::Finished(late), received: Instant::now() });
     turn(&mut s).await;
-    let stored = s.store.get(&job.id).unwrap().unwrap();
+    let stored = s.store.get(&job.id).await.unwrap().unwrap();
     assert_eq!((stored.tasks[0].state(), stored.tasks[0].attempt), (JobState::Scheduled, 2));
 }

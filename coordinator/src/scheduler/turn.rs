@@ -257,6 +257,7 @@ impl Scheduler {
                 resume: self.checkpoints.get(&t.id).cloned(),
                 replicate_to,
                 retention: job.retention,
+                term: self.store.term(),
             };
             tracing::info!(task = %t.id, vm = %t.vm, agent = %agent, attempt = t.attempt, "task assigned");
             let ready = self.ready_since.remove(&t.id);
@@ -281,7 +282,7 @@ impl Scheduler {
     /// answers the API. Jobs with nothing left to track leave memory (they stay in the store).
     /// A failed write is returned: memory then holds changes the store does not, so the
     /// scheduler stops rather than act on them (a restart reloads the store).
-    pub(super) fn commit(&mut self) -> Result<(), CoordinatorError> {
+    pub(super) async fn commit(&mut self) -> Result<(), CoordinatorError> {
         let turn = std::mem::take(&mut self.turn);
         let jobs: Vec<_> = turn.jobs.iter().filter_map(|id| self.jobs.get(id).cloned()).collect();
         let checkpoints = turn.checkpoints.iter().filter_map(|id| self.checkpoints.get(id).map(|c| (id.clone(), c.clone()))).collect();
@@ -293,7 +294,7 @@ impl Scheduler {
             // The scheduler has a thread of its own (see `start`): the write blocks only it, and
             // nothing else could go on in the meantime anyway.
             let started = Instant::now();
-            let written = self.store.write(&batch).map(|()| batch);
+            let written = self.store.write(&batch).await.map(|()| batch);
             crate::metrics::committed(started.elapsed());
             written
         };
@@ -325,11 +326,31 @@ impl Scheduler {
             crate::metrics::placed(now.saturating_duration_since(start));
         }
         for (reply, result) in turn.replies {
-            let answer = result.and_then(|id| match self.jobs.get(&id) {
-                Some(job) => Ok(job.clone()),
-                None => self.store.get(&id)?.ok_or(CoordinatorError::NotFound(id)),
-            });
+            let answer = match result {
+                Ok(id) => match self.jobs.get(&id) {
+                    Some(job) => Ok(job.clone()),
+                    None => self.store.get(&id).await.and_then(|j| j.ok_or(CoordinatorError::NotFound(id))),
+                },
+                Err(e) => Err(e),
+            };
             let _ = reply.send(answer);
+        }
+        // Jobs no longer in memory are finished (cancelling one is a conflict) or unknown.
+        for (id, reply) in turn.cancel_lookups {
+            let answer = match self.store.get(&id).await {
+                Ok(Some(mut job)) => jobs::cancel(&mut job).map(|()| job),
+                Ok(None) => Err(CoordinatorError::NotFound(id)),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(answer);
+        }
+        if let Some((config, reply)) = turn.bandwidth {
+            let stored = self.store.put_bandwidth(config.config.clone()).await.map(|()| config.config.clone());
+            if stored.is_ok() {
+                tracing::info!(global = %config.config.global, regions = config.config.regions.len(), "bandwidth configuration set");
+                self.bandwidth.set_config(config);
+            }
+            let _ = reply.send(stored);
         }
         let before = self.jobs.len();
         let mut settled = Vec::new();

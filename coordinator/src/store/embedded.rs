@@ -1,13 +1,14 @@
-//! The embedded store: jobs in a redb file under the coordinator's data folder. Every write is a
+//! The embedded store (the default): jobs in a redb file under the coordinator's data folder. Every write is a
 //! committed (fsynced) transaction before the caller goes on.
 
 use std::path::Path;
 
-use hyperexport_proto::v1::{Job, ReplicaStatus, TaskCheckpointState};
+use hyperexport_proto::v1::{Job, TaskCheckpointState};
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::error::{CoordinatorError, Result};
+use super::{Batch, fail, replica_key};
+use crate::error::Result;
 
 /// Jobs by id, each a protobuf-encoded `hyperexport.v1.Job`.
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs_v1");
@@ -23,49 +24,8 @@ pub(crate) const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// `hyperexport.v1.BandwidthConfig`.
 pub(crate) const BANDWIDTH: TableDefinition<&str, &[u8]> = TableDefinition::new("bandwidth_v1");
 
-/// Changes written together in one transaction.
-#[derive(Default)]
-pub struct Batch {
-    /// Jobs to write.
-    pub jobs: Vec<Job>,
-    /// Checkpoints to write, by task id.
-    pub checkpoints: Vec<(String, TaskCheckpointState)>,
-    /// Checkpoints to delete (their tasks are finished).
-    pub forget: Vec<String>,
-    /// Replica states to write.
-    pub replicas: Vec<ReplicaStatus>,
-    /// Whether the commit must be on disk when it returns (state changes); progress alone may
-    /// wait for the next durable commit.
-    pub durable: bool,
-}
-
-impl Batch {
-    /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.checkpoints.is_empty() && self.forget.is_empty() && self.replicas.is_empty()
-    }
-}
-
-/// Runs `f` on the store off the async reactor (redb reads and writes block).
-pub async fn off_reactor<T: Send + 'static>(
-    store: &std::sync::Arc<JobStore>,
-    f: impl FnOnce(&JobStore) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let store = std::sync::Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| CoordinatorError::Store { op: "run", detail: e.to_string() })?
-}
-
-/// The key of a VM's state at a region.
-pub fn replica_key(vm: &str, region: &str) -> String {
-    format!("{vm}\u{0}{region}")
-}
-
 /// File name of the database inside the data folder.
 pub const DB_FILE: &str = "coordinator.redb";
-
-pub(crate) fn fail<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> CoordinatorError {
-    move |e| CoordinatorError::Store { op, detail: e.to_string() }
-}
 
 /// The coordinator's durable state.
 pub struct JobStore {
@@ -133,22 +93,6 @@ impl JobStore {
         value.map(|v| Job::decode(v.value()).map_err(fail("decode job"))).transpose()
     }
 
-    /// Up to `limit` jobs, newest first, after the job `after` names (a page token: the id of the
-    /// last job of the previous page). Returns the page and whether more follow.
-    pub fn page(&self, limit: usize, after: Option<&str>) -> Result<(Vec<Job>, bool)> {
-        let jobs = self.list()?;
-        let start = match after {
-            Some(id) => jobs
-                .iter()
-                .position(|j| j.id == id)
-                .map(|i| i + 1)
-                .ok_or_else(|| CoordinatorError::Invalid(format!("page token {id:?} names no job")))?,
-            None => 0,
-        };
-        let more = jobs.len() > start + limit;
-        Ok((jobs.into_iter().skip(start).take(limit).collect(), more))
-    }
-
     /// Every job, newest first.
     pub fn list(&self) -> Result<Vec<Job>> {
         let txn = self.db.begin_read().map_err(fail("begin"))?;
@@ -158,7 +102,7 @@ impl JobStore {
             let (_, value) = entry.map_err(fail("scan"))?;
             jobs.push(Job::decode(value.value()).map_err(fail("decode job"))?);
         }
-        jobs.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms).then_with(|| b.id.cmp(&a.id)));
+        super::newest_first(&mut jobs);
         Ok(jobs)
     }
 }
@@ -180,11 +124,11 @@ mod tests {
         assert_eq!(store.get("j1").unwrap(), Some(job));
         assert_eq!(store.get("nope").unwrap(), None);
         assert_eq!(store.list().unwrap().iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["j2", "j1"]);
-        let (first, more) = store.page(1, None).unwrap();
+        let (first, more) = super::super::page(store.list().unwrap(), 1, None).unwrap();
         assert_eq!((first[0].id.as_str(), more), ("j2", true));
-        let (second, more) = store.page(1, Some("j2")).unwrap();
+        let (second, more) = super::super::page(store.list().unwrap(), 1, Some("j2")).unwrap();
         assert_eq!((second[0].id.as_str(), more), ("j1", false));
-        assert!(store.page(1, Some("gone")).is_err());
+        assert!(super::super::page(store.list().unwrap(), 1, Some("gone")).is_err());
         let state = TaskCheckpointState { disks: vec![Default::default()] };
         let batch = Batch { checkpoints: vec![("t1".into(), state.clone())], durable: true, ..Default::default() };
         store.write(&batch).unwrap();

@@ -1,0 +1,289 @@
+//! The etcd backend: coordinator state under `PREFIX` (default `/hyperexport/v1/`), one key per
+//! record, each value the record's protobuf encoding:
+//!
+//! | key | value |
+//! |---|---|
+//! | `jobs/<id>` | `Job` |
+//! | `checkpoints/<task id>` | `TaskCheckpointState` |
+//! | `policies/<name>` | `Policy` |
+//! | `replicas/<vm>\0<region>` | `ReplicaStatus` |
+//! | `bandwidth/config` | `BandwidthConfig` |
+//! | `leader` | the leading coordinator's address and a random nonce, held by its lease |
+//!
+//! Leadership is a lease-held key: a coordinator campaigns by creating `leader` under a lease
+//! of `ttl` if nobody holds it, keeps the lease alive, and steps down (stops writing, and the
+//! process stops serving) when it has not renewed it for two thirds of the TTL, before the lease
+//! can expire and another coordinator take over. Every write is a transaction guarded by
+//! `leader` still holding this coordinator's value, so a coordinator that lost the key cannot
+//! write even before it notices. The leader key's revision when it was created is the
+//! coordinator's term: assignments carry it, and agents refuse those of an older term.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use hyperexport_proto::v1::{Job, TaskCheckpointState};
+use prost::Message;
+use tokio::sync::watch;
+
+use super::{Batch, fail, newest_first, replica_key};
+use crate::error::{CoordinatorError, Result};
+
+/// Operations per transaction at most (etcd's default `--max-txn-ops` is 128).
+pub const MAX_TXN_OPS: usize = 100;
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "/hyperexport/v1/";
+/// Key folders.
+pub const JOBS: &str = "jobs/";
+pub const CHECKPOINTS: &str = "checkpoints/";
+pub const POLICIES: &str = "policies/";
+pub const REPLICAS: &str = "replicas/";
+pub const BANDWIDTH_KEY: &str = "bandwidth/config";
+pub const LEADER_KEY: &str = "leader";
+
+/// How to reach etcd and lead.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// `host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// Key prefix (ends with `/`).
+    pub prefix: String,
+    /// Leader lease TTL: a dead leader is replaced within about this long.
+    pub ttl: Duration,
+    /// User and password, when etcd has authentication on.
+    pub user: Option<(String, String)>,
+    /// TLS to etcd (CA, and a client identity when etcd asks for one).
+    pub tls: Option<etcd_client::TlsOptions>,
+}
+
+/// Connects to etcd (each request times out after 5 s).
+pub async fn connect(options: &EtcdOptions) -> Result<Client> {
+    let mut connect = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(5));
+    if let Some((user, password)) = &options.user {
+        connect = connect.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &options.tls {
+        connect = connect.with_tls(tls.clone());
+    }
+    Client::connect(&options.endpoints, Some(connect))
+        .await
+        .map_err(|e| CoordinatorError::Store { op: "connect to etcd", detail: format!("{}: {e}", options.endpoints.join(",")) })
+}
+
+/// What this coordinator holds while it leads.
+struct Leadership {
+    key: String,
+    value: String,
+    term: u64,
+    lost: AtomicBool,
+}
+
+/// The etcd store of a leading coordinator.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    leadership: Arc<Leadership>,
+}
+
+impl EtcdStore {
+    fn key(&self, folder: &str, name: &str) -> String {
+        format!("{}{folder}{name}", self.prefix)
+    }
+
+    /// The coordinator's term (the leader key's creation revision).
+    pub fn term(&self) -> u64 {
+        self.leadership.term
+    }
+
+    fn guard(&self) -> Compare {
+        Compare::value(self.leadership.key.as_str(), CompareOp::Equal, self.leadership.value.as_str())
+    }
+
+    /// Runs `ops` in guarded transactions of at most [`MAX_TXN_OPS`]; the responses in order.
+    async fn guarded(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnOpResponse>> {
+        if self.leadership.lost.load(Ordering::SeqCst) {
+            return Err(not_leader());
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let part: Vec<TxnOp> = ops.by_ref().take(MAX_TXN_OPS).collect();
+            let txn = Txn::new().when(vec![self.guard()]).and_then(part);
+            let resp = self.client.clone().txn(txn).await.map_err(fail("etcd transaction"))?;
+            if !resp.succeeded() {
+                self.leadership.lost.store(true, Ordering::SeqCst);
+                return Err(not_leader());
+            }
+            out.extend(resp.op_responses());
+        }
+        Ok(out)
+    }
+
+    /// Writes a batch while this coordinator leads.
+    pub async fn write(&self, batch: &Batch) -> Result<()> {
+        let mut ops = Vec::new();
+        for job in &batch.jobs {
+            ops.push(TxnOp::put(self.key(JOBS, &job.id), job.encode_to_vec(), None));
+        }
+        for (task, state) in &batch.checkpoints {
+            ops.push(TxnOp::put(self.key(CHECKPOINTS, task), state.encode_to_vec(), None));
+        }
+        for task in &batch.forget {
+            ops.push(TxnOp::delete(self.key(CHECKPOINTS, task), None));
+        }
+        for r in &batch.replicas {
+            ops.push(TxnOp::put(self.key(REPLICAS, &replica_key(&r.vm, &r.region)), r.encode_to_vec(), None));
+        }
+        self.guarded(ops).await.map(drop)
+    }
+
+    /// Creates or replaces `folder/name` (`folder` alone when `name` is empty).
+    pub async fn put<M: Message>(&self, folder: &str, name: &str, value: &M) -> Result<()> {
+        self.guarded(vec![TxnOp::put(self.key(folder, name), value.encode_to_vec(), None)]).await.map(drop)
+    }
+
+    /// Deletes `folder/name`; whether it existed.
+    pub async fn delete(&self, folder: &str, name: &str) -> Result<bool> {
+        let responses = self.guarded(vec![TxnOp::delete(self.key(folder, name), None)]).await?;
+        Ok(matches!(responses.first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0))
+    }
+
+    /// The record at `key`, if any.
+    pub async fn one<M: Message + Default>(&self, key: &str) -> Result<Option<M>> {
+        let resp = self.client.clone().get(self.key(key, ""), None).await.map_err(fail("etcd get"))?;
+        resp.kvs().first().map(|kv| M::decode(kv.value()).map_err(fail("decode"))).transpose()
+    }
+
+    /// Every record under `folder`, with its name.
+    async fn named<M: Message + Default>(&self, folder: &str) -> Result<Vec<(String, M)>> {
+        let prefix = self.key(folder, "");
+        let resp = self.client.clone().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(fail("etcd get"))?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                Ok((name, M::decode(kv.value()).map_err(fail("decode"))?))
+            })
+            .collect()
+    }
+
+    /// Every record under `folder`.
+    pub async fn all<M: Message + Default>(&self, folder: &str) -> Result<Vec<M>> {
+        Ok(self.named(folder).await?.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// One job.
+    pub async fn get(&self, id: &str) -> Result<Option<Job>> {
+        self.one(&format!("{JOBS}{id}")).await
+    }
+
+    /// Every job, newest first.
+    pub async fn list(&self) -> Result<Vec<Job>> {
+        let mut jobs = self.all(JOBS).await?;
+        newest_first(&mut jobs);
+        Ok(jobs)
+    }
+
+    /// Every checkpoint, by task id.
+    pub async fn checkpoints(&self) -> Result<Vec<(String, TaskCheckpointState)>> {
+        self.named(CHECKPOINTS).await
+    }
+
+    /// Whether this coordinator has stepped down (or found another one leading).
+    pub fn lost(&self) -> bool {
+        self.leadership.lost.load(Ordering::SeqCst)
+    }
+}
+
+fn not_leader() -> CoordinatorError {
+    CoordinatorError::Store { op: "write", detail: "this coordinator no longer leads (the etcd leader key is gone or another's)".into() }
+}
+
+/// Campaigns until this coordinator leads (or `stopping` turns true: `None`), then keeps its
+/// lease alive in the background. `identity` is stored in the leader key (the address it serves
+/// on). `stepped_down` turns true when the leadership is lost.
+pub async fn lead(
+    options: &EtcdOptions,
+    identity: &str,
+    mut stopping: watch::Receiver<bool>,
+    stepped_down: watch::Sender<bool>,
+) -> Result<Option<EtcdStore>> {
+    let mut client = connect(options).await?;
+    let key = format!("{}{LEADER_KEY}", options.prefix);
+    let mut nonce = [0u8; 8];
+    hyperexport_shared::crypto::random_bytes(&mut nonce);
+    let value = format!("{identity} {}", hex::encode(nonce));
+    let ttl = options.ttl.as_secs().max(1) as i64;
+    loop {
+        let lease = client.lease_grant(ttl, None).await.map_err(fail("etcd lease grant"))?.id();
+        let put = TxnOp::put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(lease)));
+        let txn = Txn::new().when(vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then(vec![put]);
+        let resp = client.txn(txn).await.map_err(fail("etcd campaign"))?;
+        if resp.succeeded() {
+            let term = resp.header().map_or(0, |h| h.revision()).max(1) as u64;
+            tracing::info!(term, ttl_s = ttl, "leading: this coordinator holds the etcd leader key");
+            let leadership = Arc::new(Leadership { key, value, term, lost: AtomicBool::new(false) });
+            keep_alive(client.clone(), lease, options.ttl, Arc::clone(&leadership), stepped_down).await?;
+            return Ok(Some(EtcdStore { client, prefix: options.prefix.clone(), leadership }));
+        }
+        let _ = client.lease_revoke(lease).await;
+        let holder =
+            client.get(key.as_str(), None).await.ok().and_then(|r| r.kvs().first().map(|kv| kv.value_str().unwrap_or("").to_string()));
+        tracing::info!(leader = holder.as_deref().unwrap_or("?"), "standby: another coordinator leads");
+        // Wait for the key to go (or a TTL, in case the watch misses it), then try again.
+        let mut watch = client.watch(key.as_str(), None).await.map_err(fail("etcd watch"))?;
+        let gone = async {
+            while let Ok(Some(resp)) = watch.message().await {
+                if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = gone => {}
+            _ = tokio::time::sleep(options.ttl) => {}
+            _ = stopping.changed() => return Ok(None),
+        }
+    }
+}
+
+/// Renews the lease every third of the TTL; marks the leadership lost (and says so on
+/// `stepped_down`) once it has gone two thirds of the TTL without a renewal, or etcd says the
+/// lease is gone.
+async fn keep_alive(
+    mut client: Client,
+    lease: i64,
+    ttl: Duration,
+    leadership: Arc<Leadership>,
+    stepped_down: watch::Sender<bool>,
+) -> Result<()> {
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.map_err(fail("etcd lease keep-alive"))?;
+    tokio::spawn(async move {
+        let step = ttl / 3;
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(step).await;
+            let renew = async {
+                keeper.keep_alive().await.ok()?;
+                responses.message().await.ok().flatten()
+            };
+            match tokio::time::timeout(step, renew).await {
+                Ok(Some(r)) if r.ttl() > 0 => renewed = Instant::now(),
+                Ok(Some(_)) => {
+                    tracing::error!("the etcd lease of this coordinator expired; stepping down");
+                    break;
+                }
+                _ => tracing::warn!(since_ms = renewed.elapsed().as_millis() as u64, "cannot renew the etcd leader lease"),
+            }
+            if renewed.elapsed() >= ttl * 2 / 3 {
+                tracing::error!(ttl_ms = ttl.as_millis() as u64, "etcd unreachable for two thirds of the lease TTL; stepping down");
+                break;
+            }
+        }
+        leadership.lost.store(true, Ordering::SeqCst);
+        let _ = stepped_down.send(true);
+    });
+    Ok(())
+}

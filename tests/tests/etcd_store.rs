@@ -1,0 +1,147 @@
+//! Coordinators on etcd (Debian `etcd-server`, started by the harness on loopback): state kept in
+//! etcd survives the coordinator, a second coordinator takes over only once the first one's
+//! leader lease has expired and does so with a newer term (which agents follow), and an
+//! embedded store moves into etcd with `store migrate`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyperexport_tests::*;
+use serde_json::Value;
+
+const TTL: &str = "2";
+
+fn with(c: &Coordinator, parts: &[&str]) -> Vec<String> {
+    let mut a = args(parts);
+    a.extend(c.flag());
+    a
+}
+
+/// A VM of one random disk in `dir`.
+fn vm(dir: &Path, name: &str, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    write_image(&dir.join(format!("{name}.img")), 3 << 20, &[(0, random_bytes(3 << 20, seed))]);
+}
+
+/// Submits an export of `vm` and waits for it; returns the job id.
+fn export(sb: &Sandbox, c: &Coordinator, vm: &str) -> String {
+    wait_until(Duration::from_secs(30), "the VM in the inventory", || sb.ok(&with(c, &["vms"])).stdout.contains(vm));
+    let target = format!("file://{}", sb.path("repo").display());
+    let id = sb.ok(&with(c, &["export", "--vm", vm, "--to", &target])).stdout.trim().to_string();
+    sb.ok(&with(c, &["watch", &id]));
+    id
+}
+
+fn job_state(sb: &Sandbox, c: &Coordinator, id: &str) -> String {
+    sb.job(c, id)["state"].as_str().unwrap_or("missing").to_string()
+}
+
+/// The terms of the assignments an agent accepted, from its log.
+fn accepted_terms(sb: &Sandbox, agent: &str) -> Vec<u64> {
+    let log = std::fs::read_to_string(sb.path(&format!("{agent}.log"))).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("assignment accepted"))
+        .filter_map(|l| l.split("term=").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|t| t.parse().ok()))
+        .collect()
+}
+
+#[test]
+fn state_in_etcd_outlives_the_coordinator_and_the_next_leader_has_a_newer_term() {
+    let sb = Sandbox::new();
+    let etcd = sb.start_etcd("etcd");
+    let vms = sb.path("vms");
+    vm(&vms, "web", 1);
+    vm(&vms, "db", 2);
+    let store = etcd.url();
+    let c = sb.start_coordinator_with("c1", &["--store", &store, "--etcd-ttl", TTL, "--heartbeat-ms", "300"]);
+    let _agent = sb.start_agent(&c, "eu", &vms, "agent", &[]);
+    let first = export(&sb, &c, "web");
+    assert_eq!(job_state(&sb, &c, &first), "succeeded");
+    sb.ok(&with(&c, &["bandwidth", "set", "--global", "50M"]));
+
+    // A crash: the next coordinator waits for the lease to expire, then leads with a newer term.
+    c.kill();
+    let started = Instant::now();
+    let c2 = sb.start_coordinator_with("c2", &["--store", &store, "--etcd-ttl", TTL, "--heartbeat-ms", "300"]);
+    let took = started.elapsed();
+    eprintln!("the second coordinator led {took:?} after the first was killed");
+    // Not before the first one's lease (2 s, renewed every 2/3 s) could expire.
+    assert!(took >= Duration::from_secs(1), "took over after {took:?}, while the killed leader's lease still ran");
+    assert_eq!(job_state(&sb, &c2, &first), "succeeded", "the job is still there");
+    let show: Value = serde_json::from_str(&sb.ok(&with(&c2, &["bandwidth", "show", "--output", "json"])).stdout).unwrap();
+    assert_eq!(show["result"]["config"]["global"], "50M", "the bandwidth configuration is still there");
+
+    // The agent follows the new coordinator (same address? no: it was started with the first's
+    // address, so a new agent attaches to the second one) and accepts its newer term.
+    let _agent2 = sb.start_agent(&c2, "eu", &vms, "agent2", &[]);
+    let second = export(&sb, &c2, "db");
+    assert_eq!(job_state(&sb, &c2, &second), "succeeded");
+    let (t1, t2) = (accepted_terms(&sb, "agent"), accepted_terms(&sb, "agent2"));
+    assert_eq!(t1.len(), 1, "agent accepted one assignment: {t1:?}");
+    assert_eq!(t2.len(), 1, "agent2 accepted one assignment: {t2:?}");
+    assert!(t2[0] > t1[0] && t1[0] > 0, "terms {t1:?} then {t2:?}");
+}
+
+#[test]
+fn an_embedded_store_moves_into_etcd_once() {
+    let sb = Sandbox::new();
+    let vms = sb.path("vms");
+    vm(&vms, "web", 3);
+    let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300"]);
+    let agent = sb.start_agent(&c, "eu", &vms, "agent", &[]);
+    let id = export(&sb, &c, "web");
+    sb.ok(&with(
+        &c,
+        &[
+            "dr",
+            "policy",
+            "set",
+            "gold",
+            "--vms",
+            "nothing-*",
+            "--target",
+            "file:///srv/r",
+            "--region",
+            "b",
+            "--rpo",
+            "1h",
+            "--interval",
+            "1h",
+        ],
+    ));
+    assert_eq!(c.terminate(), Some(0));
+    drop(agent);
+
+    let etcd = sb.start_etcd("etcd");
+    let migrate = args(&["store", "migrate", "--from", sb.path("coord").to_str().unwrap(), "--to", &etcd.url(), "--output", "json"]);
+    let moved = sb.ok(&migrate).result();
+    assert_eq!((moved["jobs"].as_u64(), moved["policies"].as_u64()), (Some(1), Some(1)), "{moved}");
+    // Twice: refused, nothing overwritten.
+    sb.run(&migrate).assert_clean_failure("already holds");
+    let missing = args(&["store", "migrate", "--from", sb.path("nowhere").to_str().unwrap(), "--to", &etcd.url()]);
+    sb.run(&missing).assert_clean_failure("holds no coordinator store");
+
+    let c = sb.start_coordinator_with("c-etcd", &["--store", &etcd.url(), "--etcd-ttl", TTL]);
+    assert_eq!(job_state(&sb, &c, &id), "succeeded");
+    let policies = sb.ok(&with(&c, &["dr", "policy", "list"])).stdout;
+    assert!(policies.contains("gold"), "{policies}");
+}
+
+#[test]
+fn bad_etcd_options_are_named() {
+    let sb = Sandbox::new();
+    for (flags, needle) in [
+        (vec!["--store", "http://127.0.0.1:2379"], "etcd://"),
+        (vec!["--store", "etcd://nohost"], "HOST:PORT"),
+        (vec!["--store", "etcd://127.0.0.1:1", "--etcd-ttl", "1"], "--etcd-ttl"),
+        (vec!["--store", "etcd://127.0.0.1:1", "--etcd-prefix", "x"], "--etcd-prefix"),
+    ] {
+        let mut a = args(&["coordinator", "--listen", "127.0.0.1:0"]);
+        a.extend(args(&flags));
+        sb.run(&a).assert_clean_failure(needle);
+    }
+    // Nothing listens there: a clear error, not a hang.
+    let port = free_port().to_string();
+    let a = args(&["coordinator", "--listen", "127.0.0.1:0", "--store", &format!("etcd://127.0.0.1:{port}")]);
+    sb.run(&a).assert_clean_failure("etcd");
+}
