@@ -17,11 +17,14 @@ use crate::source::inventory;
 /// Messages that may wait on the way to the coordinator (progress and checkpoints of several
 /// tasks between two network round trips).
 const OUTBOUND_QUEUE: usize = 256;
+/// How long connecting to one coordinator may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Who the agent is and where its coordinator is.
 #[derive(Debug, Clone)]
 pub struct AttachConfig {
-    /// `http://HOST:PORT` of the coordinator.
+    /// `http://HOST:PORT` of the coordinator; several separated by commas (an HA group: the one
+    /// that leads accepts the stream, the others refuse connections).
     pub coordinator: String,
     /// Stable id of this agent.
     pub agent_id: String,
@@ -53,18 +56,41 @@ pub fn inventory_of(source: &Path) -> Result<Vec<Vm>, crate::AgentError> {
     Ok(vms)
 }
 
-/// Opens the stream, registers, and waits for `Registered`. A task then passes each message
-/// from the coordinator to `on_message` (which returns false once nobody listens) and calls
-/// `on_end` with the reason when the stream ends. Returns the sender for messages up and the
-/// heartbeat interval the coordinator asked for.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens the stream, registers, and waits for `Registered`, with the coordinators of the
+/// configuration in turn until one accepts. A task then passes each message from the
+/// coordinator to `on_message` (which returns false once nobody listens) and calls `on_end`
+/// with the reason when the stream ends. Returns the sender for messages up, the heartbeat
+/// interval the coordinator asked for, and the coordinator's URL.
 pub async fn attach(
     config: &AttachConfig,
     vms: &[Vm],
     running: Vec<RunningTask>,
     on_message: impl Fn(CoordinatorBody) -> bool + Send + 'static,
     on_end: impl FnOnce(String) + Send + 'static,
-) -> Result<(mpsc::Sender<AgentMessage>, Duration), Box<dyn std::error::Error + Send + Sync>> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(config.coordinator.clone())?;
+) -> Result<(mpsc::Sender<AgentMessage>, Duration, String), BoxError> {
+    let mut failures = Vec::new();
+    for url in config.coordinator.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match open(url, config, vms, running.clone()).await {
+            Ok((tx, inbound, heartbeat)) => {
+                read_stream(inbound, on_message, on_end);
+                return Ok((tx, heartbeat, url.to_string()));
+            }
+            Err(e) => failures.push(format!("{url}: {e}")),
+        }
+    }
+    Err(failures.join("; ").into())
+}
+
+/// Registers on one coordinator.
+async fn open(
+    url: &str,
+    config: &AttachConfig,
+    vms: &[Vm],
+    running: Vec<RunningTask>,
+) -> Result<(mpsc::Sender<AgentMessage>, tonic::Streaming<hyperexport_proto::v1::CoordinatorMessage>, Duration), BoxError> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?.connect_timeout(CONNECT_TIMEOUT);
     if let Some(tls) = &config.tls {
         endpoint = endpoint.tls_config(tls.clone())?;
     }
@@ -90,6 +116,15 @@ pub async fn attach(
         },
         None => return Err("the coordinator closed the stream after Register".into()),
     };
+    Ok((tx, inbound, heartbeat))
+}
+
+/// Hands every message of the stream to `on_message` until it ends, then calls `on_end`.
+fn read_stream(
+    mut inbound: tonic::Streaming<hyperexport_proto::v1::CoordinatorMessage>,
+    on_message: impl Fn(CoordinatorBody) -> bool + Send + 'static,
+    on_end: impl FnOnce(String) + Send + 'static,
+) {
     tokio::spawn(async move {
         let reason = loop {
             match inbound.message().await {
@@ -106,5 +141,4 @@ pub async fn attach(
         };
         on_end(reason);
     });
-    Ok((tx, heartbeat))
 }

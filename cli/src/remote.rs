@@ -183,23 +183,38 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// The coordinator's URL, `http://` (`https://` with `--tls`) added to a bare `HOST:PORT`.
-fn coordinator_url(url: &CoordinatorUrl) -> Result<String> {
+/// The coordinators' URLs (several, comma-separated, for an HA group), each with its scheme.
+fn coordinator_urls(url: &CoordinatorUrl) -> Result<Vec<String>> {
     let raw = url.coordinator.as_deref().ok_or_else(|| anyhow!("no coordinator: give --coordinator URL or set HYPEREXPORT_COORDINATOR"))?;
     let scheme = if url.tls.is_some() { "https" } else { "http" };
-    Ok(if raw.contains("://") { raw.to_string() } else { format!("{scheme}://{raw}") })
+    let urls: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| if u.contains("://") { u.to_string() } else { format!("{scheme}://{u}") })
+        .collect();
+    if urls.is_empty() {
+        anyhow::bail!("--coordinator {raw:?} names no address");
+    }
+    Ok(urls)
 }
 
+/// A channel to the first of the coordinators that accepts a connection (in an HA group, only
+/// the leader listens).
 pub(crate) async fn channel(url: &CoordinatorUrl) -> Result<Channel> {
-    let full = coordinator_url(url)?;
-    let mut endpoint = Channel::from_shared(full.clone()).map_err(|e| anyhow!("coordinator address {full:?} is not a URL: {e}"))?;
-    if let Some(tls) = url.client_tls()? {
-        endpoint = endpoint.tls_config(tls).with_context(|| format!("TLS to {full}"))?;
+    let tls = url.client_tls()?;
+    let mut failures = Vec::new();
+    for full in coordinator_urls(url)? {
+        let mut endpoint = Channel::from_shared(full.clone()).map_err(|e| anyhow!("coordinator address {full:?} is not a URL: {e}"))?;
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("TLS to {full}"))?;
+        }
+        match endpoint.connect_timeout(std::time::Duration::from_secs(5)).connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => failures.push(format!("{full}: {e}")),
+        }
     }
-    endpoint
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {full}"))
+    Err(anyhow!("cannot reach the coordinator ({})", failures.join("; ")))
 }
 
 pub(crate) async fn connect(url: &CoordinatorUrl) -> Result<ExportServiceClient<Channel>> {
@@ -267,7 +282,7 @@ pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
         labels.insert(k.to_string(), v.to_string());
     }
     let mut attach = AttachConfig {
-        coordinator: coordinator_url(&a.url)?,
+        coordinator: coordinator_urls(&a.url)?.join(","),
         agent_id: agent_id(&a.data)?,
         region: a.region.clone(),
         site: a.site.clone(),
@@ -341,22 +356,23 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
     let tls = a.tls.as_deref().map(|dir| NodeTls::load(dir).map(|t| t.grpc_server())).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let etcd = a.etcd.options()?;
+    if let Ok(addr) = a.listen.parse::<std::net::SocketAddr>()
+        && tls.is_none()
+        && !addr.ip().is_loopback()
+    {
+        anyhow::bail!(
+            "refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address"
+        );
+    }
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
-        let addr = listener.local_addr()?;
-        // Plaintext only where no other host can connect: beyond loopback every peer must show a
-        // certificate from the cluster CA.
-        if tls.is_none() && !addr.ip().is_loopback() {
-            anyhow::bail!("refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address");
-        }
-        // The store opens first: "listening on" is printed only once the coordinator can serve
-        // (with etcd: once it leads).
+        // The store opens first: the coordinator listens only once it can serve. With etcd that
+        // is once it leads: a standby listens on nothing, so that agents and clients given the
+        // whole group's addresses find the leader as the one that accepts their connection.
         let (stepped_down_tx, mut stepped_down) = tokio::sync::watch::channel(false);
         let store = match (&etcd, &a.data) {
             (Some(options), _) => {
                 let (_stop, never) = tokio::sync::watch::channel(false);
-                let identity = addr.to_string();
-                let lead = hyperexport_coordinator::store::etcd::lead(options, &identity, never, stepped_down_tx);
+                let lead = hyperexport_coordinator::store::etcd::lead(options, &a.listen, never, stepped_down_tx);
                 let led = tokio::select! {
                     led = lead => led.context("joining the coordinators on etcd")?,
                     () = shutdown_signal() => return Ok(ExitCode::SUCCESS),
@@ -368,6 +384,13 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
             )),
             (None, None) => anyhow::bail!("give --data DIR or --store etcd://..."),
         };
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+        let addr = listener.local_addr()?;
+        // Plaintext only where no other host can connect: beyond loopback every peer must show a
+        // certificate from the cluster CA.
+        if tls.is_none() && !addr.ip().is_loopback() {
+            anyhow::bail!("refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address");
+        }
         println!("listening on {addr}");
         if let Some(listen) = &a.metrics_listen {
             let metrics = crate::telemetry::serve(listen).await?;

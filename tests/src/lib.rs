@@ -223,20 +223,21 @@ impl Sandbox {
     /// Starts `hyperexport agent` for `region`, serving the VMs in `source`, with its state in
     /// `data` and the sandbox's password for its targets; extra arguments follow.
     pub fn start_agent(&self, coordinator: &Coordinator, region: &str, source: &Path, data: &str, extra: &[&str]) -> Service {
-        self.start_agent_with_env(coordinator, region, source, data, extra, &[])
+        self.start_agent_at(&coordinator.addr, region, source, data, extra, &[])
     }
 
-    /// Like [`Sandbox::start_agent`], with extra environment variables (e.g. test faults).
-    pub fn start_agent_with_env(
+    /// Like [`Sandbox::start_agent`], for coordinators at `addresses` (comma-separated: an HA
+    /// group), with extra environment variables (e.g. test faults).
+    pub fn start_agent_at(
         &self,
-        coordinator: &Coordinator,
+        addresses: &str,
         region: &str,
         source: &Path,
         data: &str,
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Service {
-        let mut a = args(&["agent", "--coordinator", &coordinator.addr, "--region", region]);
+        let mut a = args(&["agent", "--coordinator", addresses, "--region", region]);
         a.extend(["--data".into(), self.path(data).display().to_string(), "--source".into(), format!("local:{}", source.display())]);
         a.extend(["--password-file".into(), self.path("password").display().to_string()]);
         a.extend(args(extra));
@@ -266,6 +267,15 @@ impl Sandbox {
         let stdout = service.child.stdout.take().expect("piped stdout");
         let metrics = read_metrics_line(&mut std::io::BufReader::new(stdout));
         (service, metrics)
+    }
+
+    /// The terms of the assignments the agent with data folder `data` accepted, from its log.
+    pub fn accepted_terms(&self, data: &str) -> Vec<u64> {
+        let log = fs::read_to_string(self.path(&format!("{data}.log"))).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("assignment accepted"))
+            .filter_map(|l| l.split("term=").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|t| t.parse().ok()))
+            .collect()
     }
 
     /// The id an agent started with data folder `data` keeps there.
@@ -598,4 +608,40 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// A coordinator started without waiting for it to serve (a standby of an HA group listens only
+/// once it leads).
+pub struct PendingCoordinator {
+    service: Option<Service>,
+    stdout: PathBuf,
+    /// `HOST:PORT` it will serve on.
+    pub addr: String,
+}
+
+impl PendingCoordinator {
+    /// Whether it has started serving.
+    pub fn serving(&self) -> bool {
+        fs::read_to_string(&self.stdout).is_ok_and(|s| s.contains("listening on"))
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.kill();
+        }
+    }
+}
+
+impl Sandbox {
+    /// Starts `hyperexport coordinator --listen ADDR --data... extra` with its stdout in a file,
+    /// without waiting for it.
+    pub fn spawn_coordinator(&self, data: &str, addr: &str, extra: &[&str]) -> PendingCoordinator {
+        let mut a = args(&["coordinator", "--listen", addr]);
+        a.extend(args(extra));
+        let stdout = self.path(&format!("{data}.out"));
+        let out = fs::File::create(&stdout).expect("coordinator stdout file");
+        let service = self.spawn_service(data, &a, Stdio::from(out), &[]);
+        PendingCoordinator { service: Some(service), stdout, addr: addr.to_string() }
+    }
 }

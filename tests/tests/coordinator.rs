@@ -15,7 +15,7 @@ fn stalled_cluster(sb: &Sandbox, vms: &[&str]) -> (Coordinator, Service) {
         write_image(&dir.join(format!("{vm}.img")), 1 << 20, &[(0, random_bytes(1 << 20, i as u64))]);
     }
     let c = sb.start_coordinator("coord");
-    let agent = sb.start_agent_with_env(&c, "eu", &dir, "agent", &[], &[("HYPEREXPORT_TEST_STALL_AFTER_CHUNKS", "0")]);
+    let agent = sb.start_agent_at(&c.addr, "eu", &dir, "agent", &[], &[("HYPEREXPORT_TEST_STALL_AFTER_CHUNKS", "0")]);
     let listed = || sb.ok(&with(&c, &["vms", "--output", "json"])).stdout.matches("\"name\"").count();
     wait_until(Duration::from_secs(30), "the agent to report its VMs", || listed() == vms.len());
     (c, agent)
@@ -98,7 +98,7 @@ fn bad_requests_and_unreachable_coordinators_get_clear_errors() {
     sb.run(&with(&c, &["export", "--vm", "a", "--to", "file:///r", "--compression", "lz4"]))
         .assert_clean_failure("--compression applies to local exports");
     sb.run(&args(&["jobs"])).assert_clean_failure("no coordinator: give --coordinator URL or set HYPEREXPORT_COORDINATOR");
-    sb.run(&args(&["jobs", "--coordinator", "127.0.0.1:1"])).assert_clean_failure("cannot reach the coordinator at http://127.0.0.1:1");
+    sb.run(&args(&["jobs", "--coordinator", "127.0.0.1:1"])).assert_clean_failure("cannot reach the coordinator (http://127.0.0.1:1");
     // The environment variable stands for --coordinator.
     let r = sb.run_with_env(&args(&["jobs"]), &[("HYPEREXPORT_COORDINATOR", &c.addr)]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);

@@ -121,7 +121,7 @@ fn a_killed_agent_s_task_resumes_on_another_agent_from_its_checkpoint() {
     let heartbeat_timeout = Duration::from_millis(3 * 500);
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "500"]);
     // The first agent stalls after 10 of the disk's 20 chunks: the task is mid-way when it dies.
-    let first = sb.start_agent_with_env(&c, "eu", &eu, "eu-1", &[], &[(STALL, "10")]);
+    let first = sb.start_agent_at(&c.addr, "eu", &eu, "eu-1", &[], &[(STALL, "10")]);
     wait_until(Duration::from_secs(30), "the first agent to attach", || inventory_len(&sb, &c) == 1);
     let repo = sb.path("repo");
     let job = submit(&sb, &c, &["big"], &repo);
@@ -164,7 +164,7 @@ fn a_silent_agent_s_task_moves_and_the_agent_is_told_when_it_wakes() {
     let eu = sb.path("eu");
     vm(&eu, "web", 32 * MIB, 9);
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300"]);
-    let first = sb.start_agent_with_env(&c, "eu", &eu, "eu-1", &[], &[(STALL, "4")]);
+    let first = sb.start_agent_at(&c.addr, "eu", &eu, "eu-1", &[], &[(STALL, "4")]);
     wait_until(Duration::from_secs(30), "the first agent to attach", || inventory_len(&sb, &c) == 1);
     let job = submit(&sb, &c, &["web"], &sb.path("repo"));
     wait_until(Duration::from_secs(60), "a checkpoint", || task(&sb.job(&c, &job), "web")["checkpoint_bytes"].as_u64().unwrap() > 0);
@@ -190,7 +190,7 @@ fn cancel_stops_the_agent_within_two_seconds_and_leaves_no_point() {
     let eu = sb.path("eu");
     vm(&eu, "web", 24 * MIB, 7);
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300"]);
-    let _agent = sb.start_agent_with_env(&c, "eu", &eu, "eu-1", &[], &[(STALL, "2")]);
+    let _agent = sb.start_agent_at(&c.addr, "eu", &eu, "eu-1", &[], &[(STALL, "2")]);
     wait_until(Duration::from_secs(30), "the agent to attach", || inventory_len(&sb, &c) == 1);
     let job = submit(&sb, &c, &["web"], &sb.path("repo"));
     wait_until(Duration::from_secs(60), "the task to run", || {
@@ -219,7 +219,7 @@ fn a_killed_coordinator_loses_no_job_and_running_tasks_finish_once() {
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300"]);
     let addr = c.addr.clone();
     // Each new chunk waits 400 ms: web's 12 chunks take a few seconds.
-    let _agent = sb.start_agent_with_env(&c, "eu", &eu, "eu-1", &["--capacity", "1"], &[(DELAY, "400")]);
+    let _agent = sb.start_agent_at(&c.addr, "eu", &eu, "eu-1", &["--capacity", "1"], &[(DELAY, "400")]);
     wait_until(Duration::from_secs(30), "the agent to attach", || inventory_len(&sb, &c) == 2);
     let repo = sb.path("repo");
     let first = submit(&sb, &c, &["web"], &repo);

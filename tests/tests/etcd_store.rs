@@ -36,15 +36,6 @@ fn job_state(sb: &Sandbox, c: &Coordinator, id: &str) -> String {
     sb.job(c, id)["state"].as_str().unwrap_or("missing").to_string()
 }
 
-/// The terms of the assignments an agent accepted, from its log.
-fn accepted_terms(sb: &Sandbox, agent: &str) -> Vec<u64> {
-    let log = std::fs::read_to_string(sb.path(&format!("{agent}.log"))).unwrap_or_default();
-    log.lines()
-        .filter(|l| l.contains("assignment accepted"))
-        .filter_map(|l| l.split("term=").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|t| t.parse().ok()))
-        .collect()
-}
-
 #[test]
 fn state_in_etcd_outlives_the_coordinator_and_the_next_leader_has_a_newer_term() {
     let sb = Sandbox::new();
@@ -76,7 +67,7 @@ fn state_in_etcd_outlives_the_coordinator_and_the_next_leader_has_a_newer_term()
     let _agent2 = sb.start_agent(&c2, "eu", &vms, "agent2", &[]);
     let second = export(&sb, &c2, "db");
     assert_eq!(job_state(&sb, &c2, &second), "succeeded");
-    let (t1, t2) = (accepted_terms(&sb, "agent"), accepted_terms(&sb, "agent2"));
+    let (t1, t2) = (sb.accepted_terms("agent"), sb.accepted_terms("agent2"));
     assert_eq!(t1.len(), 1, "agent accepted one assignment: {t1:?}");
     assert_eq!(t2.len(), 1, "agent2 accepted one assignment: {t2:?}");
     assert!(t2[0] > t1[0] && t1[0] > 0, "terms {t1:?} then {t2:?}");

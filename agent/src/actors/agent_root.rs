@@ -31,6 +31,10 @@ use crate::target::TargetAccess;
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest wait between attempts while it holds tasks (running, or results not yet released):
+/// a coordinator that has just started (or taken over) waits that long, and a little more, for
+/// agents to come back before it runs their tasks elsewhere (`RESTART_GRACE` there).
+pub const BUSY_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// What an agent is, where its coordinator is, and how it runs tasks.
 #[derive(Clone)]
@@ -103,8 +107,10 @@ pub struct AgentRootState {
 impl AgentRootState {
     /// Schedules the next attach after the current backoff, then doubles it (up to the maximum).
     fn retry_later(&mut self, myself: &ActorRef<AgentRootMsg>) {
+        let cap = if self.running().is_empty() { MAX_BACKOFF } else { BUSY_MAX_BACKOFF };
+        self.backoff = self.backoff.min(cap);
         myself.send_after(self.backoff, || AgentRootMsg::Attach);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.backoff = (self.backoff * 2).min(cap);
     }
 
     /// Sends a message on the stream; false if there is none or it is gone.
@@ -310,8 +316,8 @@ impl Actor for AgentRoot {
                     let _ = gone.send_message(AgentRootMsg::Detached { generation, reason });
                 };
                 match attach(&state.config.attach, &state.vms, state.running(), on_message, on_end).await {
-                    Ok((tx, heartbeat)) => {
-                        tracing::info!(agent = %state.config.attach.agent_id, coordinator = %state.config.attach.coordinator, "attached");
+                    Ok((tx, heartbeat, coordinator)) => {
+                        tracing::info!(agent = %state.config.attach.agent_id, %coordinator, "attached");
                         state.outbound = Some((generation, tx));
                         state.heartbeat = heartbeat;
                         state.backoff = MIN_BACKOFF;

@@ -35,6 +35,11 @@ mod turn;
 
 /// Heartbeats an agent may miss before it is taken for dead.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// After a start (or a takeover on etcd), how long beyond [`MISSED_HEARTBEATS`] heartbeats the
+/// tasks of agents that have not attached again are left to them: an agent holding tasks
+/// retries at least every second (`BUSY_MAX_BACKOFF` in the agent), and running a task again
+/// elsewhere while its first agent finishes it would make a second point.
+pub const RESTART_GRACE: Duration = Duration::from_secs(2);
 /// Job changes a slow watcher may fall behind before it is told to resubscribe.
 const WATCH_BACKLOG: usize = 1024;
 /// Events handled in one turn at most, so that a flood still commits and answers regularly.
@@ -219,7 +224,7 @@ pub async fn start(
     let mut scheduler = Scheduler {
         store,
         heartbeat,
-        grace_until: Instant::now() + heartbeat * MISSED_HEARTBEATS,
+        grace_until: Instant::now() + heartbeat * MISSED_HEARTBEATS + RESTART_GRACE,
         jobs,
         tasks,
         checkpoints,
