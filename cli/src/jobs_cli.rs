@@ -109,17 +109,78 @@ impl JobView {
 
 /// Follows a job to its end; the last state seen (none if the stream ended first).
 pub(crate) async fn follow(url: &CoordinatorUrl, job: &str, output: Output) -> Result<Option<Job>> {
-    let mut stream = connect(url).await?.watch(WatchJobRequest { job_id: job.to_string() }).await.map_err(refused)?.into_inner();
     let mut view = JobView::new(output);
-    let mut last = None;
-    while let Some(update) = stream.message().await.map_err(refused)? {
-        view.show(&update);
-        last = Some(update);
+    let mut last: Option<Job> = None;
+    // Given an HA group, a leader that stops or steps down ends the stream as unavailable: the
+    // watch goes on with whichever coordinator answers next (Watch starts with the job as it is,
+    // so nothing is missed). A single coordinator, or a group never reached, is an error at once.
+    let (mut answered, mut lost_since) = (false, None);
+    loop {
+        let watched = async {
+            let mut stream = connect(url).await?.watch(WatchJobRequest { job_id: job.to_string() }).await?.into_inner();
+            while let Some(update) = stream.message().await? {
+                (answered, lost_since) = (true, None);
+                view.show(&update);
+                last = Some(update);
+            }
+            Ok::<(), WatchError>(())
+        };
+        let Err(e) = watched.await else { break };
+        let lost = *lost_since.get_or_insert_with(std::time::Instant::now);
+        let retry = url.is_group() && answered && lost.elapsed() < REWATCH_FOR && e.retryable();
+        if !retry {
+            return Err(match e {
+                WatchError::Status(s) => refused(s),
+                WatchError::Connect(e) => e,
+            });
+        }
+        tracing::debug!(error = %e, "watch interrupted; watching again");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     for bar in view.bars.values() {
         bar.abandon();
     }
     Ok(last)
+}
+
+/// How long a watch of an HA group keeps trying to reach a coordinator again after losing one.
+const REWATCH_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why a watch was interrupted: no coordinator reached, or a status from one.
+enum WatchError {
+    Connect(anyhow::Error),
+    Status(tonic::Status),
+}
+
+impl WatchError {
+    /// Whether another coordinator of the group may answer: none reached, or one stopping.
+    fn retryable(&self) -> bool {
+        match self {
+            WatchError::Connect(_) => true,
+            WatchError::Status(s) => s.code() == tonic::Code::Unavailable,
+        }
+    }
+}
+
+impl From<anyhow::Error> for WatchError {
+    fn from(e: anyhow::Error) -> Self {
+        WatchError::Connect(e)
+    }
+}
+
+impl From<tonic::Status> for WatchError {
+    fn from(s: tonic::Status) -> Self {
+        WatchError::Status(s)
+    }
+}
+
+impl std::fmt::Display for WatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchError::Connect(e) => write!(f, "{e:#}"),
+            WatchError::Status(s) => write!(f, "{} ({:?})", s.message(), s.code()),
+        }
+    }
 }
 
 fn exit_for(last: Option<Job>) -> ExitCode {

@@ -35,6 +35,11 @@ pub struct CoordinatorUrl {
 }
 
 impl CoordinatorUrl {
+    /// Whether it names several coordinators (an HA group).
+    pub fn is_group(&self) -> bool {
+        self.coordinator.as_deref().is_some_and(|c| c.split(',').filter(|a| !a.trim().is_empty()).count() > 1)
+    }
+
     /// The gRPC client TLS configuration, when `--tls` is given.
     fn client_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>> {
         self.tls.as_deref().map(|dir| Ok(NodeTls::load(dir)?.grpc_client())).transpose()
@@ -365,68 +370,92 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
         );
     }
     rt.block_on(async {
-        // The store opens first: the coordinator listens only once it can serve. With etcd that
-        // is once it leads: a standby listens on nothing, so that agents and clients given the
-        // whole group's addresses find the leader as the one that accepts their connection.
-        let (stepped_down_tx, mut stepped_down) = tokio::sync::watch::channel(false);
-        let store = match (&etcd, &a.data) {
-            (Some(options), _) => {
-                let (_stop, never) = tokio::sync::watch::channel(false);
-                let lead = hyperexport_coordinator::store::etcd::lead(options, &a.listen, never, stepped_down_tx);
-                let led = tokio::select! {
-                    led = lead => led.context("joining the coordinators on etcd")?,
-                    () = shutdown_signal() => return Ok(ExitCode::SUCCESS),
-                };
-                Store::Etcd(Box::new(led.ok_or_else(|| anyhow!("stopped before leading"))?))
-            }
-            (None, Some(data)) => Store::Embedded(std::sync::Arc::new(
-                hyperexport_coordinator::store::JobStore::open(data).with_context(|| format!("opening the coordinator state in {}", data.display()))?,
-            )),
-            (None, None) => anyhow::bail!("give --data DIR or --store etcd://..."),
-        };
-        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
-        let addr = listener.local_addr()?;
-        // Plaintext only where no other host can connect: beyond loopback every peer must show a
-        // certificate from the cluster CA.
-        if tls.is_none() && !addr.ip().is_loopback() {
-            anyhow::bail!("refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address");
-        }
-        println!("listening on {addr}");
-        if let Some(listen) = &a.metrics_listen {
-            let metrics = crate::telemetry::serve(listen).await?;
-            hyperexport_coordinator::metrics::describe();
-            println!("metrics on {metrics}");
-        }
-        std::io::stdout().flush()?;
-        let term = store.term();
-        tracing::info!(%addr, store = a.etcd.store.as_deref().unwrap_or("embedded"), term, "coordinator started");
-        let heartbeat = std::time::Duration::from_millis(a.heartbeat_ms.max(50));
-        let options = ServeOptions { heartbeat, tls, dr_interval: std::time::Duration::from_millis(a.dr_interval_ms.max(50)) };
-        // Serves until a signal, or until it no longer leads on etcd (it then stops at once, so
-        // that another coordinator takes over cleanly).
-        let lost = async {
-            while !*stepped_down.borrow() {
-                if stepped_down.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+        let (signalled, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = signalled.send(true);
+        });
+        let mut metrics_served = false;
+        let mut patient = false;
+        // With etcd, a coordinator that loses its leadership stops serving and stands by again.
+        loop {
+            // The store opens first: the coordinator listens only once it can serve. With etcd
+            // that is once it leads: a standby listens on nothing, so that agents and clients
+            // given the whole group's addresses find the leader as the one that accepts them.
+            let (stepped_down_tx, mut stepped_down) = tokio::sync::watch::channel(false);
+            let store = match (&etcd, &a.data) {
+                (Some(options), _) => {
+                    let led = hyperexport_coordinator::store::etcd::lead(options, &a.listen, stop.clone(), stepped_down_tx, patient)
+                        .await
+                        .context("joining the coordinators on etcd")?;
+                    patient = true;
+                    match led {
+                        Some(store) => Store::Etcd(Box::new(store)),
+                        None => return Ok(ExitCode::SUCCESS),
+                    }
                 }
+                (None, Some(data)) => Store::Embedded(std::sync::Arc::new(
+                    hyperexport_coordinator::store::JobStore::open(data)
+                        .with_context(|| format!("opening the coordinator state in {}", data.display()))?,
+                )),
+                (None, None) => anyhow::bail!("give --data DIR or --store etcd://..."),
+            };
+            let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+            let addr = listener.local_addr()?;
+            // Plaintext only where no other host can connect: beyond loopback every peer must
+            // show a certificate from the cluster CA.
+            if tls.is_none() && !addr.ip().is_loopback() {
+                anyhow::bail!("refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address");
             }
-        };
-        let stop = async {
-            tokio::select! {
-                () = shutdown_signal() => false,
-                () = lost => true,
+            println!("listening on {addr}");
+            if let Some(listen) = a.metrics_listen.as_ref().filter(|_| !metrics_served) {
+                let metrics = crate::telemetry::serve(listen).await?;
+                hyperexport_coordinator::metrics::describe();
+                println!("metrics on {metrics}");
+                metrics_served = true;
             }
-        };
-        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
-        let shutdown = async move {
-            let _ = lost_tx.send(stop.await);
-        };
-        hyperexport_coordinator::server::serve(listener, store, options, shutdown).await?;
-        if lost_rx.await.unwrap_or(false) {
-            anyhow::bail!("this coordinator lost its etcd leadership (term {term}) and stopped; another one takes over");
+            std::io::stdout().flush()?;
+            let term = store.term();
+            tracing::info!(%addr, store = a.etcd.store.as_deref().unwrap_or("embedded"), term, "coordinator started");
+            let heartbeat = std::time::Duration::from_millis(a.heartbeat_ms.max(50));
+            let options = ServeOptions { heartbeat, tls: tls.clone(), dr_interval: std::time::Duration::from_millis(a.dr_interval_ms.max(50)) };
+            // Serves until a signal, or until it no longer leads on etcd (it then stops at once,
+            // so that another coordinator takes over cleanly).
+            let lost = async {
+                while !*stepped_down.borrow() {
+                    if stepped_down.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let mut signal = stop.clone();
+            let until = async move {
+                tokio::select! {
+                    () = lost => true,
+                    _ = signal.wait_for(|s| *s) => false,
+                }
+            };
+            let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+            let shutdown = async move {
+                let _ = lost_tx.send(until.await);
+            };
+            let held = store.clone();
+            if let Err(e) = hyperexport_coordinator::server::serve(listener, store, options, shutdown).await {
+                // On etcd a failed write (etcd away) is no reason to die: the state is in etcd,
+                // and whoever leads next reloads it. This coordinator gives up and stands by.
+                if etcd.is_none() {
+                    return Err(e.into());
+                }
+                tracing::error!(error = %e, term, "serving failed; stepping down to stand by");
+                held.step_down();
+                continue;
+            }
+            if !lost_rx.await.unwrap_or(false) {
+                tracing::info!("coordinator stopped");
+                return Ok(ExitCode::SUCCESS);
+            }
+            tracing::warn!(term, "this coordinator lost its etcd leadership: it stopped serving and stands by");
         }
-        tracing::info!("coordinator stopped");
-        Ok(ExitCode::SUCCESS)
     })
 }
 

@@ -23,11 +23,13 @@ use crate::store::Store;
 /// How long a stopping coordinator waits for clients to close their connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Completes once `stopping` is true (never, if its sender is gone without saying so).
+/// Completes once `stopping` is true, or its sender is gone.
 pub(crate) async fn stopped(mut stopping: watch::Receiver<bool>) {
     while !*stopping.borrow_and_update() {
+        // The sender goes with the server: a server that ended (its scheduler failed) stops
+        // everything that waits on it, open watches included.
         if stopping.changed().await.is_err() {
-            std::future::pending::<()>().await;
+            return;
         }
     }
 }

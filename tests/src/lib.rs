@@ -541,9 +541,11 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// An etcd member started by [`Sandbox::start_etcd`].
+/// An etcd member started by [`Sandbox::start_etcd`] or [`Sandbox::start_etcd_cluster`].
 pub struct Etcd {
-    service: Service,
+    service: Option<Service>,
+    args: Vec<String>,
+    log: PathBuf,
     /// `HOST:PORT` of its client API.
     pub addr: String,
 }
@@ -555,47 +557,86 @@ impl Etcd {
     }
 
     /// Kills it with SIGKILL.
-    pub fn kill(self) {
-        self.service.kill();
+    pub fn kill(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.kill();
+        }
     }
+
+    /// Starts it again on the same data and ports (after [`Etcd::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.service = Some(spawn_etcd(&self.args, &self.log));
+    }
+
+    /// Whether it answers `/health` with a healthy cluster.
+    pub fn healthy(&self) -> bool {
+        http_get(&self.addr, "/health").is_some_and(|b| b.contains("true"))
+    }
+}
+
+fn spawn_etcd(args: &[String], log: &Path) -> Service {
+    let log_file = fs::OpenOptions::new().create(true).append(true).open(log).expect("etcd log");
+    let child = Command::new("etcd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("etcd runs (Debian package etcd-server; scripts/test.sh installs it)");
+    Service { child, log: log.to_path_buf() }
+}
+
+/// `etcd://` URL naming every member of a cluster.
+pub fn etcd_url(members: &[Etcd]) -> String {
+    format!("etcd://{}", members.iter().map(|m| m.addr.as_str()).collect::<Vec<_>>().join(","))
 }
 
 impl Sandbox {
     /// Starts a one-member etcd (Debian `etcd-server`, installed by scripts/test.sh) on free
     /// loopback ports, its data in `name`, and waits until it answers `/health`.
     pub fn start_etcd(&self, name: &str) -> Etcd {
-        let (client, peer) = (free_port(), free_port());
-        let args = vec![
-            "--name".to_string(),
-            name.to_string(),
-            "--data-dir".into(),
-            self.path(name).display().to_string(),
-            "--listen-client-urls".into(),
-            format!("http://127.0.0.1:{client}"),
-            "--advertise-client-urls".into(),
-            format!("http://127.0.0.1:{client}"),
-            "--listen-peer-urls".into(),
-            format!("http://127.0.0.1:{peer}"),
-            "--initial-advertise-peer-urls".into(),
-            format!("http://127.0.0.1:{peer}"),
-            "--initial-cluster".into(),
-            format!("{name}=http://127.0.0.1:{peer}"),
-        ];
-        let log = self.path(&format!("{name}.log"));
-        let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("etcd log");
-        let child = Command::new("etcd")
-            .args(&args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("etcd runs (Debian package etcd-server; scripts/test.sh installs it)");
-        let etcd = Etcd { service: Service { child, log }, addr: format!("127.0.0.1:{client}") };
-        wait_until(Duration::from_secs(30), "etcd to answer /health", || {
-            http_get(&etcd.addr, "/health").is_some_and(|b| b.contains("true"))
-        });
-        etcd
+        self.start_etcd_cluster(name, 1).pop().expect("one member")
+    }
+
+    /// Starts an etcd cluster of `size` members (`NAME0`, `NAME1`...) on free loopback ports and
+    /// waits until every member answers `/health`.
+    pub fn start_etcd_cluster(&self, name: &str, size: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let cluster =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("{name}{i}=http://127.0.0.1:{peer}")).collect::<Vec<_>>().join(",");
+        let members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let member = format!("{name}{i}");
+                let args: Vec<String> = [
+                    "--name",
+                    &member,
+                    "--data-dir",
+                    &self.path(&member).display().to_string(),
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-cluster",
+                    &cluster,
+                    "--initial-cluster-token",
+                    name,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                let log = self.path(&format!("{member}.log"));
+                Etcd { service: Some(spawn_etcd(&args, &log)), args, log, addr: format!("127.0.0.1:{client}") }
+            })
+            .collect();
+        wait_until(Duration::from_secs(60), "etcd to answer /health", || members.iter().all(Etcd::healthy));
+        members
     }
 }
 
@@ -620,9 +661,11 @@ pub struct PendingCoordinator {
 }
 
 impl PendingCoordinator {
-    /// Whether it has started serving.
+    /// Whether it serves now (it has said so, and its address accepts connections: a
+    /// coordinator that stepped down has closed it).
     pub fn serving(&self) -> bool {
-        fs::read_to_string(&self.stdout).is_ok_and(|s| s.contains("listening on"))
+        let said = fs::read_to_string(&self.stdout).is_ok_and(|s| s.contains("listening on"));
+        said && self.addr.parse().is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok())
     }
 
     /// Kills it with SIGKILL.

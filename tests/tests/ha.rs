@@ -1,7 +1,8 @@
-//! Three coordinators on one etcd (Debian `etcd-server`, on loopback): one leads and serves,
-//! two wait as standbys listening on nothing. Agents and the CLI are given all three addresses.
-//! The leader is killed with SIGKILL while 20 tasks run: a standby leads within 5 s (TTL 2 s),
-//! the agents attach to it and hand over their tasks, and every task ends exactly once.
+//! Three coordinators on etcd (Debian `etcd-server`, on loopback; one member, or a cluster of
+//! three): one leads and serves, two wait as standbys listening on nothing. Agents and the CLI
+//! are given all three addresses. Under 20 running tasks the leader is killed with SIGKILL, or
+//! every etcd member is restarted: a coordinator leads again, the agents hand their tasks over,
+//! and every task ends exactly once.
 
 use std::time::{Duration, Instant};
 
@@ -10,60 +11,122 @@ use serde_json::Value;
 
 const TTL: &str = "2";
 const TASKS: usize = 20;
+/// One group at a time: each is nine processes on two cores, and leases are timed.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// An HA group of three coordinators and two agents running one job of 20 tasks.
+struct Group {
+    sb: Sandbox,
+    etcd: Vec<Etcd>,
+    coordinators: Vec<PendingCoordinator>,
+    _agents: Vec<Service>,
+    all: String,
+    job: String,
+}
+
+impl Group {
+    /// Starts etcd with `members`, the coordinators and agents, and the job; returns once all
+    /// its tasks are on agents.
+    fn start(members: usize) -> Group {
+        let sb = Sandbox::new();
+        let etcd = sb.start_etcd_cluster("etcd", members);
+        let vms = sb.path("vms");
+        std::fs::create_dir_all(&vms).unwrap();
+        let names: Vec<String> = (0..TASKS).map(|i| format!("vm{i:02}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            write_image(&vms.join(format!("{n}.img")), 16 << 20, &[(0, random_bytes(16 << 20, i as u64 + 1))]);
+        }
+        let store = etcd_url(&etcd);
+        let flags = ["--store", store.as_str(), "--etcd-ttl", TTL, "--heartbeat-ms", "300"];
+        let coordinators: Vec<PendingCoordinator> =
+            (0..3).map(|i| sb.spawn_coordinator(&format!("c{i}"), &format!("127.0.0.1:{}", free_port()), &flags)).collect();
+        wait_until(Duration::from_secs(30), "one coordinator to lead", || coordinators.iter().any(PendingCoordinator::serving));
+        let all = coordinators.iter().map(|c| c.addr.as_str()).collect::<Vec<_>>().join(",");
+        // Four 4 MiB chunks per task at 1 s each: every task runs for about 4 s.
+        let env = [("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "1000")];
+        let agents = (0..2).map(|i| sb.start_agent_at(&all, "eu", &vms, &format!("agent{i}"), &["--capacity", "10"], &env)).collect();
+        let mut group = Group { sb, etcd, coordinators, _agents: agents, all, job: String::new() };
+        wait_until(Duration::from_secs(30), "both agents to attach", || {
+            let list: Value = serde_json::from_str(&group.sb.ok(&group.with(&["vms", "--output", "json"])).stdout).unwrap();
+            list.as_array().unwrap().len() == 2 * TASKS
+        });
+        let mut submit = group.with(&["export", "--to", &format!("file://{}", group.sb.path("repo").display())]);
+        for n in &names {
+            submit.extend(args(&["--vm", n]));
+        }
+        group.job = group.sb.ok(&submit).stdout.trim().to_string();
+        wait_until(Duration::from_secs(30), "all 20 tasks on agents", || group.tasks("running") + group.tasks("scheduled") == TASKS);
+        group
+    }
+
+    /// `parts` with `--coordinator` naming the whole group.
+    fn with(&self, parts: &[&str]) -> Vec<String> {
+        let mut a = args(parts);
+        a.extend(args(&["--coordinator", &self.all]));
+        a
+    }
+
+    /// How many tasks of the job are in `state`.
+    fn tasks(&self, state: &str) -> usize {
+        let jobs: Value = serde_json::from_str(&self.sb.ok(&self.with(&["jobs", "--output", "json"])).stdout).unwrap();
+        let job = jobs.as_array().unwrap().iter().find(|j| j["id"] == self.job.as_str()).cloned().unwrap_or(Value::Null);
+        job["tasks"].as_array().map_or(0, |t| t.iter().filter(|t| t["state"] == state).count())
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.coordinators.iter().position(PendingCoordinator::serving)
+    }
+
+    /// Follows the job to its end through the group, then checks that every task succeeded
+    /// once: one point per VM, and the agents accepted assignments of rising terms only.
+    fn finishes_once(&self) {
+        self.sb.ok(&self.with(&["watch", &self.job]));
+        assert_eq!(self.tasks("succeeded"), TASKS, "every task succeeded");
+        assert_eq!(point_count(&self.sb.path("repo")), TASKS, "one point per VM: none was made twice");
+        for agent in ["agent0", "agent1"] {
+            let terms = self.sb.accepted_terms(agent);
+            assert!(terms.iter().all(|t| *t > 0) && terms.is_sorted(), "{agent} accepted terms {terms:?}");
+        }
+    }
+}
+
+fn leader_killed(members: usize) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = Group::start(members);
+    let leader = g.leader().unwrap();
+    g.coordinators[leader].kill();
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(10), "a standby to lead", || g.leader().is_some());
+    let took = killed.elapsed();
+    eprintln!("a new leader served {took:?} after the old one was killed ({members} etcd members)");
+    assert!(took < Duration::from_secs(5), "a new leader took {took:?}");
+    g.finishes_once();
+}
 
 #[test]
 fn the_leader_killed_mid_job_a_standby_takes_over_and_every_task_ends_once() {
-    let sb = Sandbox::new();
-    let etcd = sb.start_etcd("etcd");
-    let vms = sb.path("vms");
-    std::fs::create_dir_all(&vms).unwrap();
-    let names: Vec<String> = (0..TASKS).map(|i| format!("vm{i:02}")).collect();
-    for (i, n) in names.iter().enumerate() {
-        write_image(&vms.join(format!("{n}.img")), 16 << 20, &[(0, random_bytes(16 << 20, i as u64 + 1))]);
-    }
-    let store = etcd.url();
-    let flags = ["--store", store.as_str(), "--etcd-ttl", TTL, "--heartbeat-ms", "300"];
-    let mut group: Vec<PendingCoordinator> =
-        (0..3).map(|i| sb.spawn_coordinator(&format!("c{i}"), &format!("127.0.0.1:{}", free_port()), &flags)).collect();
-    wait_until(Duration::from_secs(30), "one coordinator to lead", || group.iter().any(PendingCoordinator::serving));
-    let all = group.iter().map(|c| c.addr.as_str()).collect::<Vec<_>>().join(",");
-    let with = |parts: &[&str]| {
-        let mut a = args(parts);
-        a.extend(args(&["--coordinator", &all]));
-        a
-    };
-    // Four 4 MiB chunks per task at 1 s each: every task runs for about 4 s.
-    let env = [("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "1000")];
-    let _agents: Vec<Service> =
-        (0..2).map(|i| sb.start_agent_at(&all, "eu", &vms, &format!("agent{i}"), &["--capacity", "10"], &env)).collect();
-    wait_until(Duration::from_secs(30), "both agents to attach", || {
-        let list: Value = serde_json::from_str(&sb.ok(&with(&["vms", "--output", "json"])).stdout).unwrap();
-        list.as_array().unwrap().len() == 2 * TASKS
-    });
-    let mut submit = with(&["export", "--to", &format!("file://{}", sb.path("repo").display())]);
-    for n in &names {
-        submit.extend(args(&["--vm", n]));
-    }
-    let job = sb.ok(&submit).stdout.trim().to_string();
-    let tasks = |state: &str| -> usize {
-        let jobs: Value = serde_json::from_str(&sb.ok(&with(&["jobs", "--output", "json"])).stdout).unwrap();
-        let job = jobs.as_array().unwrap().iter().find(|j| j["id"] == job.as_str()).cloned().unwrap_or(Value::Null);
-        job["tasks"].as_array().map_or(0, |t| t.iter().filter(|t| t["state"] == state).count())
-    };
-    wait_until(Duration::from_secs(30), "all 20 tasks on agents", || tasks("running") + tasks("scheduled") == TASKS);
+    leader_killed(1);
+}
 
-    let leader = group.iter().position(PendingCoordinator::serving).unwrap();
-    group[leader].kill();
-    let killed = Instant::now();
-    wait_until(Duration::from_secs(10), "a standby to lead", || group.iter().enumerate().any(|(i, c)| i != leader && c.serving()));
-    let took = killed.elapsed();
-    eprintln!("a new leader served {took:?} after the old one was killed");
-    assert!(took < Duration::from_secs(5), "a new leader took {took:?}");
+#[test]
+fn the_same_on_a_three_member_etcd_cluster() {
+    leader_killed(3);
+}
 
-    // The CLI, given the whole group, keeps working: it follows the job to its end.
-    sb.ok(&with(&["watch", &job]));
-    assert_eq!(tasks("succeeded"), TASKS, "every task succeeded");
-    assert_eq!(point_count(&sb.path("repo")), TASKS, "one point per VM: none was made twice");
-    let terms: Vec<u64> = (0..2).flat_map(|i| sb.accepted_terms(&format!("agent{i}"))).collect();
-    assert!(terms.len() >= TASKS && terms.iter().all(|t| *t > 0), "accepted assignments and their terms: {terms:?}");
+#[test]
+fn every_etcd_member_restarted_mid_job_the_group_leads_again_and_the_job_finishes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = Group::start(3);
+    for member in &mut g.etcd {
+        member.kill();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for member in &mut g.etcd {
+        member.restart();
+    }
+    wait_until(Duration::from_secs(60), "etcd to answer again", || g.etcd.iter().all(Etcd::healthy));
+    wait_until(Duration::from_secs(30), "a coordinator to lead again", || g.leader().is_some());
+    g.finishes_once();
+    let logs: String = (0..3).map(|i| std::fs::read_to_string(g.sb.path(&format!("c{i}.log"))).unwrap_or_default()).collect();
+    assert!(logs.contains("stepping down"), "the leader stepped down while etcd was away:\n{logs}");
 }

@@ -195,6 +195,12 @@ impl EtcdStore {
     pub fn lost(&self) -> bool {
         self.leadership.lost.load(Ordering::SeqCst)
     }
+
+    /// Gives the leadership up (its writes stop at once, and the lease is revoked soon after, so
+    /// that another coordinator need not wait for it to expire).
+    pub fn step_down(&self) {
+        self.leadership.lost.store(true, Ordering::SeqCst);
+    }
 }
 
 fn not_leader() -> CoordinatorError {
@@ -203,50 +209,96 @@ fn not_leader() -> CoordinatorError {
 
 /// Campaigns until this coordinator leads (or `stopping` turns true: `None`), then keeps its
 /// lease alive in the background. `identity` is stored in the leader key (the address it serves
-/// on). `stepped_down` turns true when the leadership is lost.
+/// on). `stepped_down` turns true when the leadership is lost. Unless `patient`, failing to
+/// reach etcd at first is an error (a wrong address should be said at once); once it was
+/// reached, outages are waited out.
 pub async fn lead(
     options: &EtcdOptions,
     identity: &str,
     mut stopping: watch::Receiver<bool>,
     stepped_down: watch::Sender<bool>,
+    patient: bool,
 ) -> Result<Option<EtcdStore>> {
-    let mut client = connect(options).await?;
-    let key = format!("{}{LEADER_KEY}", options.prefix);
+    let probe = format!("{}{LEADER_KEY}", options.prefix);
+    let mut client = loop {
+        let reached = match connect(options).await {
+            Ok(mut c) => c.get(probe.as_str(), None).await.map(|_| c).map_err(fail("reach etcd")),
+            Err(e) => Err(e),
+        };
+        match reached {
+            Ok(c) => break c,
+            Err(e) if !patient => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd unreachable; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopping.changed() => return Ok(None),
+                }
+            }
+        }
+    };
     let mut nonce = [0u8; 8];
     hyperexport_shared::crypto::random_bytes(&mut nonce);
     let value = format!("{identity} {}", hex::encode(nonce));
-    let ttl = options.ttl.as_secs().max(1) as i64;
     loop {
-        let lease = client.lease_grant(ttl, None).await.map_err(fail("etcd lease grant"))?.id();
-        let put = TxnOp::put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(lease)));
-        let txn = Txn::new().when(vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then(vec![put]);
-        let resp = client.txn(txn).await.map_err(fail("etcd campaign"))?;
-        if resp.succeeded() {
-            let term = resp.header().map_or(0, |h| h.revision()).max(1) as u64;
-            tracing::info!(term, ttl_s = ttl, "leading: this coordinator holds the etcd leader key");
-            let leadership = Arc::new(Leadership { key, value, term, lost: AtomicBool::new(false) });
-            keep_alive(client.clone(), lease, options.ttl, Arc::clone(&leadership), stepped_down).await?;
-            return Ok(Some(EtcdStore { client, prefix: options.prefix.clone(), leadership }));
+        if *stopping.borrow() {
+            return Ok(None);
         }
-        let _ = client.lease_revoke(lease).await;
-        let holder =
-            client.get(key.as_str(), None).await.ok().and_then(|r| r.kvs().first().map(|kv| kv.value_str().unwrap_or("").to_string()));
-        tracing::info!(leader = holder.as_deref().unwrap_or("?"), "standby: another coordinator leads");
-        // Wait for the key to go (or a TTL, in case the watch misses it), then try again.
-        let mut watch = client.watch(key.as_str(), None).await.map_err(fail("etcd watch"))?;
-        let gone = async {
-            while let Ok(Some(resp)) = watch.message().await {
-                if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                    return;
+        match campaign(&mut client, options, &value, &mut stopping).await {
+            Ok(Some(leadership)) => {
+                let store = EtcdStore { client: client.clone(), prefix: options.prefix.clone(), leadership: Arc::clone(&leadership.0) };
+                keep_alive(client, leadership.1, options.ttl, leadership.0, stepped_down).await?;
+                return Ok(Some(store));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd unavailable while standing by; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopping.changed() => {}
                 }
             }
-        };
-        tokio::select! {
-            () = gone => {}
-            _ = tokio::time::sleep(options.ttl) => {}
-            _ = stopping.changed() => return Ok(None),
         }
     }
+}
+
+/// One try: creates the leader key if nobody holds it (returns the leadership and its lease),
+/// else waits until the key goes, a TTL passes or `stopping` changes.
+async fn campaign(
+    client: &mut Client,
+    options: &EtcdOptions,
+    value: &str,
+    stopping: &mut watch::Receiver<bool>,
+) -> Result<Option<(Arc<Leadership>, i64)>> {
+    let key = format!("{}{LEADER_KEY}", options.prefix);
+    let ttl = options.ttl.as_secs().max(1) as i64;
+    let lease = client.lease_grant(ttl, None).await.map_err(fail("etcd lease grant"))?.id();
+    let put = TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)));
+    let txn = Txn::new().when(vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then(vec![put]);
+    let resp = client.txn(txn).await.map_err(fail("etcd campaign"))?;
+    if resp.succeeded() {
+        let term = resp.header().map_or(0, |h| h.revision()).max(1) as u64;
+        tracing::info!(term, ttl_s = ttl, "leading: this coordinator holds the etcd leader key");
+        return Ok(Some((Arc::new(Leadership { key, value: value.to_string(), term, lost: AtomicBool::new(false) }), lease)));
+    }
+    let _ = client.lease_revoke(lease).await;
+    let holder = client.get(key.as_str(), None).await.ok().and_then(|r| r.kvs().first().map(|kv| kv.value_str().unwrap_or("").to_string()));
+    tracing::info!(leader = holder.as_deref().unwrap_or("?"), "standby: another coordinator leads");
+    // Wait for the key to go (or a TTL, in case the watch misses it), then try again.
+    let mut watch = client.watch(key.as_str(), None).await.map_err(fail("etcd watch"))?;
+    let gone = async {
+        while let Ok(Some(resp)) = watch.message().await {
+            if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = gone => {}
+        _ = tokio::time::sleep(options.ttl) => {}
+        _ = stopping.changed() => {}
+    }
+    Ok(None)
 }
 
 /// Renews the lease every third of the TTL; marks the leadership lost (and says so on
@@ -265,6 +317,10 @@ async fn keep_alive(
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(step).await;
+            if leadership.lost.load(Ordering::SeqCst) {
+                tracing::warn!("stepping down: this coordinator gave its leadership up");
+                break;
+            }
             let renew = async {
                 keeper.keep_alive().await.ok()?;
                 responses.message().await.ok().flatten()
@@ -284,6 +340,8 @@ async fn keep_alive(
         }
         leadership.lost.store(true, Ordering::SeqCst);
         let _ = stepped_down.send(true);
+        // Best effort: give the key up at once rather than when the lease runs out.
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
     });
     Ok(())
 }

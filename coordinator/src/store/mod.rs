@@ -164,6 +164,13 @@ impl Store {
         }
     }
 
+    /// Gives up the leadership on etcd (nothing to do on the embedded store).
+    pub fn step_down(&self) {
+        if let Store::Etcd(s) = self {
+            s.step_down();
+        }
+    }
+
     /// The fencing token of this coordinator's leadership: agents refuse assignments of an
     /// older term. 0 for the embedded store (one coordinator).
     pub fn term(&self) -> u64 {
