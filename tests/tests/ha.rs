@@ -18,6 +18,8 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 struct Group {
     sb: Sandbox,
     etcd: Vec<Etcd>,
+    /// Between the first coordinator and etcd, when asked for.
+    proxy: Option<Proxy>,
     coordinators: Vec<PendingCoordinator>,
     _agents: Vec<Service>,
     all: String,
@@ -28,6 +30,12 @@ impl Group {
     /// Starts etcd with `members`, the coordinators and agents, and the job; returns once all
     /// its tasks are on agents.
     fn start(members: usize) -> Group {
+        Group::start_with(members, false)
+    }
+
+    /// Like [`Group::start`]; with `proxied`, the first coordinator reaches etcd through a
+    /// proxy that the test can cut, and leads (the others start once it does).
+    fn start_with(members: usize, proxied: bool) -> Group {
         let sb = Sandbox::new();
         let etcd = sb.start_etcd_cluster("etcd", members);
         let vms = sb.path("vms");
@@ -37,15 +45,24 @@ impl Group {
             write_image(&vms.join(format!("{n}.img")), 16 << 20, &[(0, random_bytes(16 << 20, i as u64 + 1))]);
         }
         let store = etcd_url(&etcd);
-        let flags = ["--store", store.as_str(), "--etcd-ttl", TTL, "--heartbeat-ms", "300"];
-        let coordinators: Vec<PendingCoordinator> =
-            (0..3).map(|i| sb.spawn_coordinator(&format!("c{i}"), &format!("127.0.0.1:{}", free_port()), &flags)).collect();
+        let proxy = proxied.then(|| Proxy::start(&etcd[0].addr));
+        let first_store = proxy.as_ref().map_or(store.clone(), |p| format!("etcd://{}", p.addr));
+        let flags = |store: &str| args(&["--store", store, "--etcd-ttl", TTL, "--heartbeat-ms", "300"]);
+        let spawn = |i: usize, store: &str| {
+            let f = flags(store);
+            sb.spawn_coordinator(&format!("c{i}"), &format!("127.0.0.1:{}", free_port()), &f.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let mut coordinators = vec![spawn(0, &first_store)];
+        if proxied {
+            wait_until(Duration::from_secs(30), "the proxied coordinator to lead", || coordinators[0].serving());
+        }
+        coordinators.extend((1..3).map(|i| spawn(i, &store)));
         wait_until(Duration::from_secs(30), "one coordinator to lead", || coordinators.iter().any(PendingCoordinator::serving));
         let all = coordinators.iter().map(|c| c.addr.as_str()).collect::<Vec<_>>().join(",");
         // Four 4 MiB chunks per task at 1 s each: every task runs for about 4 s.
         let env = [("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "1000")];
         let agents = (0..2).map(|i| sb.start_agent_at(&all, "eu", &vms, &format!("agent{i}"), &["--capacity", "10"], &env)).collect();
-        let mut group = Group { sb, etcd, coordinators, _agents: agents, all, job: String::new() };
+        let mut group = Group { sb, etcd, proxy, coordinators, _agents: agents, all, job: String::new() };
         wait_until(Duration::from_secs(30), "both agents to attach", || {
             let list: Value = serde_json::from_str(&group.sb.ok(&group.with(&["vms", "--output", "json"])).stdout).unwrap();
             list.as_array().unwrap().len() == 2 * TASKS
@@ -129,4 +146,29 @@ fn every_etcd_member_restarted_mid_job_the_group_leads_again_and_the_job_finishe
     g.finishes_once();
     let logs: String = (0..3).map(|i| std::fs::read_to_string(g.sb.path(&format!("c{i}.log"))).unwrap_or_default()).collect();
     assert!(logs.contains("stepping down"), "the leader stepped down while etcd was away:\n{logs}");
+}
+
+#[test]
+fn a_leader_cut_off_from_etcd_stops_before_its_lease_expires_and_no_two_lead_at_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let g = Group::start_with(1, true);
+    assert_eq!(g.leader(), Some(0), "the proxied coordinator leads");
+    g.proxy.as_ref().unwrap().cut();
+    let cut = Instant::now();
+    // Watch both: the old leader must have stopped serving before another one starts.
+    let (mut old_stopped, mut new_started) = (None, None);
+    while new_started.is_none() && cut.elapsed() < Duration::from_secs(15) {
+        if old_stopped.is_none() && !g.coordinators[0].serving() {
+            old_stopped = Some(cut.elapsed());
+        }
+        if g.coordinators[1..].iter().any(PendingCoordinator::serving) {
+            new_started = Some(cut.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("cut off: the old leader stopped serving after {old_stopped:?}, a new one served after {new_started:?}");
+    let (stopped, started) = (old_stopped.expect("the cut-off leader stopped serving"), new_started.expect("a new leader"));
+    assert!(stopped < Duration::from_secs(2), "the cut-off leader served {stopped:?}, past its 2 s lease");
+    assert!(stopped < started, "two coordinators served at once");
+    g.finishes_once();
 }
