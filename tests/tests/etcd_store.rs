@@ -136,3 +136,39 @@ fn bad_etcd_options_are_named() {
     let a = args(&["coordinator", "--listen", "127.0.0.1:0", "--store", &format!("etcd://127.0.0.1:{port}")]);
     sb.run(&a).assert_clean_failure("etcd");
 }
+
+#[test]
+fn a_killed_agent_s_task_moves_only_once_its_lease_has_expired() {
+    let sb = Sandbox::new();
+    let etcd = sb.start_etcd("etcd");
+    let vms = sb.path("vms");
+    std::fs::create_dir_all(&vms).unwrap();
+    write_image(&vms.join("web.img"), 16 << 20, &[(0, random_bytes(16 << 20, 9))]);
+    // Heartbeats every 300 ms: an agent's lease is three of them after its last message.
+    let c = sb.start_coordinator_with("coord", &["--store", &etcd.url(), "--etcd-ttl", TTL, "--heartbeat-ms", "300"]);
+    let slow = [("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "1000")];
+    let mut agents: Vec<Option<Service>> = ["a", "b"].iter().map(|d| Some(sb.start_agent_at(&c.addr, "eu", &vms, d, &[], &slow))).collect();
+    wait_until(Duration::from_secs(30), "both agents", || {
+        let list: Value = serde_json::from_str(&sb.ok(&with(&c, &["vms", "--output", "json"])).stdout).unwrap();
+        list.as_array().unwrap().len() == 2
+    });
+    let target = format!("file://{}", sb.path("repo").display());
+    let id = sb.ok(&with(&c, &["export", "--vm", "web", "--to", &target])).stdout.trim().to_string();
+    let task = || sb.job(&c, &id)["tasks"][0].clone();
+    wait_until(Duration::from_secs(30), "the task to run", || task()["state"] == "running");
+    let first = task()["agent"].as_str().unwrap().to_string();
+    let victim = ["a", "b"].iter().position(|d| sb.agent_id(d) == first).expect("one of ours runs it");
+    agents[victim].take().unwrap().kill();
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(30), "the task on the other agent", || {
+        task()["agent"].as_str().is_some_and(|a| !a.is_empty() && a != first)
+    });
+    let moved = killed.elapsed();
+    eprintln!("the task moved {moved:?} after its agent was killed");
+    // The lease is 900 ms from the agent's last message, which was at most a heartbeat (300 ms)
+    // before the kill: the task may not move before 600 ms.
+    assert!(moved >= Duration::from_millis(600), "the task moved after {moved:?}, before the agent's lease could expire");
+    assert!(moved < Duration::from_secs(3), "the task moved only after {moved:?}");
+    sb.ok(&with(&c, &["watch", &id]));
+    assert_eq!(point_count(&sb.path("repo")), 1);
+}

@@ -197,6 +197,9 @@ pub struct Scheduler {
     drills: HashMap<String, drills::PendingDrill>,
     /// Bandwidth budgets: configuration, demand, rates sent.
     bandwidth: Plan,
+    /// Agents whose stream ended, with the end of their lease: their tasks stay theirs until
+    /// then (they may attach again, to this coordinator or to the next leader).
+    detached: HashMap<String, Instant>,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -238,6 +241,7 @@ pub async fn start(
         replicas_recorded: HashSet::default(),
         drills: HashMap::new(),
         bandwidth,
+        detached: HashMap::new(),
     };
     // The loop has an OS thread of its own: under load the runtime's workers are busy with a
     // thousand agent streams, and the one task every placement waits for must not queue behind
@@ -426,8 +430,12 @@ impl Scheduler {
                 self.on_agent_message(&agent, body, received);
             }
             Event::Detached { agent, connection, reason } => {
-                if self.agents.get(&agent).is_some_and(|a| a.connection == connection) {
-                    self.lost(&agent, reason);
+                if let Some(a) = self.agents.get(&agent).filter(|a| a.connection == connection) {
+                    // Its lease runs from its last message: three heartbeats to come back.
+                    let until = a.last_seen + self.heartbeat * MISSED_HEARTBEATS;
+                    tracing::warn!(agent = %agent, reason, "agent detached; its tasks wait for it until its lease expires");
+                    self.disconnect(&agent, reason);
+                    self.detached.insert(agent, until);
                 }
             }
             Event::Drill { vm, region, restore_to, reply } => self.drill(vm, region, restore_to, reply),
@@ -518,6 +526,7 @@ impl Scheduler {
         let vms = register.vms.iter().map(|v| v.name.clone()).collect();
         self.slot_free.insert(id.clone(), vec![Instant::now(); register.capacity.max(1) as usize]);
         self.agents.insert(id.clone(), AgentConn { register, vms, connection, tx, last_seen: Instant::now() });
+        self.detached.remove(&id);
         self.bandwidth.forget(&id);
         // Tasks it holds: take back those still meant for it, cancel the others (a finished one
         // answers with its result, which is then released).
@@ -573,9 +582,8 @@ impl Scheduler {
         }
     }
 
-    /// An agent is gone: its tasks go back to the queue and resume elsewhere.
-    fn lost(&mut self, agent: &str, reason: &str) {
-        tracing::warn!(agent = %agent, reason, "agent detached");
+    /// Forgets an agent's connection (it is no longer placed on); its tasks stay its own.
+    fn disconnect(&mut self, agent: &str, reason: &str) {
         self.drills_lost(agent);
         self.bandwidth.forget(agent);
         if let Some(conn) = self.agents.remove(agent) {
@@ -585,6 +593,14 @@ impl Scheduler {
             // told which of its tasks now run elsewhere.
             let _ = conn.tx.try_send(Err(Status::unavailable(format!("agent {agent} dropped: {reason}; attach again"))));
         }
+    }
+
+    /// An agent is gone (its lease expired, or its stream is unusable): its tasks go back to
+    /// the queue and resume elsewhere.
+    fn lost(&mut self, agent: &str, reason: &str) {
+        tracing::warn!(agent = %agent, reason, "agent lost");
+        self.disconnect(agent, reason);
+        self.detached.remove(agent);
         let now = now_ms();
         let mut requeue = Vec::new();
         for job in self.jobs.values_mut() {

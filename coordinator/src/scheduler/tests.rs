@@ -25,6 +25,7 @@ fn scheduler(dir: &std::path::Path) -> Scheduler {
         replicas_recorded: HashSet::default(),
         drills: HashMap::new(),
         bandwidth: crate::bandwidth::plan::Plan::new(crate::bandwidth::config::Compiled::default_config()),
+        detached: HashMap::new(),
     }
 }
 
@@ -116,6 +117,10 @@ async fn a_lost_agent_s_task_resumes_elsewhere_with_its_checkpoint_and_stale_new
 
     let mut second = attach(&mut s, "b", "eu", 1, &["web"]);
     s.handle(Event::Detached { agent: "a".into(), connection: 1, reason: "stream broken" });
+    turn(&mut s).await;
+    assert!(assigned(&mut second).is_empty(), "not reassigned while the first agent's lease runs");
+    // Its lease runs out.
+    s.detached.insert("a".into(), Instant::now());
     turn(&mut s).await;
     let again = assigned(&mut second).pop().expect("reassigned to the second agent");
     assert_eq!(again.attempt, 2);

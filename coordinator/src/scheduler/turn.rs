@@ -132,13 +132,19 @@ impl Scheduler {
         for agent in silent {
             self.lost(&agent, "missed heartbeats");
         }
+        let now_instant = Instant::now();
+        let expired: Vec<String> = self.detached.iter().filter(|(_, until)| **until <= now_instant).map(|(id, _)| id.clone()).collect();
+        for agent in expired {
+            self.lost(&agent, "its lease expired after its stream ended");
+        }
         if Instant::now() < self.grace_until {
             return;
         }
         let now = now_ms();
         let mut orphans = Vec::new();
         for job in self.jobs.values_mut() {
-            for t in job.tasks.iter_mut().filter(|t| !t.agent.is_empty() && !self.agents.contains_key(&t.agent)) {
+            let known = |id: &str| self.agents.contains_key(id) || self.detached.contains_key(id);
+            for t in job.tasks.iter_mut().filter(|t| !t.agent.is_empty() && !known(&t.agent)) {
                 if is_active(t) {
                     orphans.push((t.id.clone(), t.agent.clone()));
                 } else if holds_agent(t) {
