@@ -14,6 +14,7 @@ mod replication_cli;
 mod sample;
 mod secrets;
 mod store_cli;
+mod submit_load;
 mod telemetry;
 
 use std::path::PathBuf;

@@ -67,6 +67,8 @@ pub enum DevCommand {
     },
     /// Attach many lightweight agents to a coordinator and drain a queue of tasks (scale bench).
     LoadAgents(crate::load::LoadArgs),
+    /// Submit jobs from concurrent clients and measure each Submit (store bench).
+    SubmitLoad(crate::submit_load::SubmitLoadArgs),
 }
 
 pub fn run(c: DevCommand) -> Result<ExitCode> {
@@ -79,6 +81,7 @@ pub fn run(c: DevCommand) -> Result<ExitCode> {
             println!("changed {changed} bytes of {}", path.display());
         }
         DevCommand::LoadAgents(a) => return crate::load::run(a),
+        DevCommand::SubmitLoad(a) => return crate::submit_load::run(a),
     }
     Ok(ExitCode::SUCCESS)
 }
