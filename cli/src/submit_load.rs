@@ -71,7 +71,8 @@ async fn load(a: SubmitLoadArgs) -> Result<std::process::ExitCode> {
     let seconds = started.elapsed().as_secs_f64();
     drop(tx);
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |d| d.as_secs_f64() * 1e3);
     println!(
         "{}",
         json!({"submits": latencies.len(), "concurrency": a.concurrency, "seconds": seconds,
