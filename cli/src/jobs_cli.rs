@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
+use hyperexport_proto::v1::export_service_client::ExportServiceClient;
 use hyperexport_proto::v1::{CancelJobRequest, Job, JobState, ListJobsRequest, SubmitRequest, WatchJobRequest};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -114,10 +115,11 @@ pub(crate) async fn follow(url: &CoordinatorUrl, job: &str, output: Output) -> R
     // Given an HA group, a leader that stops or steps down ends the stream as unavailable: the
     // watch goes on with whichever coordinator answers next (Watch starts with the job as it is,
     // so nothing is missed). A single coordinator, or a group never reached, is an error at once.
-    let (mut answered, mut lost_since) = (false, None);
+    let (mut answered, mut lost_since, mut attempt) = (false, None, 0);
     loop {
         let watched = async {
-            let mut stream = connect(url).await?.watch(WatchJobRequest { job_id: job.to_string() }).await?.into_inner();
+            let channel = crate::remote::channel_from(url, attempt).await?;
+            let mut stream = ExportServiceClient::new(channel).watch(WatchJobRequest { job_id: job.to_string() }).await?.into_inner();
             while let Some(update) = stream.message().await? {
                 (answered, lost_since) = (true, None);
                 view.show(&update);
@@ -127,7 +129,10 @@ pub(crate) async fn follow(url: &CoordinatorUrl, job: &str, output: Output) -> R
         };
         let Err(e) = watched.await else { break };
         let lost = *lost_since.get_or_insert_with(std::time::Instant::now);
-        let retry = url.is_group() && answered && lost.elapsed() < REWATCH_FOR && e.retryable();
+        // A group member may answer unavailable while it cannot tell who leads (cut off, or
+        // during a takeover): the next one is tried.
+        let retry = url.is_group() && lost.elapsed() < REWATCH_FOR && e.retryable() && (answered || matches!(e, WatchError::Status(_)));
+        attempt += 1;
         if !retry {
             return Err(match e {
                 WatchError::Status(s) => refused(s),

@@ -204,12 +204,20 @@ fn coordinator_urls(url: &CoordinatorUrl) -> Result<Vec<String>> {
     Ok(urls)
 }
 
-/// A channel to the first of the coordinators that accepts a connection (in an HA group, only
-/// the leader listens).
+/// A channel to the first of the coordinators that accepts a connection (any coordinator of an
+/// HA group answers: standbys forward to the leader).
 pub(crate) async fn channel(url: &CoordinatorUrl) -> Result<Channel> {
+    channel_from(url, 0).await
+}
+
+/// Like [`channel`], trying the addresses from the `start`-th on (wrapping around).
+pub(crate) async fn channel_from(url: &CoordinatorUrl, start: usize) -> Result<Channel> {
     let tls = url.client_tls()?;
     let mut failures = Vec::new();
-    for full in coordinator_urls(url)? {
+    let mut urls = coordinator_urls(url)?;
+    let n = urls.len();
+    urls.rotate_left(start % n);
+    for full in urls {
         let mut endpoint = Channel::from_shared(full.clone()).map_err(|e| anyhow!("coordinator address {full:?} is not a URL: {e}"))?;
         if let Some(tls) = &tls {
             endpoint = endpoint.tls_config(tls.clone()).with_context(|| format!("TLS to {full}"))?;
@@ -377,6 +385,10 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
         });
         let mut metrics_served = false;
         let mut patient = false;
+        // With port 0, the first bind picks the port; the coordinator keeps it (its identity in
+        // the group).
+        let mut listen_at = a.listen.clone();
+        let client_tls = a.tls.as_deref().map(|dir| NodeTls::load(dir).map(|t| t.grpc_client())).transpose()?;
         // With etcd, a coordinator that loses its leadership stops serving and stands by again.
         loop {
             // The store opens first: the coordinator listens only once it can serve. With etcd
@@ -385,12 +397,14 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
             let (stepped_down_tx, mut stepped_down) = tokio::sync::watch::channel(false);
             let store = match (&etcd, &a.data) {
                 (Some(options), _) => {
-                    let led = hyperexport_coordinator::store::etcd::lead(options, &a.listen, stop.clone(), stepped_down_tx, patient)
-                        .await
-                        .context("joining the coordinators on etcd")?;
+                    let standby = crate::store_cli::Standby { options, listen: listen_at.clone(), server_tls: tls.clone(), client_tls: client_tls.clone() };
+                    let led = standby.until_leading(stop.clone(), stepped_down_tx, patient).await?;
                     patient = true;
                     match led {
-                        Some(store) => Store::Etcd(Box::new(store)),
+                        Some((store, addr)) => {
+                            listen_at = addr.to_string();
+                            Store::Etcd(Box::new(store))
+                        }
                         None => return Ok(ExitCode::SUCCESS),
                     }
                 }
@@ -400,8 +414,9 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
                 )),
                 (None, None) => anyhow::bail!("give --data DIR or --store etcd://..."),
             };
-            let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+            let listener = tokio::net::TcpListener::bind(&listen_at).await.with_context(|| format!("cannot listen on {listen_at}"))?;
             let addr = listener.local_addr()?;
+            listen_at = addr.to_string();
             // Plaintext only where no other host can connect: beyond loopback every peer must
             // show a certificate from the cluster CA.
             if tls.is_none() && !addr.ip().is_loopback() {

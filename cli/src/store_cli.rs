@@ -138,3 +138,71 @@ pub fn run(command: StoreCommand) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// What a coordinator of an HA group needs to stand by.
+pub struct Standby<'a> {
+    pub options: &'a EtcdOptions,
+    /// The address it serves on (the one it bound the first time, if `--listen` had port 0).
+    pub listen: String,
+    pub server_tls: Option<tonic::transport::ServerTlsConfig>,
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl Standby<'_> {
+    /// Stands by until this coordinator leads: while it knows which coordinator leads, it
+    /// serves on its address and forwards every call there; while it does not (a takeover, or
+    /// etcd out of reach), it listens on nothing, so that clients given the whole group go to
+    /// another. Returns the store and the address, or `None` once `stop` turns true.
+    pub async fn until_leading(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+        stepped_down: tokio::sync::watch::Sender<bool>,
+        patient: bool,
+    ) -> Result<Option<(hyperexport_coordinator::store::etcd::EtcdStore, std::net::SocketAddr)>> {
+        // Bound once to learn the address (with port 0) that is this coordinator's identity.
+        let addr =
+            tokio::net::TcpListener::bind(&self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?.local_addr()?;
+        println!("standing by on {addr}");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
+        let forwarding = tokio::spawn(forward_while_led(addr, leader_rx, self.server_tls.clone(), self.client_tls.clone()));
+        let led =
+            hyperexport_coordinator::store::etcd::lead(self.options, &addr.to_string(), stop, stepped_down, patient, &leader_tx).await;
+        // Calls forwarded to the old leader end with it; the port is free for the leader's server.
+        forwarding.abort();
+        let _ = forwarding.await;
+        Ok(led.context("joining the coordinators on etcd")?.map(|store| (store, addr)))
+    }
+}
+
+/// Serves the forwarding server on `addr` whenever `leader` names a coordinator, and nothing
+/// while it names none; runs until aborted.
+async fn forward_while_led(
+    addr: std::net::SocketAddr,
+    mut leader: tokio::sync::watch::Receiver<Option<String>>,
+    server_tls: Option<tonic::transport::ServerTlsConfig>,
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
+) {
+    use hyperexport_coordinator::follower;
+    loop {
+        if leader.wait_for(Option::is_some).await.is_err() {
+            return;
+        }
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot listen to forward calls; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let forward = follower::Forward::new(leader.clone(), client_tls.clone());
+        let mut serving = tokio::spawn(follower::serve(listener, forward, server_tls.clone(), std::future::pending()));
+        tokio::select! {
+            _ = leader.wait_for(Option::is_none) => {}
+            _ = &mut serving => {}
+        }
+        serving.abort();
+        let _ = serving.await;
+    }
+}

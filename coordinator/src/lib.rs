@@ -6,6 +6,7 @@ pub mod agents;
 pub mod bandwidth;
 pub mod dr;
 pub mod error;
+pub mod follower;
 pub mod jobs;
 pub mod metrics;
 pub mod placement;

@@ -36,7 +36,7 @@ pub(crate) async fn stopped(mut stopping: watch::Receiver<bool>) {
 
 /// Accepted connections with Nagle's algorithm off: the API's messages are small and latency
 /// matters (tonic leaves socket options alone for a caller's listener).
-fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+pub(crate) fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     TcpListenerStream::new(listener).map(|accepted| {
         if let Ok(stream) = &accepted
             && let Err(e) = stream.set_nodelay(true)

@@ -317,7 +317,13 @@ impl Sandbox {
         let mut line = String::new();
         let stdout = service.child.stdout.take().expect("piped stdout");
         let mut stdout = std::io::BufReader::new(stdout);
-        stdout.read_line(&mut line).expect("coordinator stdout");
+        // A coordinator of an HA group stands by (forwarding) until it leads.
+        while line.is_empty() || line.starts_with("standing by on ") {
+            line.clear();
+            if stdout.read_line(&mut line).expect("coordinator stdout") == 0 {
+                break;
+            }
+        }
         let addr = match line.trim().strip_prefix("listening on ") {
             Some(addr) => addr.to_string(),
             None => panic!("coordinator did not start: {line:?}"),
@@ -661,10 +667,14 @@ pub struct PendingCoordinator {
 }
 
 impl PendingCoordinator {
-    /// Whether it serves now (it has said so, and its address accepts connections: a
-    /// coordinator that stepped down has closed it).
+    /// Whether it leads and serves now: the last thing it said is that it listens (not that it
+    /// stands by), and its address accepts connections (a killed one's does not).
     pub fn serving(&self) -> bool {
-        let said = fs::read_to_string(&self.stdout).is_ok_and(|s| s.contains("listening on"));
+        let out = fs::read_to_string(&self.stdout).unwrap_or_default();
+        let said = out
+            .lines()
+            .rfind(|l| l.starts_with("listening on ") || l.starts_with("standing by on "))
+            .is_some_and(|l| l.starts_with("listening on "));
         said && self.addr.parse().is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok())
     }
 

@@ -107,16 +107,35 @@ impl Group {
     }
 }
 
+/// `jobs` through one coordinator's address alone (a standby forwards to the leader; during a
+/// takeover it may not listen for a moment).
+fn jobs_through(g: &Group, addr: &str) -> usize {
+    let list = args(&["jobs", "--output", "json", "--coordinator", addr]);
+    let mut out = String::new();
+    wait_until(Duration::from_secs(10), &format!("an answer through {addr}"), || {
+        let r = g.sb.run(&list);
+        out = r.stdout;
+        r.code == Some(0)
+    });
+    serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len()
+}
+
 fn leader_killed(members: usize) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut g = Group::start(members);
     let leader = g.leader().unwrap();
+    for c in &g.coordinators {
+        assert_eq!(jobs_through(&g, &c.addr), 1, "the leader and both standbys answer");
+    }
     g.coordinators[leader].kill();
     let killed = Instant::now();
     wait_until(Duration::from_secs(10), "a standby to lead", || g.leader().is_some());
     let took = killed.elapsed();
     eprintln!("a new leader served {took:?} after the old one was killed ({members} etcd members)");
     assert!(took < Duration::from_secs(5), "a new leader took {took:?}");
+    for (i, c) in g.coordinators.iter().enumerate().filter(|(i, _)| *i != leader) {
+        assert_eq!(jobs_through(&g, &c.addr), 1, "coordinator {i} answers after the takeover");
+    }
     g.finishes_once();
 }
 

@@ -209,7 +209,9 @@ fn not_leader() -> CoordinatorError {
 
 /// Campaigns until this coordinator leads (or `stopping` turns true: `None`), then keeps its
 /// lease alive in the background. `identity` is stored in the leader key (the address it serves
-/// on). `stepped_down` turns true when the leadership is lost. Unless `patient`, failing to
+/// on). `stepped_down` turns true when the leadership is lost; `leader` is kept up to date with
+/// the address of the coordinator that leads meanwhile (for a standby's forwarding). Unless
+/// `patient`, failing to
 /// reach etcd at first is an error (a wrong address should be said at once); once it was
 /// reached, outages are waited out.
 pub async fn lead(
@@ -218,6 +220,7 @@ pub async fn lead(
     mut stopping: watch::Receiver<bool>,
     stepped_down: watch::Sender<bool>,
     patient: bool,
+    leader: &watch::Sender<Option<String>>,
 ) -> Result<Option<EtcdStore>> {
     let probe = format!("{}{LEADER_KEY}", options.prefix);
     let mut client = loop {
@@ -244,7 +247,7 @@ pub async fn lead(
         if *stopping.borrow() {
             return Ok(None);
         }
-        match campaign(&mut client, options, &value, &mut stopping).await {
+        match campaign(&mut client, options, &value, &mut stopping, leader).await {
             Ok(Some(leadership)) => {
                 let store = EtcdStore { client: client.clone(), prefix: options.prefix.clone(), leadership: Arc::clone(&leadership.0) };
                 keep_alive(client, leadership.1, options.ttl, leadership.0, stepped_down).await?;
@@ -269,6 +272,7 @@ async fn campaign(
     options: &EtcdOptions,
     value: &str,
     stopping: &mut watch::Receiver<bool>,
+    leader: &watch::Sender<Option<String>>,
 ) -> Result<Option<(Arc<Leadership>, i64)>> {
     let key = format!("{}{LEADER_KEY}", options.prefix);
     let ttl = options.ttl.as_secs().max(1) as i64;
@@ -284,6 +288,8 @@ async fn campaign(
     let _ = client.lease_revoke(lease).await;
     let holder = client.get(key.as_str(), None).await.ok().and_then(|r| r.kvs().first().map(|kv| kv.value_str().unwrap_or("").to_string()));
     tracing::info!(leader = holder.as_deref().unwrap_or("?"), "standby: another coordinator leads");
+    // The key's value is the leader's address and a nonce.
+    leader.send_replace(holder.as_deref().and_then(|h| h.split_whitespace().next()).map(str::to_string));
     // Wait for the key to go (or a TTL, in case the watch misses it), then try again.
     let mut watch = client.watch(key.as_str(), None).await.map_err(fail("etcd watch"))?;
     let gone = async {
@@ -298,6 +304,7 @@ async fn campaign(
         _ = tokio::time::sleep(options.ttl) => {}
         _ = stopping.changed() => {}
     }
+    leader.send_replace(None);
     Ok(None)
 }
 
