@@ -605,13 +605,33 @@ impl Sandbox {
         self.start_etcd_cluster(name, 1).pop().expect("one member")
     }
 
+    /// Starts a one-member etcd that serves clients over TLS only (`cert`, `key`) and asks each
+    /// for a certificate from `ca`; waits until it says it serves.
+    pub fn start_etcd_tls(&self, name: &str, cert: &Path, key: &Path, ca: &Path) -> Etcd {
+        let tls = [("--cert-file", cert), ("--key-file", key), ("--trusted-ca-file", ca)];
+        let mut extra: Vec<String> = tls.iter().flat_map(|(f, p)| [f.to_string(), p.display().to_string()]).collect();
+        extra.push("--client-cert-auth".into());
+        let member = self.etcd_members(name, 1, "https", &extra).pop().expect("one member");
+        wait_until(Duration::from_secs(60), "etcd to serve over TLS", || {
+            fs::read_to_string(&member.log).is_ok_and(|l| l.contains("serving client requests") || l.contains("serving client traffic"))
+        });
+        member
+    }
+
     /// Starts an etcd cluster of `size` members (`NAME0`, `NAME1`...) on free loopback ports and
     /// waits until every member answers `/health`.
     pub fn start_etcd_cluster(&self, name: &str, size: usize) -> Vec<Etcd> {
+        let members = self.etcd_members(name, size, "http", &[]);
+        wait_until(Duration::from_secs(60), "etcd to answer /health", || members.iter().all(Etcd::healthy));
+        members
+    }
+
+    /// Spawns the members of an etcd cluster, clients served with `scheme`.
+    fn etcd_members(&self, name: &str, size: usize, scheme: &str, extra: &[String]) -> Vec<Etcd> {
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let cluster =
             ports.iter().enumerate().map(|(i, (_, peer))| format!("{name}{i}=http://127.0.0.1:{peer}")).collect::<Vec<_>>().join(",");
-        let members: Vec<Etcd> = ports
+        ports
             .iter()
             .enumerate()
             .map(|(i, (client, peer))| {
@@ -622,9 +642,9 @@ impl Sandbox {
                     "--data-dir",
                     &self.path(&member).display().to_string(),
                     "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
+                    &format!("{scheme}://127.0.0.1:{client}"),
                     "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
+                    &format!("{scheme}://127.0.0.1:{client}"),
                     "--listen-peer-urls",
                     &format!("http://127.0.0.1:{peer}"),
                     "--initial-advertise-peer-urls",
@@ -636,13 +656,12 @@ impl Sandbox {
                 ]
                 .iter()
                 .map(|s| s.to_string())
+                .chain(extra.iter().cloned())
                 .collect();
                 let log = self.path(&format!("{member}.log"));
                 Etcd { service: Some(spawn_etcd(&args, &log)), args, log, addr: format!("127.0.0.1:{client}") }
             })
-            .collect();
-        wait_until(Duration::from_secs(60), "etcd to answer /health", || members.iter().all(Etcd::healthy));
-        members
+            .collect()
     }
 }
 
