@@ -90,6 +90,19 @@ fn pair<'a>(text: &'a str, form: &str) -> Result<(&'a str, &'a str)> {
     text.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| anyhow!("{text:?} is not {form}"))
 }
 
+/// Sets (or with `off`, removes) the caps `items` name, each `KEY=CAP` as `form` says.
+fn set_caps(caps: &mut std::collections::HashMap<String, String>, items: &[String], flag: &str, form: &str) -> Result<()> {
+    for item in items {
+        let (key, text) = pair(item, form)?;
+        if text.trim().eq_ignore_ascii_case("off") {
+            caps.remove(key);
+        } else {
+            caps.insert(key.to_string(), cap(&format!("{flag} {key}"), text)?);
+        }
+    }
+    Ok(())
+}
+
 /// Applies the changes `a` names to `config`.
 fn change(mut config: BandwidthConfig, a: &SetArgs) -> Result<BandwidthConfig> {
     if a.reset {
@@ -98,23 +111,8 @@ fn change(mut config: BandwidthConfig, a: &SetArgs) -> Result<BandwidthConfig> {
     if let Some(g) = &a.global {
         config.global = cap("--global", g)?;
     }
-    let off = |t: &str| t.trim().eq_ignore_ascii_case("off");
-    for r in &a.regions {
-        let (region, text) = pair(r, "REGION=CAP")?;
-        if off(text) {
-            config.regions.remove(region);
-        } else {
-            config.regions.insert(region.to_string(), cap(&format!("--region {region}"), text)?);
-        }
-    }
-    for s in &a.sites {
-        let (site, text) = pair(s, "REGION/SITE=CAP")?;
-        if off(text) {
-            config.sites.remove(site);
-        } else {
-            config.sites.insert(site.to_string(), cap(&format!("--site {site}"), text)?);
-        }
-    }
+    set_caps(&mut config.regions, &a.regions, "--region", "REGION=CAP")?;
+    set_caps(&mut config.sites, &a.sites, "--site", "REGION/SITE=CAP")?;
     for c in &a.classes {
         let (class, weight) = pair(c, "NAME=WEIGHT")?;
         let weight: u32 = weight.parse().map_err(|_| anyhow!("--class {class}: weight {weight:?} is not a whole number"))?;
