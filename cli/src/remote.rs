@@ -397,7 +397,13 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
             let (stepped_down_tx, mut stepped_down) = tokio::sync::watch::channel(false);
             let store = match (&etcd, &a.data) {
                 (Some(options), _) => {
-                    let standby = crate::store_cli::Standby { options, listen: listen_at.clone(), server_tls: tls.clone(), client_tls: client_tls.clone() };
+                    let standby = crate::store_cli::Standby {
+                        options,
+                        listen: listen_at.clone(),
+                        advertise: a.etcd.advertise.clone(),
+                        server_tls: tls.clone(),
+                        client_tls: client_tls.clone(),
+                    };
                     let led = standby.until_leading(stop.clone(), stepped_down_tx, patient).await?;
                     patient = true;
                     match led {

@@ -42,6 +42,10 @@ pub struct EtcdArgs {
     /// The client certificate's key (PEM).
     #[arg(long, value_name = "FILE", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
+    /// HOST:PORT at which the other coordinators of the group reach this one (standbys forward
+    /// calls there) [default: the address it listens on, which must then not be 0.0.0.0 or ::]
+    #[arg(long, value_name = "HOST:PORT", requires = "store")]
+    pub advertise: Option<String>,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -144,6 +148,8 @@ pub struct Standby<'a> {
     pub options: &'a EtcdOptions,
     /// The address it serves on (the one it bound the first time, if `--listen` had port 0).
     pub listen: String,
+    /// Where the others reach it (`--advertise`; default: the bound address).
+    pub advertise: Option<String>,
     pub server_tls: Option<tonic::transport::ServerTlsConfig>,
     pub client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
@@ -162,12 +168,19 @@ impl Standby<'_> {
         // Bound once to learn the address (with port 0) that is this coordinator's identity.
         let addr =
             tokio::net::TcpListener::bind(&self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?.local_addr()?;
+        // Its identity in the leader key: where standbys forward calls while it leads.
+        let identity = match &self.advertise {
+            Some(a) => a.clone(),
+            None if addr.ip().is_unspecified() => {
+                anyhow::bail!("--listen {addr} is every address: give --advertise HOST:PORT, where the other coordinators reach this one")
+            }
+            None => addr.to_string(),
+        };
         println!("standing by on {addr}");
         std::io::Write::flush(&mut std::io::stdout())?;
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
         let forwarding = tokio::spawn(forward_while_led(addr, leader_rx, self.server_tls.clone(), self.client_tls.clone()));
-        let led =
-            hyperexport_coordinator::store::etcd::lead(self.options, &addr.to_string(), stop, stepped_down, patient, &leader_tx).await;
+        let led = hyperexport_coordinator::store::etcd::lead(self.options, &identity, stop, stepped_down, patient, &leader_tx).await;
         // Calls forwarded to the old leader end with it; the port is free for the leader's server.
         forwarding.abort();
         let _ = forwarding.await;

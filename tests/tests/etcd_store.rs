@@ -131,6 +131,12 @@ fn bad_etcd_options_are_named() {
         a.extend(args(&flags));
         sb.run(&a).assert_clean_failure(needle);
     }
+    // Listening on every address, a coordinator must say where the others reach it.
+    let p = |rel: &str| sb.path(rel).display().to_string();
+    sb.ok(&args(&["ca", "init", "--dir", &p("ca")]));
+    sb.ok(&args(&["ca", "issue", "coord", "--ca", &p("ca"), "--out", &p("coord-tls")]));
+    let everywhere = args(&["coordinator", "--listen", "0.0.0.0:0", "--tls", &p("coord-tls"), "--store", "etcd://127.0.0.1:1"]);
+    sb.run(&everywhere).assert_clean_failure("--advertise");
     // Nothing listens there: a clear error, not a hang.
     let port = free_port().to_string();
     let a = args(&["coordinator", "--listen", "127.0.0.1:0", "--store", &format!("etcd://127.0.0.1:{port}")]);
