@@ -47,6 +47,50 @@ impl Etcd {
     pub fn healthy(&self) -> bool {
         http_get(&self.addr, "/health").is_some_and(|b| b.contains("true"))
     }
+
+    /// Reads `key` through etcd's JSON gateway: `None` when it is absent, else the lease that
+    /// holds it (0 for none).
+    pub fn key_lease(&self, key: &str) -> Option<i64> {
+        let body = format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()));
+        let answer: serde_json::Value = serde_json::from_str(&http_post(&self.addr, "/v3/kv/range", &body)?).ok()?;
+        let kv = answer["kvs"].as_array()?.first()?.clone();
+        Some(kv["lease"].as_str().and_then(|l| l.parse().ok()).unwrap_or(0))
+    }
+
+    /// Writes `key` again with the value it has (a new revision, as another writer's change
+    /// would make), through etcd's JSON gateway; whether it existed and was written.
+    pub fn touch(&self, key: &str) -> bool {
+        let range = format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()));
+        let Some(answer) = http_post(&self.addr, "/v3/kv/range", &range).and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
+        else {
+            return false;
+        };
+        let Some(value) = answer["kvs"].as_array().and_then(|k| k.first()).and_then(|kv| kv["value"].as_str().map(str::to_string)) else {
+            return false;
+        };
+        let put = format!(r#"{{"key":"{}","value":"{value}"}}"#, base64(key.as_bytes()));
+        http_post(&self.addr, "/v3/kv/put", &put).is_some()
+    }
+
+    /// The TTL `lease` was granted with, in seconds (`None` when etcd does not know it).
+    pub fn granted_ttl(&self, lease: i64) -> Option<i64> {
+        let answer: serde_json::Value =
+            serde_json::from_str(&http_post(&self.addr, "/v3/lease/timetolive", &format!(r#"{{"ID":{lease}}}"#))?).ok()?;
+        answer["grantedTTL"].as_str()?.parse().ok()
+    }
+}
+
+/// Standard base64 with padding (etcd's JSON gateway takes keys so).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
 }
 
 fn spawn_etcd(args: &[String], log: &Path) -> Service {
@@ -135,9 +179,25 @@ impl Sandbox {
 
 /// `GET path` from `addr`: the body of a 200 answer, `None` otherwise (or when unreachable).
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+}
+
+/// `POST path` of a JSON `body` to `addr`: the body of a 200 answer, `None` otherwise.
+pub fn http_post(addr: &str, path: &str, body: &str) -> Option<String> {
+    let len = body.len();
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
+        ),
+    )
+}
+
+/// Sends `request` to `addr`: the body of a 200 answer (not chunked), `None` otherwise.
+fn http(addr: &str, request: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;

@@ -26,6 +26,9 @@ impl Scheduler {
         self.agents.insert(id.clone(), AgentConn { register, vms, connection, tx, last_seen: Instant::now() });
         self.detached.remove(&id);
         self.bandwidth.forget(&id);
+        if let Some(leases) = &self.leases {
+            leases.attach(&id, prost::Message::encode_to_vec(&self.agents[&id].register));
+        }
         // Tasks it holds: take back those still meant for it, cancel the others (a finished one
         // answers with its result, which is then released).
         for (task_id, attempt) in &held {
@@ -91,6 +94,18 @@ impl Scheduler {
             // told which of its tasks now run elsewhere.
             let _ = conn.tx.try_send(Err(Status::unavailable(format!("agent {agent} dropped: {reason}; attach again"))));
         }
+    }
+
+    /// An attached agent cannot be reached (silent, or its stream full or closed). On etcd its
+    /// lease decides: it is detached, and lost once the lease expires. On the embedded store it
+    /// is lost now (its lease ran from its last message, which was too long ago or is moot).
+    pub(super) fn unreachable(&mut self, agent: &str, reason: &str) {
+        if self.leases.is_none() {
+            return self.lost(agent, reason);
+        }
+        tracing::warn!(agent = %agent, reason, "agent unreachable; its tasks wait for it until its etcd lease expires");
+        self.disconnect(agent, reason);
+        self.detached.insert(agent.to_string(), Instant::now());
     }
 
     /// An agent is gone (its lease expired, or its stream is unusable): its tasks go back to

@@ -25,6 +25,7 @@ use crate::jobs::{self, is_final, now_ms};
 use crate::placement::eligible;
 use crate::server::stopped;
 use crate::store::Store;
+use crate::store::leases::{AgentLeases, agent_ttl};
 use crate::task_state::{holds_agent, is_active};
 
 mod agents;
@@ -77,6 +78,8 @@ pub enum Event {
     BandwidthConfig(oneshot::Sender<BandwidthConfig>),
     /// The last bandwidth allocation.
     BandwidthTree(oneshot::Sender<BandwidthTree>),
+    /// An agent's etcd lease expired (the watch of `agents/` saw its key deleted).
+    LeaseExpired(String),
 }
 
 /// How the API and the agent streams talk to the scheduler.
@@ -199,8 +202,12 @@ pub struct Scheduler {
     /// Bandwidth budgets: configuration, demand, rates sent.
     bandwidth: Plan,
     /// Agents whose stream ended, with the end of their lease: their tasks stay theirs until
-    /// then (they may attach again, to this coordinator or to the next leader).
+    /// then (they may attach again, to this coordinator or to the next leader). On etcd, the
+    /// instant is not used: the agent's etcd lease decides.
     detached: HashMap<String, Instant>,
+    /// On etcd, the agents' leases (`None` on the embedded store, whose leases are the
+    /// instants in `detached`).
+    leases: Option<AgentLeases>,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -225,6 +232,19 @@ pub async fn start(
     tracing::info!(unfinished_jobs = jobs.len(), "scheduler loaded");
     let (events, mut rx) = mpsc::unbounded_channel();
     let changes = broadcast::channel(WATCH_BACKLOG).0;
+    let mut detached = HashMap::new();
+    let leases = match &store {
+        Store::Embedded(_) => None,
+        Store::Etcd(s) => {
+            let ttl = agent_ttl(s.ttl(), heartbeat, MISSED_HEARTBEATS, RESTART_GRACE);
+            let tx = events.clone();
+            let (leases, alive) = AgentLeases::start((**s).clone(), ttl, move |agent| drop(tx.send(Event::LeaseExpired(agent)))).await?;
+            // Agents attached to the previous leader whose leases still run keep their tasks
+            // until they attach here or their leases expire.
+            detached.extend(alive.into_iter().map(|a| (a, Instant::now())));
+            Some(leases)
+        }
+    };
     let mut scheduler = Scheduler {
         store,
         heartbeat,
@@ -242,7 +262,8 @@ pub async fn start(
         replicas_recorded: HashSet::default(),
         drills: HashMap::new(),
         bandwidth,
-        detached: HashMap::new(),
+        detached,
+        leases,
     };
     // The loop has an OS thread of its own: under load the runtime's workers are busy with a
     // thousand agent streams, and the one task every placement waits for must not queue behind
@@ -428,6 +449,9 @@ impl Scheduler {
                     Some(a) if a.connection == connection => a.last_seen = Instant::now(),
                     _ => return,
                 }
+                if let Some(leases) = &self.leases {
+                    leases.beat(&agent);
+                }
                 self.on_agent_message(&agent, body, received);
             }
             Event::Detached { agent, connection, reason } => {
@@ -452,6 +476,11 @@ impl Scheduler {
             Event::BandwidthTree(reply) => {
                 let _ = reply.send(self.bandwidth.tree());
             }
+            Event::LeaseExpired(agent) => match (self.agents.get(&agent), &self.leases) {
+                // Heard from since (its lease ran out while it was silent): a new lease.
+                (Some(a), Some(leases)) => leases.attach(&agent, prost::Message::encode_to_vec(&a.register)),
+                _ => self.lost(&agent, "its etcd lease expired"),
+            },
             Event::LiveAgents(reply) => {
                 let _ = reply.send(self.agents.values().map(|a| a.register.clone()).collect());
             }

@@ -26,6 +26,7 @@ fn scheduler(dir: &std::path::Path) -> Scheduler {
         drills: HashMap::new(),
         bandwidth: crate::bandwidth::plan::Plan::new(crate::bandwidth::config::Compiled::default_config()),
         detached: HashMap::new(),
+        leases: None,
     }
 }
 

@@ -130,10 +130,14 @@ impl Scheduler {
         let deadline = self.heartbeat * MISSED_HEARTBEATS;
         let silent: Vec<String> = self.agents.iter().filter(|(_, a)| a.last_seen.elapsed() > deadline).map(|(id, _)| id.clone()).collect();
         for agent in silent {
-            self.lost(&agent, "missed heartbeats");
+            self.unreachable(&agent, "missed heartbeats");
         }
         let now_instant = Instant::now();
-        let expired: Vec<String> = self.detached.iter().filter(|(_, until)| **until <= now_instant).map(|(id, _)| id.clone()).collect();
+        // On etcd, the watch of the agents' leases says when a detached agent is lost.
+        let expired: Vec<String> = match self.leases {
+            Some(_) => Vec::new(),
+            None => self.detached.iter().filter(|(_, until)| **until <= now_instant).map(|(id, _)| id.clone()).collect(),
+        };
         for agent in expired {
             self.lost(&agent, "its lease expired after its stream ended");
         }
@@ -324,7 +328,7 @@ impl Scheduler {
             let failed = self.agents.get(&agent).is_some_and(|a| a.tx.try_send(Ok(CoordinatorMessage { body: Some(body) })).is_err());
             if failed {
                 // Its tasks are requeued in the next turn's commit.
-                self.lost(&agent, "stream full or closed");
+                self.unreachable(&agent, "stream full or closed");
             }
         }
         let now = Instant::now();

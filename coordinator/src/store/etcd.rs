@@ -17,12 +17,19 @@
 //! `leader` still holding this coordinator's value, so a coordinator that lost the key cannot
 //! write even before it notices. The leader key's revision when it was created is the
 //! coordinator's term: assignments carry it, and agents refuse those of an older term.
+//!
+//! Each write is also a compare-and-swap on every record it touches: the transaction holds
+//! only if each record's mod revision is still the one this coordinator last read or wrote
+//! (absent for a record it has never seen), so a record changed behind its back (by a tool, or
+//! a coordinator that should not be writing) is never overwritten; the write fails instead.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use std::sync::{Arc, Mutex};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
+use foldhash::HashMap;
 use hyperexport_proto::v1::{Job, TaskCheckpointState};
 use prost::Message;
 use tokio::sync::watch;
@@ -41,6 +48,8 @@ pub const POLICIES: &str = "policies/";
 pub const REPLICAS: &str = "replicas/";
 pub const BANDWIDTH_KEY: &str = "bandwidth/config";
 pub const LEADER_KEY: &str = "leader";
+/// Agents attached to the leader, each key held by the agent's lease (see `leases.rs`).
+pub const AGENTS: &str = "agents/";
 
 /// How to reach etcd and lead.
 #[derive(Debug, Clone)]
@@ -85,6 +94,26 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     leadership: Arc<Leadership>,
+    /// The leader lease's TTL.
+    ttl: Duration,
+    /// The mod revision of each record this coordinator has read or written, by full key (a
+    /// record it has never seen must be absent when it writes it).
+    revisions: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
+}
+
+/// One record to write: its full key and new value (`None` deletes it).
+struct Write {
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
+/// What a write assumes of a record this coordinator has never seen.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unseen {
+    /// It is absent (the scheduler loaded every record it writes, so an unseen one is new).
+    Absent,
+    /// Read its revision first (a single record written by an API call).
+    Read,
 }
 
 impl EtcdStore {
@@ -97,62 +126,163 @@ impl EtcdStore {
         self.leadership.term
     }
 
+    /// The leader lease's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The client (for the agent leases).
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The full key of `folder/name`.
+    pub(super) fn full_key(&self, folder: &str, name: &str) -> String {
+        self.key(folder, name)
+    }
+
+    /// Writes a key held by `lease`, guarded by this coordinator's leadership only: etcd
+    /// deletes such a key itself when the lease expires, so its revision is not tracked.
+    pub(super) async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<()> {
+        if self.lost() {
+            return Err(not_leader());
+        }
+        let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+        let resp =
+            self.client.clone().txn(Txn::new().when(vec![self.guard()]).and_then(vec![put])).await.map_err(fail("etcd transaction"))?;
+        if !resp.succeeded() {
+            self.leadership.lost.store(true, Ordering::SeqCst);
+            return Err(not_leader());
+        }
+        Ok(())
+    }
+
     fn guard(&self) -> Compare {
         Compare::value(self.leadership.key.as_str(), CompareOp::Equal, self.leadership.value.as_str())
     }
 
-    /// Runs `ops` in guarded transactions of at most [`MAX_TXN_OPS`]; the responses in order.
-    async fn guarded(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnOpResponse>> {
+    /// Remembers the revision of records read (never going back: a read that raced a write of
+    /// this coordinator's may return the older one).
+    fn seen<'a>(&self, kvs: impl IntoIterator<Item = &'a KeyValue>) {
+        let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        for kv in kvs {
+            let r = revisions.entry(kv.key().to_vec()).or_insert(0);
+            *r = (*r).max(kv.mod_revision());
+        }
+    }
+
+    /// The revision of each unseen record among `writes`, read from etcd.
+    async fn read_unseen(&self, writes: &[Write]) -> Result<()> {
+        for w in writes {
+            let known = self.revisions.lock().unwrap_or_else(|e| e.into_inner()).contains_key(w.key.as_bytes());
+            if !known {
+                let resp = self.client.clone().get(w.key.as_str(), None).await.map_err(fail("etcd get"))?;
+                self.seen(resp.kvs());
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes records in transactions of at most [`MAX_TXN_OPS`], each guarded by this
+    /// coordinator's leadership and by every record's revision; for each record, whether it
+    /// existed (deletes only).
+    async fn guarded(&self, writes: Vec<Write>, unseen: Unseen) -> Result<Vec<bool>> {
         if self.leadership.lost.load(Ordering::SeqCst) {
             return Err(not_leader());
         }
-        let mut out = Vec::with_capacity(ops.len());
-        let mut ops = ops.into_iter().peekable();
-        while ops.peek().is_some() {
-            let part: Vec<TxnOp> = ops.by_ref().take(MAX_TXN_OPS).collect();
-            let txn = Txn::new().when(vec![self.guard()]).and_then(part);
-            let resp = self.client.clone().txn(txn).await.map_err(fail("etcd transaction"))?;
-            if !resp.succeeded() {
-                self.leadership.lost.store(true, Ordering::SeqCst);
-                return Err(not_leader());
+        if unseen == Unseen::Read {
+            self.read_unseen(&writes).await?;
+        }
+        let mut out = Vec::with_capacity(writes.len());
+        for part in writes.chunks(MAX_TXN_OPS) {
+            let mut when = vec![self.guard()];
+            {
+                let revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+                for w in part {
+                    when.push(match revisions.get(w.key.as_bytes()).copied().unwrap_or(0) {
+                        0 => Compare::version(w.key.as_str(), CompareOp::Equal, 0),
+                        r => Compare::mod_revision(w.key.as_str(), CompareOp::Equal, r),
+                    });
+                }
             }
-            out.extend(resp.op_responses());
+            let ops = part
+                .iter()
+                .map(|w| match &w.value {
+                    Some(v) => TxnOp::put(w.key.as_str(), v.clone(), None),
+                    None => TxnOp::delete(w.key.as_str(), None),
+                })
+                .collect::<Vec<_>>();
+            let txn = Txn::new().when(when).and_then(ops).or_else(vec![TxnOp::get(self.leadership.key.as_str(), None)]);
+            let resp = self.client.clone().txn(txn).await.map_err(fail("etcd transaction"))?;
+            let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+            if !resp.succeeded() {
+                let ours = matches!(resp.op_responses().first(), Some(TxnOpResponse::Get(g))
+                    if g.kvs().first().is_some_and(|kv| kv.value() == self.leadership.value.as_bytes()));
+                if !ours {
+                    self.leadership.lost.store(true, Ordering::SeqCst);
+                    return Err(not_leader());
+                }
+                // Forget what was assumed of these records: a later write reads them afresh.
+                for w in part {
+                    revisions.remove(w.key.as_bytes());
+                }
+                return Err(CoordinatorError::Conflict(format!(
+                    "a record changed in etcd since this coordinator read it (one of {} records from {:?}); nothing of it was written",
+                    part.len(),
+                    part[0].key
+                )));
+            }
+            let revision = resp.header().map_or(0, |h| h.revision());
+            for (w, r) in part.iter().zip(resp.op_responses()) {
+                match &w.value {
+                    Some(_) => {
+                        revisions.insert(w.key.as_bytes().to_vec(), revision);
+                        out.push(true);
+                    }
+                    None => {
+                        revisions.remove(w.key.as_bytes());
+                        out.push(matches!(r, TxnOpResponse::Delete(d) if d.deleted() > 0));
+                    }
+                }
+            }
         }
         Ok(out)
     }
 
     /// Writes a batch while this coordinator leads.
     pub async fn write(&self, batch: &Batch) -> Result<()> {
-        let mut ops = Vec::new();
+        let mut writes = Vec::new();
+        let mut put = |key: String, value: Vec<u8>| writes.push(Write { key, value: Some(value) });
         for job in &batch.jobs {
-            ops.push(TxnOp::put(self.key(JOBS, &job.id), job.encode_to_vec(), None));
+            put(self.key(JOBS, &job.id), job.encode_to_vec());
         }
         for (task, state) in &batch.checkpoints {
-            ops.push(TxnOp::put(self.key(CHECKPOINTS, task), state.encode_to_vec(), None));
-        }
-        for task in &batch.forget {
-            ops.push(TxnOp::delete(self.key(CHECKPOINTS, task), None));
+            put(self.key(CHECKPOINTS, task), state.encode_to_vec());
         }
         for r in &batch.replicas {
-            ops.push(TxnOp::put(self.key(REPLICAS, &replica_key(&r.vm, &r.region)), r.encode_to_vec(), None));
+            put(self.key(REPLICAS, &replica_key(&r.vm, &r.region)), r.encode_to_vec());
         }
-        self.guarded(ops).await.map(drop)
+        for task in &batch.forget {
+            writes.push(Write { key: self.key(CHECKPOINTS, task), value: None });
+        }
+        self.guarded(writes, Unseen::Absent).await.map(drop)
     }
 
     /// Creates or replaces `folder/name` (`folder` alone when `name` is empty).
     pub async fn put<M: Message>(&self, folder: &str, name: &str, value: &M) -> Result<()> {
-        self.guarded(vec![TxnOp::put(self.key(folder, name), value.encode_to_vec(), None)]).await.map(drop)
+        self.guarded(vec![Write { key: self.key(folder, name), value: Some(value.encode_to_vec()) }], Unseen::Read).await.map(drop)
     }
 
     /// Deletes `folder/name`; whether it existed.
     pub async fn delete(&self, folder: &str, name: &str) -> Result<bool> {
-        let responses = self.guarded(vec![TxnOp::delete(self.key(folder, name), None)]).await?;
-        Ok(matches!(responses.first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0))
+        let existed = self.guarded(vec![Write { key: self.key(folder, name), value: None }], Unseen::Read).await?;
+        Ok(existed.first().copied().unwrap_or(false))
     }
 
     /// The record at `key`, if any.
     pub async fn one<M: Message + Default>(&self, key: &str) -> Result<Option<M>> {
         let resp = self.client.clone().get(self.key(key, ""), None).await.map_err(fail("etcd get"))?;
+        self.seen(resp.kvs());
         resp.kvs().first().map(|kv| M::decode(kv.value()).map_err(fail("decode"))).transpose()
     }
 
@@ -160,6 +290,7 @@ impl EtcdStore {
     async fn named<M: Message + Default>(&self, folder: &str) -> Result<Vec<(String, M)>> {
         let prefix = self.key(folder, "");
         let resp = self.client.clone().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(fail("etcd get"))?;
+        self.seen(resp.kvs());
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -249,7 +380,13 @@ pub async fn lead(
         }
         match campaign(&mut client, options, &value, &mut stopping, leader).await {
             Ok(Some(leadership)) => {
-                let store = EtcdStore { client: client.clone(), prefix: options.prefix.clone(), leadership: Arc::clone(&leadership.0) };
+                let store = EtcdStore {
+                    client: client.clone(),
+                    prefix: options.prefix.clone(),
+                    leadership: Arc::clone(&leadership.0),
+                    ttl: options.ttl,
+                    revisions: Arc::default(),
+                };
                 keep_alive(client, leadership.1, options.ttl, leadership.0, stepped_down).await?;
                 return Ok(Some(store));
             }
