@@ -179,7 +179,8 @@ impl Standby<'_> {
         println!("standing by on {addr}");
         std::io::Write::flush(&mut std::io::stdout())?;
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
-        let forwarding = tokio::spawn(forward_while_led(addr, leader_rx, self.server_tls.clone(), self.client_tls.clone()));
+        let forwarding =
+            tokio::spawn(forward_while_led(addr, leader_rx, self.options.clone(), self.server_tls.clone(), self.client_tls.clone()));
         let led = hyperexport_coordinator::store::etcd::lead(self.options, &identity, stop, stepped_down, patient, &leader_tx).await;
         // Calls forwarded to the old leader end with it; the port is free for the leader's server.
         forwarding.abort();
@@ -188,11 +189,12 @@ impl Standby<'_> {
     }
 }
 
-/// Serves the forwarding server on `addr` whenever `leader` names a coordinator, and nothing
-/// while it names none; runs until aborted.
+/// Serves the standby's server on `addr` whenever `leader` names a coordinator (job reads from
+/// etcd, the rest forwarded), and nothing while it names none; runs until aborted.
 async fn forward_while_led(
     addr: std::net::SocketAddr,
     mut leader: tokio::sync::watch::Receiver<Option<String>>,
+    options: hyperexport_coordinator::store::etcd::EtcdOptions,
     server_tls: Option<tonic::transport::ServerTlsConfig>,
     client_tls: Option<tonic::transport::ClientTlsConfig>,
 ) {
@@ -210,7 +212,15 @@ async fn forward_while_led(
             }
         };
         let forward = follower::Forward::new(leader.clone(), client_tls.clone());
-        let mut serving = tokio::spawn(follower::serve(listener, forward, server_tls.clone(), std::future::pending()));
+        // Without a client of its own to etcd, the standby forwards the reads too.
+        let reads = match hyperexport_coordinator::store::etcd::reader(&options).await {
+            Ok(store) => Some(hyperexport_coordinator::store::Store::Etcd(Box::new(store))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read etcd; job reads are forwarded to the leader too");
+                None
+            }
+        };
+        let mut serving = tokio::spawn(follower::serve(listener, forward, reads, server_tls.clone(), std::future::pending()));
         tokio::select! {
             _ = leader.wait_for(Option::is_none) => {}
             _ = &mut serving => {}

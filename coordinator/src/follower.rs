@@ -1,7 +1,9 @@
-//! A standby's server in an HA group on etcd: it serves no state of its own and forwards every
-//! call, as it came (any service, streams included), to the coordinator that leads, so that a
-//! client or an agent given any coordinator's address is answered. While no coordinator leads,
-//! calls are answered `UNAVAILABLE`, and a client given the whole group tries the next address.
+//! A standby's server in an HA group on etcd: it answers job reads (`Get`, `List`) itself from
+//! etcd, and forwards every other call, as it came (any service, streams included), to the
+//! coordinator that leads, so that a client or an agent given any coordinator's address is
+//! answered. What it forwards are writes and views of the leader's live state (attached agents,
+//! bandwidth allocation, job watches). While no coordinator leads, it does not listen, and a
+//! client given the whole group tries the next address.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,7 +16,11 @@ use tonic::codegen::{BoxFuture, Bytes, Service, http};
 use tonic::transport::{Channel, ClientTlsConfig, ServerTlsConfig};
 use tonic::{Status, body::Body};
 
+use hyperexport_proto::v1::export_service_server::ExportServiceServer;
+
 use crate::error::{CoordinatorError, Result};
+use crate::service::ExportApi;
+use crate::store::Store;
 
 /// Forwards calls to the leader named by a watch (its `HOST:PORT`; `None` while none leads).
 #[derive(Clone)]
@@ -80,14 +86,27 @@ where
     }
 }
 
-/// Serves `forward` on `listener` until `shutdown` completes.
+/// The job reads a standby answers itself.
+const READS: [&str; 2] = ["/hyperexport.v1.ExportService/Get", "/hyperexport.v1.ExportService/List"];
+
+/// Serves on `listener` until `shutdown` completes: job reads from `reads` (when given), every
+/// other call through `forward`.
 pub async fn serve(
     listener: TcpListener,
     forward: Forward,
+    reads: Option<Store>,
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let router = tonic::service::Routes::default().into_axum_router().fallback_service(forward);
+    let mut router = tonic::service::Routes::default().into_axum_router();
+    if let Some(store) = reads {
+        // The reads end no stream: nothing needs telling when the server stops.
+        let api = ExportServiceServer::new(ExportApi::reads(store, watch::channel(false).1));
+        for path in READS {
+            router = router.route_service(path, api.clone());
+        }
+    }
+    let router = router.fallback_service(forward);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(|e| CoordinatorError::Serve(format!("TLS configuration: {e}")))?;

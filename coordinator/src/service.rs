@@ -1,6 +1,7 @@
 //! `hyperexport.v1.ExportService`: the job API. Submit and cancel go through the scheduler (the
 //! only writer of jobs), which answers once the change is stored; reads come from the store on
-//! tokio's blocking pool; watches follow the scheduler's stream of job changes.
+//! tokio's blocking pool; watches follow the scheduler's stream of job changes. A standby of an
+//! HA group serves the reads from etcd with no scheduler (see `follower.rs`).
 
 use std::pin::Pin;
 
@@ -26,7 +27,8 @@ const MAX_PAGE: usize = 1000;
 /// The job API over a [`Store`].
 pub struct ExportApi {
     store: Store,
-    scheduler: SchedulerHandle,
+    /// `None` on a standby, which serves reads only.
+    scheduler: Option<SchedulerHandle>,
     /// Turns true when the server shuts down: open watches end so the server can stop.
     stopping: watch::Receiver<bool>,
 }
@@ -34,7 +36,17 @@ pub struct ExportApi {
 impl ExportApi {
     /// The API over `store` and `scheduler`; `stopping` turns true when the server shuts down.
     pub fn new(store: Store, scheduler: SchedulerHandle, stopping: watch::Receiver<bool>) -> Self {
-        ExportApi { store, scheduler, stopping }
+        ExportApi { store, scheduler: Some(scheduler), stopping }
+    }
+
+    /// The reads of the API over `store` alone (a standby's, from etcd): calls that change state
+    /// or follow the scheduler are answered `UNAVAILABLE` (a standby routes them to the leader).
+    pub fn reads(store: Store, stopping: watch::Receiver<bool>) -> Self {
+        ExportApi { store, scheduler: None, stopping }
+    }
+
+    fn scheduler(&self) -> Result<&SchedulerHandle, Status> {
+        self.scheduler.as_ref().ok_or_else(|| Status::unavailable("this coordinator stands by and answers reads only; ask the leader"))
     }
 
     async fn job(&self, id: String) -> Result<Job> {
@@ -46,7 +58,7 @@ impl ExportApi {
 impl ExportService for ExportApi {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let job = jobs::new_job(request.into_inner())?;
-        let job = self.scheduler.submit(job).await?;
+        let job = self.scheduler()?.submit(job).await?;
         Ok(Response::new(SubmitResponse { job_id: job.id }))
     }
 
@@ -67,7 +79,7 @@ impl ExportService for ExportApi {
     }
 
     async fn cancel(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.scheduler.cancel(request.into_inner().job_id).await?))
+        Ok(Response::new(self.scheduler()?.cancel(request.into_inner().job_id).await?))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<Job, Status>> + Send>>;
@@ -75,7 +87,7 @@ impl ExportService for ExportApi {
     async fn watch(&self, request: Request<WatchJobRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let id = request.into_inner().job_id;
         // Subscribe before reading, so no change between the read and the subscription is lost.
-        let mut changes = self.scheduler.subscribe();
+        let mut changes = self.scheduler()?.subscribe();
         let current = self.job(id.clone()).await?;
         let (tx, rx) = mpsc::channel(16);
         let stopping = self.stopping.clone();

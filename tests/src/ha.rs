@@ -231,6 +231,13 @@ impl PendingCoordinator {
             s.kill();
         }
     }
+
+    /// Sends it a signal (SIGSTOP freezes it: it holds its connections and answers nothing).
+    pub fn signal(&self, signal: i32) {
+        if let Some(s) = &self.service {
+            s.signal(signal);
+        }
+    }
 }
 
 impl Sandbox {

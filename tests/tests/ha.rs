@@ -191,3 +191,49 @@ fn a_leader_cut_off_from_etcd_stops_before_its_lease_expires_and_no_two_lead_at_
     assert!(stopped < started, "two coordinators served at once");
     g.finishes_once();
 }
+
+#[test]
+fn a_standby_answers_job_reads_from_etcd_itself_even_while_the_leader_is_frozen() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let etcd = sb.start_etcd("etcd");
+    let vms = sb.path("vms");
+    std::fs::create_dir_all(&vms).unwrap();
+    write_image(&vms.join("web.img"), 4 << 20, &[(0, random_bytes(4 << 20, 7))]);
+    // A long lease: the frozen leader still leads while the standby is asked.
+    let flags = ["--store", &etcd.url(), "--etcd-ttl", "30", "--heartbeat-ms", "300"];
+    let cs: Vec<PendingCoordinator> =
+        (0..2).map(|i| sb.spawn_coordinator(&format!("c{i}"), &format!("127.0.0.1:{}", free_port()), &flags)).collect();
+    wait_until(Duration::from_secs(30), "one coordinator to lead", || cs.iter().any(PendingCoordinator::serving));
+    let leader = cs.iter().position(PendingCoordinator::serving).unwrap();
+    let (at_leader, at_standby) = (args(&["--coordinator", &cs[leader].addr]), args(&["--coordinator", &cs[1 - leader].addr]));
+    let _agent = sb.start_agent_at(&cs[leader].addr, "eu", &vms, "agent", &[], &[]);
+    wait_until(Duration::from_secs(30), "the agent", || sb.run(&[args(&["vms"]), at_leader.clone()].concat()).stdout.contains("web"));
+    let target = format!("file://{}", sb.path("repo").display());
+    let id = sb.ok(&[args(&["export", "--vm", "web", "--to", &target]), at_leader.clone()].concat()).stdout.trim().to_string();
+    sb.ok(&[args(&["watch", &id]), at_leader].concat());
+
+    // Frozen, the leader accepts connections and answers nothing: a call forwarded to it hangs.
+    cs[leader].signal(libc::SIGSTOP);
+    let mut list = sb.spawn(&[args(&["jobs", "--output", "json"]), at_standby].concat(), &[]);
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(status) = list.try_wait().unwrap() {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(10) {
+            let _ = list.kill();
+            cs[leader].signal(libc::SIGCONT);
+            panic!("the standby did not answer the job list in 10 s while the leader was frozen");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    cs[leader].signal(libc::SIGCONT);
+    let mut out = String::new();
+    std::io::Read::read_to_string(list.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "jobs through the standby failed: {out}");
+    let jobs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(jobs[0]["id"], id.as_str());
+    assert_eq!(jobs[0]["state"], "succeeded", "the standby read the job's last state from etcd");
+    assert!(!cs[1 - leader].serving(), "the standby still stands by (it answered as a standby)");
+}

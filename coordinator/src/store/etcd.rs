@@ -334,6 +334,19 @@ impl EtcdStore {
     }
 }
 
+/// A store on etcd for reads only (a standby answers job reads from it); every write is refused.
+pub async fn reader(options: &EtcdOptions) -> Result<EtcdStore> {
+    let client = connect(options).await?;
+    let key = format!("{}{LEADER_KEY}", options.prefix);
+    Ok(EtcdStore {
+        client,
+        prefix: options.prefix.clone(),
+        leadership: Arc::new(Leadership { key, value: String::new(), term: 0, lost: AtomicBool::new(true) }),
+        ttl: options.ttl,
+        revisions: Arc::default(),
+    })
+}
+
 fn not_leader() -> CoordinatorError {
     CoordinatorError::Store { op: "write", detail: "this coordinator no longer leads (the etcd leader key is gone or another's)".into() }
 }
