@@ -130,6 +130,37 @@ impl Sandbox {
         member
     }
 
+    /// Starts a one-member etcd with authentication on: user `root` and user `user` (password
+    /// `password`), whose role may read and write under `/hyperexport/v1/` only. Set up through
+    /// etcd's JSON gateway before authentication is turned on.
+    pub fn start_etcd_with_auth(&self, name: &str, user: &str, password: &str) -> Etcd {
+        let etcd = self.start_etcd(name);
+        let b64 = |s: &str| base64(s.as_bytes());
+        let calls = [
+            ("/v3/auth/role/add", format!(r#"{{"name":"{user}"}}"#)),
+            (
+                "/v3/auth/role/grant",
+                format!(
+                    r#"{{"name":"{user}","perm":{{"permType":"READWRITE","key":"{}","range_end":"{}"}}}}"#,
+                    b64("/hyperexport/v1/"),
+                    b64("/hyperexport/v10")
+                ),
+            ),
+            ("/v3/auth/user/add", format!(r#"{{"name":"{user}","password":"{password}"}}"#)),
+            ("/v3/auth/user/grant", format!(r#"{{"user":"{user}","role":"{user}"}}"#)),
+            ("/v3/auth/user/add", r#"{"name":"root","password":"root-secret"}"#.to_string()),
+            ("/v3/auth/role/add", r#"{"name":"root"}"#.to_string()),
+            ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#.to_string()),
+            ("/v3/auth/enable", "{}".to_string()),
+        ];
+        for (path, body) in calls {
+            // The root role may exist already (etcd makes it); every other call must succeed.
+            let done = http_post(&etcd.addr, path, &body);
+            assert!(done.is_some() || body.contains(r#""name":"root"}"#), "etcd {path} {body} failed");
+        }
+        etcd
+    }
+
     /// Starts an etcd cluster of `size` members (`NAME0`, `NAME1`...) on free loopback ports and
     /// waits until every member answers `/health`.
     pub fn start_etcd_cluster(&self, name: &str, size: usize) -> Vec<Etcd> {

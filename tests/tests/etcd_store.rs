@@ -242,3 +242,32 @@ fn etcd_over_mutual_tls_keeps_the_state_and_refuses_a_coordinator_without_a_cert
     let bare = args(&["coordinator", "--listen", "127.0.0.1:0", "--store", &etcd.url(), "--etcd-ca", &p("ca/ca.pem")]);
     sb.run(&bare).assert_clean_failure("etcd");
 }
+
+#[test]
+fn etcd_with_authentication_takes_the_coordinator_s_user_and_refuses_a_wrong_password() {
+    let sb = Sandbox::new();
+    let etcd = sb.start_etcd_with_auth("etcd", "hx", "s3cret pass");
+    std::fs::write(sb.path("etcd-password"), "s3cret pass\n").unwrap();
+    std::fs::write(sb.path("wrong-password"), "guess\n").unwrap();
+    let auth = |file: &str| args(&["--etcd-user", "hx", "--etcd-password-file", &sb.path(file).display().to_string()]);
+    let flags = [args(&["--store", &etcd.url(), "--etcd-ttl", TTL, "--heartbeat-ms", "300"]), auth("etcd-password")].concat();
+    let c = sb.start_coordinator_with("coord", &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    sb.ok(&with(&c, &["bandwidth", "set", "--global", "40M"]));
+    let vms = sb.path("vms");
+    vm(&vms, "web", 3);
+    let _agent = sb.start_agent(&c, "eu", &vms, "agent", &[]);
+    let id = export(&sb, &c, "web");
+    assert_eq!(job_state(&sb, &c, &id), "succeeded", "leadership, leases and records work as user hx");
+    drop(c);
+    for (why, extra, said) in
+        [("a wrong password", auth("wrong-password"), "authentication failed"), ("no user", Vec::new(), "user name is empty")]
+    {
+        let mut a = args(&["coordinator", "--listen", "127.0.0.1:0", "--store", &etcd.url()]);
+        a.extend(extra);
+        let run = sb.run(&a);
+        assert!(run.code.is_some_and(|c| c != 0), "a coordinator with {why} started");
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        assert!(run.stderr.contains("etcd") && run.stderr.contains(said), "with {why}, the error says etcd refused:\n{}", run.stderr);
+        eprintln!("with {why}: {}", run.stderr.lines().last().unwrap_or(""));
+    }
+}
