@@ -11,15 +11,9 @@
 #
 # Usage: bash scripts/bandwidth-bench.sh [RATE] [SIZE] [ROUNDS]   (default 20M 512M 2)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 rate="${1:-20M}" size="${2:-512M}" rounds="${3:-2}"
-
-bash scripts/ensure-packages.sh rclone:rclone protoc:protobuf-compiler
-cargo build --release --locked -p hyperexport >/dev/null 2>&1 || cargo build --release --locked -p hyperexport
-hx="$PWD/target/release/hyperexport"
-
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/hx-bwbench.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup bwbench rclone:rclone
 cd "$work"
 echo "bench password" > pw
 touch rclone.conf

@@ -9,15 +9,9 @@
 #
 # Usage: bash scripts/bench.sh [ROUNDS] (default 3; the median of each measure is reported)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 rounds="${1:-3}"
-
-bash scripts/ensure-packages.sh restic:restic /usr/bin/time:time protoc:protobuf-compiler
-cargo build --release --locked -p hyperexport >/dev/null 2>&1 || cargo build --release --locked -p hyperexport
-hx="$PWD/target/release/hyperexport"
-
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/hx-bench.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup bench restic:restic /usr/bin/time:time
 cd "$work"
 echo "bench password" > pw
 export RESTIC_PASSWORD_FILE="$work/pw"

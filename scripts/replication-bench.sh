@@ -12,17 +12,9 @@
 #
 # Usage: bash scripts/replication-bench.sh [ROUNDS] (default 3; medians reported)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 rounds="${1:-3}"
-
-bash scripts/ensure-packages.sh scp:openssh-client /usr/sbin/sshd:openssh-server protoc:protobuf-compiler
-cargo build --release --locked -p hyperexport >/dev/null 2>&1 || cargo build --release --locked -p hyperexport
-hx="$PWD/target/release/hyperexport"
-
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/hx-rbench.XXXXXX")
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup rbench scp:openssh-client /usr/sbin/sshd:openssh-server
 cd "$work"
 echo "bench password" > pw
 

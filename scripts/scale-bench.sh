@@ -8,18 +8,14 @@
 #
 # Usage: bash scripts/scale-bench.sh [load-agents options, e.g. --agents 1000 --tasks 10000]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/ensure-packages.sh protoc:protobuf-compiler
-cargo build --release --locked -p hyperexport >/dev/null 2>&1 || cargo build --release --locked -p hyperexport
-hx="$PWD/target/release/hyperexport"
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/hx-scale.XXXXXX")
-coord=""
-trap '[ -n "$coord" ] && kill "$coord" 2>/dev/null; rm -rf "$work"' EXIT
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup scale
 # 1,000 agents are 1,000 connections on each side.
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 
 "$hx" coordinator --listen 127.0.0.1:0 --data "$work/coord" --metrics-listen 127.0.0.1:0 >"$work/out" 2>"$work/coord.log" &
 coord=$!
+pids+=("$coord")
 for _ in $(seq 100); do [ "$(wc -l <"$work/out")" -ge 2 ] && break; sleep 0.1; done
 addr=$(sed -n 's/^listening on //p' "$work/out")
 metrics=$(sed -n 's/^metrics on //p' "$work/out")

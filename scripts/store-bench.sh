@@ -7,15 +7,9 @@
 #
 # Usage: bash scripts/store-bench.sh [SUBMITS] [CONCURRENCY]   (default 2000 16)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 submits="${1:-2000}" concurrency="${2:-16}"
-bash scripts/ensure-packages.sh protoc:protobuf-compiler etcd:etcd-server curl:curl
-cargo build --release --locked -p hyperexport >/dev/null 2>&1 || cargo build --release --locked -p hyperexport
-hx="$PWD/target/release/hyperexport"
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/hx-store.XXXXXX")
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup store etcd:etcd-server curl:curl
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # etcd, one member.

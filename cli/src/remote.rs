@@ -369,13 +369,10 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
     let tls = a.tls.as_deref().map(|dir| NodeTls::load(dir).map(|t| t.grpc_server())).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let etcd = a.etcd.options()?;
-    if let Ok(addr) = a.listen.parse::<std::net::SocketAddr>()
-        && tls.is_none()
-        && !addr.ip().is_loopback()
-    {
-        anyhow::bail!(
-            "refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address"
-        );
+    // Said before anything starts when the address is given as one (a host name is checked
+    // once bound).
+    if let Ok(addr) = a.listen.parse::<std::net::SocketAddr>() {
+        refuse_plaintext_beyond_loopback(addr, tls.is_some())?;
     }
     rt.block_on(async {
         let (signalled, stop) = tokio::sync::watch::channel(false);
@@ -423,11 +420,7 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(&listen_at).await.with_context(|| format!("cannot listen on {listen_at}"))?;
             let addr = listener.local_addr()?;
             listen_at = addr.to_string();
-            // Plaintext only where no other host can connect: beyond loopback every peer must
-            // show a certificate from the cluster CA.
-            if tls.is_none() && !addr.ip().is_loopback() {
-                anyhow::bail!("refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address");
-            }
+            refuse_plaintext_beyond_loopback(addr, tls.is_some())?;
             println!("listening on {addr}");
             if let Some(listen) = a.metrics_listen.as_ref().filter(|_| !metrics_served) {
                 let metrics = crate::telemetry::serve(listen).await?;
@@ -439,7 +432,8 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
             let term = store.term();
             tracing::info!(%addr, store = a.etcd.store.as_deref().unwrap_or("embedded"), term, "coordinator started");
             let heartbeat = std::time::Duration::from_millis(a.heartbeat_ms.max(50));
-            let options = ServeOptions { heartbeat, tls: tls.clone(), dr_interval: std::time::Duration::from_millis(a.dr_interval_ms.max(50)) };
+            let options =
+                ServeOptions { heartbeat, tls: tls.clone(), dr_interval: std::time::Duration::from_millis(a.dr_interval_ms.max(50)) };
             // Serves until a signal, or until it no longer leads on etcd (it then stops at once,
             // so that another coordinator takes over cleanly).
             let lost = async {
@@ -478,6 +472,17 @@ pub fn coordinator(a: &CoordinatorArgs) -> Result<ExitCode> {
             tracing::warn!(term, "this coordinator lost its etcd leadership: it stopped serving and stands by");
         }
     })
+}
+
+/// Plaintext only where no other host can connect: beyond loopback every peer must show a
+/// certificate from the cluster CA.
+fn refuse_plaintext_beyond_loopback(addr: std::net::SocketAddr, tls: bool) -> Result<()> {
+    if !tls && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve the API in plaintext on {addr}, which other hosts can reach: give --tls DIR (mutual TLS), or listen on a loopback address"
+        );
+    }
+    Ok(())
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -195,6 +195,13 @@ impl Coordinator {
         vec!["--coordinator".into(), self.addr.clone()]
     }
 
+    /// The client command `parts` pointed at this coordinator.
+    pub fn cmd(&self, parts: &[&str]) -> Vec<String> {
+        let mut a = args(parts);
+        a.extend(self.flag());
+        a
+    }
+
     /// Kills it with SIGKILL, as a crash would.
     pub fn kill(self) {
         self.service.kill();

@@ -78,12 +78,6 @@ impl Rig {
         Agent { _service: service, metrics }
     }
 
-    fn with(&self, parts: &[&str]) -> Vec<String> {
-        let mut a = args(parts);
-        a.extend(self.c.flag());
-        a
-    }
-
     fn set(&self, parts: &[&str]) {
         let mut a = args(&["bandwidth", "set"]);
         a.extend(args(parts));
@@ -93,14 +87,14 @@ impl Rig {
 
     /// Submits an export of `vm` with extra options; returns the job id.
     fn submit(&self, vm: &str, extra: &[&str]) -> String {
-        wait_until(Duration::from_secs(20), "the VM in the inventory", || self.sb.ok(&self.with(&["vms"])).stdout.contains(vm));
-        let mut a = self.with(&["export", "--vm", vm, "--to", &self.target]);
+        wait_until(Duration::from_secs(20), "the VM in the inventory", || self.sb.ok(&self.c.cmd(&["vms"])).stdout.contains(vm));
+        let mut a = self.c.cmd(&["export", "--vm", vm, "--to", &self.target]);
         a.extend(args(extra));
         self.sb.ok(&a).stdout.trim().to_string()
     }
 
     fn cancel(&self, job: &str) {
-        self.sb.ok(&self.with(&["cancel", job]));
+        self.sb.ok(&self.c.cmd(&["cancel", job]));
     }
 }
 
@@ -170,7 +164,7 @@ fn backlogged_classes_share_by_weight() {
     eprintln!("gold {:.2} MiB/s, bronze {:.2} MiB/s: ratio {ratio:.3}", rates[0] / MIB, rates[1] / MIB);
     assert!((ratio / 4.0 - 1.0).abs() <= 0.10, "ratio {ratio:.3} is not within 10% of 4");
     // An unknown class is refused at submission, naming it.
-    rig.sb.run(&rig.with(&["export", "--vm", "g-vm", "--to", &rig.target, "--class", "platinum"])).assert_clean_failure("platinum");
+    rig.sb.run(&rig.c.cmd(&["export", "--vm", "g-vm", "--to", &rig.target, "--class", "platinum"])).assert_clean_failure("platinum");
 }
 
 #[test]

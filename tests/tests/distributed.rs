@@ -13,12 +13,6 @@ const MIB: u64 = 1 << 20;
 const STALL: &str = "HYPEREXPORT_TEST_STALL_AFTER_CHUNKS";
 const DELAY: &str = "HYPEREXPORT_TEST_CHUNK_DELAY_MS";
 
-fn with(c: &Coordinator, parts: &[&str]) -> Vec<String> {
-    let mut a = args(parts);
-    a.extend(c.flag());
-    a
-}
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -31,12 +25,12 @@ fn vm(dir: &Path, name: &str, size: u64, seed: u64) {
 
 /// How many VM entries the inventory lists (one per agent serving a VM).
 fn inventory_len(sb: &Sandbox, c: &Coordinator) -> usize {
-    let list: Value = serde_json::from_str(&sb.ok(&with(c, &["vms", "--output", "json"])).stdout).unwrap();
+    let list: Value = serde_json::from_str(&sb.ok(&c.cmd(&["vms", "--output", "json"])).stdout).unwrap();
     list.as_array().unwrap().len()
 }
 
 fn submit(sb: &Sandbox, c: &Coordinator, vms: &[&str], target: &Path) -> String {
-    let mut a = with(c, &["export", "--to", &format!("file://{}", target.display())]);
+    let mut a = c.cmd(&["export", "--to", &format!("file://{}", target.display())]);
     for v in vms {
         a.extend(args(&["--vm", v]));
     }
@@ -85,7 +79,7 @@ fn six_vms_in_two_regions_run_where_they_live_and_restore_bit_identical() {
     wait_until(Duration::from_secs(30), "three agents to report nine VM entries", || inventory_len(&sb, &c) == 9);
     let repo = sb.path("repo");
     let job = submit(&sb, &c, &names, &repo);
-    let watchers: Vec<_> = (0..2).map(|_| sb.spawn(&with(&c, &["watch", &job, "--output", "json"]), &[])).collect();
+    let watchers: Vec<_> = (0..2).map(|_| sb.spawn(&c.cmd(&["watch", &job, "--output", "json"]), &[])).collect();
     let mut finals = Vec::new();
     for w in watchers {
         let out = w.wait_with_output().unwrap();
@@ -198,7 +192,7 @@ fn cancel_stops_the_agent_within_two_seconds_and_leaves_no_point() {
         t["state"] == "running" && t["bytes_done"].as_u64().unwrap() > 0
     });
     let asked = now_ms();
-    let cancelled = sb.ok(&with(&c, &["cancel", &job, "--output", "json"])).result();
+    let cancelled = sb.ok(&c.cmd(&["cancel", &job, "--output", "json"])).result();
     assert_eq!(cancelled["state"], "cancelled");
     let mut stopped = 0;
     wait_until(Duration::from_secs(10), "the agent to confirm the task stopped", || {
@@ -232,7 +226,7 @@ fn a_killed_coordinator_loses_no_job_and_running_tasks_finish_once() {
         std::fs::read_to_string(sb.path("eu-1.log")).unwrap().contains("TASK_OUTCOME_SUCCEEDED")
     });
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300", "--listen", &addr]);
-    let mut watcher = sb.spawn(&with(&c, &["watch", &second, "--output", "json"]), &[]);
+    let mut watcher = sb.spawn(&c.cmd(&["watch", &second, "--output", "json"]), &[]);
     let mut line = String::new();
     BufReader::new(watcher.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     assert!(line.contains(&second), "{line}");

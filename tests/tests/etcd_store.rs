@@ -11,12 +11,6 @@ use serde_json::Value;
 
 const TTL: &str = "2";
 
-fn with(c: &Coordinator, parts: &[&str]) -> Vec<String> {
-    let mut a = args(parts);
-    a.extend(c.flag());
-    a
-}
-
 /// A VM of one random disk in `dir`.
 fn vm(dir: &Path, name: &str, seed: u64) {
     std::fs::create_dir_all(dir).unwrap();
@@ -25,10 +19,10 @@ fn vm(dir: &Path, name: &str, seed: u64) {
 
 /// Submits an export of `vm` and waits for it; returns the job id.
 fn export(sb: &Sandbox, c: &Coordinator, vm: &str) -> String {
-    wait_until(Duration::from_secs(30), "the VM in the inventory", || sb.ok(&with(c, &["vms"])).stdout.contains(vm));
+    wait_until(Duration::from_secs(30), "the VM in the inventory", || sb.ok(&c.cmd(&["vms"])).stdout.contains(vm));
     let target = format!("file://{}", sb.path("repo").display());
-    let id = sb.ok(&with(c, &["export", "--vm", vm, "--to", &target])).stdout.trim().to_string();
-    sb.ok(&with(c, &["watch", &id]));
+    let id = sb.ok(&c.cmd(&["export", "--vm", vm, "--to", &target])).stdout.trim().to_string();
+    sb.ok(&c.cmd(&["watch", &id]));
     id
 }
 
@@ -48,7 +42,7 @@ fn state_in_etcd_outlives_the_coordinator_and_the_next_leader_has_a_newer_term()
     let _agent = sb.start_agent(&c, "eu", &vms, "agent", &[]);
     let first = export(&sb, &c, "web");
     assert_eq!(job_state(&sb, &c, &first), "succeeded");
-    sb.ok(&with(&c, &["bandwidth", "set", "--global", "50M"]));
+    sb.ok(&c.cmd(&["bandwidth", "set", "--global", "50M"]));
 
     // A crash: the next coordinator waits for the lease to expire, then leads with a newer term.
     c.kill();
@@ -59,7 +53,7 @@ fn state_in_etcd_outlives_the_coordinator_and_the_next_leader_has_a_newer_term()
     // Not before the first one's lease (2 s, renewed every 2/3 s) could expire.
     assert!(took >= Duration::from_secs(1), "took over after {took:?}, while the killed leader's lease still ran");
     assert_eq!(job_state(&sb, &c2, &first), "succeeded", "the job is still there");
-    let show: Value = serde_json::from_str(&sb.ok(&with(&c2, &["bandwidth", "show", "--output", "json"])).stdout).unwrap();
+    let show: Value = serde_json::from_str(&sb.ok(&c2.cmd(&["bandwidth", "show", "--output", "json"])).stdout).unwrap();
     assert_eq!(show["result"]["config"]["global"], "50M", "the bandwidth configuration is still there");
 
     // The agent follows the new coordinator (same address? no: it was started with the first's
@@ -78,16 +72,16 @@ fn a_record_changed_behind_the_leader_s_back_is_not_overwritten() {
     let sb = Sandbox::new();
     let etcd = sb.start_etcd("etcd");
     let c = sb.start_coordinator_with("coord", &["--store", &etcd.url(), "--etcd-ttl", TTL, "--heartbeat-ms", "300"]);
-    sb.ok(&with(&c, &["bandwidth", "set", "--global", "50M"]));
+    sb.ok(&c.cmd(&["bandwidth", "set", "--global", "50M"]));
     // Another writer changes the record (same value, a newer revision): the leader's next
     // write of it is refused, not applied over the change.
     assert!(etcd.touch("/hyperexport/v1/bandwidth/config"));
-    sb.run(&with(&c, &["bandwidth", "set", "--global", "30M"])).assert_clean_failure("changed in etcd since this coordinator read it");
-    let show: Value = serde_json::from_str(&sb.ok(&with(&c, &["bandwidth", "show", "--output", "json"])).stdout).unwrap();
+    sb.run(&c.cmd(&["bandwidth", "set", "--global", "30M"])).assert_clean_failure("changed in etcd since this coordinator read it");
+    let show: Value = serde_json::from_str(&sb.ok(&c.cmd(&["bandwidth", "show", "--output", "json"])).stdout).unwrap();
     assert_eq!(show["result"]["config"]["global"], "50M", "the refused configuration is not in force");
     // Tried again, the leader reads the record afresh and writes it; it still leads.
-    sb.ok(&with(&c, &["bandwidth", "set", "--global", "30M"]));
-    let show: Value = serde_json::from_str(&sb.ok(&with(&c, &["bandwidth", "show", "--output", "json"])).stdout).unwrap();
+    sb.ok(&c.cmd(&["bandwidth", "set", "--global", "30M"]));
+    let show: Value = serde_json::from_str(&sb.ok(&c.cmd(&["bandwidth", "show", "--output", "json"])).stdout).unwrap();
     assert_eq!(show["result"]["config"]["global"], "30M");
 }
 
@@ -99,25 +93,22 @@ fn an_embedded_store_moves_into_etcd_once() {
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300"]);
     let agent = sb.start_agent(&c, "eu", &vms, "agent", &[]);
     let id = export(&sb, &c, "web");
-    sb.ok(&with(
-        &c,
-        &[
-            "dr",
-            "policy",
-            "set",
-            "gold",
-            "--vms",
-            "nothing-*",
-            "--target",
-            "file:///srv/r",
-            "--region",
-            "b",
-            "--rpo",
-            "1h",
-            "--interval",
-            "1h",
-        ],
-    ));
+    sb.ok(&c.cmd(&[
+        "dr",
+        "policy",
+        "set",
+        "gold",
+        "--vms",
+        "nothing-*",
+        "--target",
+        "file:///srv/r",
+        "--region",
+        "b",
+        "--rpo",
+        "1h",
+        "--interval",
+        "1h",
+    ]));
     assert_eq!(c.terminate(), Some(0));
     drop(agent);
 
@@ -132,7 +123,7 @@ fn an_embedded_store_moves_into_etcd_once() {
 
     let c = sb.start_coordinator_with("c-etcd", &["--store", &etcd.url(), "--etcd-ttl", TTL]);
     assert_eq!(job_state(&sb, &c, &id), "succeeded");
-    let policies = sb.ok(&with(&c, &["dr", "policy", "list"])).stdout;
+    let policies = sb.ok(&c.cmd(&["dr", "policy", "list"])).stdout;
     assert!(policies.contains("gold"), "{policies}");
 }
 
@@ -172,11 +163,11 @@ fn a_killed_agent_s_task_moves_only_once_its_lease_has_expired() {
     let slow = [("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "1000")];
     let mut agents: Vec<Option<Service>> = ["a", "b"].iter().map(|d| Some(sb.start_agent_at(&c.addr, "eu", &vms, d, &[], &slow))).collect();
     wait_until(Duration::from_secs(30), "both agents", || {
-        let list: Value = serde_json::from_str(&sb.ok(&with(&c, &["vms", "--output", "json"])).stdout).unwrap();
+        let list: Value = serde_json::from_str(&sb.ok(&c.cmd(&["vms", "--output", "json"])).stdout).unwrap();
         list.as_array().unwrap().len() == 2
     });
     let target = format!("file://{}", sb.path("repo").display());
-    let id = sb.ok(&with(&c, &["export", "--vm", "web", "--to", &target])).stdout.trim().to_string();
+    let id = sb.ok(&c.cmd(&["export", "--vm", "web", "--to", &target])).stdout.trim().to_string();
     let task = || sb.job(&c, &id)["tasks"][0].clone();
     wait_until(Duration::from_secs(30), "the task to run", || task()["state"] == "running");
     let first = task()["agent"].as_str().unwrap().to_string();
@@ -205,7 +196,7 @@ fn a_killed_agent_s_task_moves_only_once_its_lease_has_expired() {
     eprintln!("the agent's etcd lease expired {expired:?} after its kill; its task moved after {moved:?}");
     // It was renewed at most a heartbeat before the kill, and etcd checks expiry twice a second.
     assert!(moved >= Duration::from_millis(4700), "the task moved after {moved:?}, before the agent's 5 s lease could expire");
-    sb.ok(&with(&c, &["watch", &id]));
+    sb.ok(&c.cmd(&["watch", &id]));
     assert_eq!(point_count(&sb.path("repo")), 1);
 }
 
@@ -233,10 +224,10 @@ fn etcd_over_mutual_tls_keeps_the_state_and_refuses_a_coordinator_without_a_cert
     .map(String::from);
     let flags: Vec<&str> = tls.iter().map(String::as_str).collect();
     let c = sb.start_coordinator_with("c1", &flags);
-    sb.ok(&with(&c, &["bandwidth", "set", "--global", "30M"]));
+    sb.ok(&c.cmd(&["bandwidth", "set", "--global", "30M"]));
     assert_eq!(c.terminate(), Some(0));
     let c = sb.start_coordinator_with("c2", &flags);
-    let show: Value = serde_json::from_str(&sb.ok(&with(&c, &["bandwidth", "show", "--output", "json"])).stdout).unwrap();
+    let show: Value = serde_json::from_str(&sb.ok(&c.cmd(&["bandwidth", "show", "--output", "json"])).stdout).unwrap();
     assert_eq!(show["result"]["config"]["global"], "30M", "written and read back over TLS");
     // Without a client certificate etcd refuses the connection: a clear error, not a hang.
     let bare = args(&["coordinator", "--listen", "127.0.0.1:0", "--store", &etcd.url(), "--etcd-ca", &p("ca/ca.pem")]);
@@ -252,7 +243,7 @@ fn etcd_with_authentication_takes_the_coordinator_s_user_and_refuses_a_wrong_pas
     let auth = |file: &str| args(&["--etcd-user", "hx", "--etcd-password-file", &sb.path(file).display().to_string()]);
     let flags = [args(&["--store", &etcd.url(), "--etcd-ttl", TTL, "--heartbeat-ms", "300"]), auth("etcd-password")].concat();
     let c = sb.start_coordinator_with("coord", &flags.iter().map(String::as_str).collect::<Vec<_>>());
-    sb.ok(&with(&c, &["bandwidth", "set", "--global", "40M"]));
+    sb.ok(&c.cmd(&["bandwidth", "set", "--global", "40M"]));
     let vms = sb.path("vms");
     vm(&vms, "web", 3);
     let _agent = sb.start_agent(&c, "eu", &vms, "agent", &[]);

@@ -122,7 +122,11 @@ impl Compiled {
     /// The smallest cap in force above an agent of `region`/`site` (infinity: none).
     pub fn path_cap(&self, caps: &Caps, region: &str, site: &str) -> Rate {
         let r = caps.regions.get(region).copied().unwrap_or(f64::INFINITY);
-        let s = caps.sites.get(&format!("{region}/{site}")).copied().unwrap_or(f64::INFINITY);
+        // Most configurations cap no site: no key to build then.
+        let s = match caps.sites.is_empty() {
+            true => f64::INFINITY,
+            false => caps.sites.get(&format!("{region}/{site}")).copied().unwrap_or(f64::INFINITY),
+        };
         caps.global.min(r).min(s)
     }
 }

@@ -122,7 +122,8 @@ impl Plan {
                 Some(r) if !r.backlogged => (r.achieved_bps * HEADROOM).max(DEMAND_FLOOR),
                 _ => f64::INFINITY,
             };
-            if job.bandwidth_cap > 0 {
+            // Once per job, though it has a leaf per agent running its tasks.
+            if job.bandwidth_cap > 0 && !caps.jobs.contains_key(&job.id) {
                 caps.jobs.insert(job.id.clone(), job.bandwidth_cap as Rate);
             }
             let class = if job.class.is_empty() { DEFAULT_CLASS } else { job.class.as_str() };

@@ -249,3 +249,16 @@ async fn watch_expiries(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_lease_outlasts_a_failover_and_a_reattach_in_whole_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(agent_ttl(ms(2000), ms(300), 3, ms(2000)), 5, "2 + 0.9 + 2 s rounds up");
+        assert_eq!(agent_ttl(ms(10_000), ms(5000), 3, ms(2000)), 27);
+        assert_eq!(agent_ttl(ms(0), ms(0), 3, ms(0)), 1, "etcd grants whole seconds, at least one");
+    }
+}
