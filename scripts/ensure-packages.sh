@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that provide missing commands, idempotently.
+# Installs the Debian packages that provide missing commands (or files), idempotently.
 # Usage: bash scripts/ensure-packages.sh COMMAND:PACKAGE...   (e.g. protoc:protobuf-compiler)
+# A COMMAND that is an absolute path is checked as a file or folder that must exist.
 set -euo pipefail
 need=()
 for pair in "$@"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+  what="${pair%%:*}"
+  case "$what" in
+    /*) [ -e "$what" ] || need+=("${pair#*:}") ;;
+    *) command -v "$what" >/dev/null 2>&1 || need+=("${pair#*:}") ;;
+  esac
 done
 ((${#need[@]})) || exit 0
 sudo=""

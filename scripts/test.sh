@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 
 # protoc builds proto/ (the gRPC API); qemu-img reads and writes qcow2/vmdk; xmllint checks OVF
 # descriptors independently; tar lists OVAs; promtool (Debian prometheus) lints /metrics; etcd
-# (Debian etcd-server, 3.4) holds the state of coordinators started with --store etcd://.
-bash scripts/ensure-packages.sh protoc:protobuf-compiler qemu-img:qemu-utils xmllint:libxml2-utils tar:tar promtool:prometheus etcd:etcd-server
+# (Debian etcd-server, 3.4) holds the state of coordinators started with --store etcd://; the
+# vSphere API simulator (govmomi's, Debian golang-github-vmware-govmomi-dev) is built with Go by
+# the test harness from tests/vcsim/main.go.
+bash scripts/ensure-packages.sh protoc:protobuf-compiler qemu-img:qemu-utils xmllint:libxml2-utils tar:tar promtool:prometheus etcd:etcd-server \
+  go:golang-go /usr/share/gocode/src/github.com/vmware/govmomi/simulator:golang-github-vmware-govmomi-dev
 
 # Lints first when the toolchain has them (rustup's default profile does).
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi

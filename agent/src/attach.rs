@@ -2,7 +2,6 @@
 //! then hand every message from the coordinator to a callback until the stream ends.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
@@ -12,7 +11,7 @@ use hyperexport_proto::v1::{AgentMessage, Register, RunningTask, Vm};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::source::inventory;
+use crate::source::{AgentSource, inventory};
 
 /// Messages that may wait on the way to the coordinator (progress and checkpoints of several
 /// tasks between two network round trips).
@@ -42,10 +41,27 @@ pub struct AttachConfig {
     pub replica_addr: String,
 }
 
-/// Lists the VMs under the source folder; entries that are not VMs are logged and left out.
-pub fn inventory_of(source: &Path) -> Result<Vec<Vm>, crate::AgentError> {
+/// Lists the VMs of the source: those under a local folder (entries that are not VMs are logged
+/// and left out), or a vSphere server's. Blocks while vSphere answers.
+pub fn inventory_of(source: &AgentSource) -> Result<Vec<Vm>, crate::AgentError> {
+    let dir = match source {
+        AgentSource::Local(dir) => dir,
+        AgentSource::Vsphere(connection) => {
+            let vms = connection.inventory(&crate::vsphere::inventory::Filter::default())?;
+            return Ok(vms
+                .into_iter()
+                .map(|v| Vm {
+                    name: v.name,
+                    provider: "vsphere".into(),
+                    kind: "vm".into(),
+                    disks: v.disks.len() as u32,
+                    power_state: v.power_state,
+                })
+                .collect());
+        }
+    };
     let mut vms = Vec::new();
-    for (path, summary) in inventory::scan(source)? {
+    for (path, summary) in inventory::scan(dir)? {
         match summary {
             Ok(s) => {
                 vms.push(Vm { name: s.name, provider: "local".into(), kind: s.kind.into(), disks: s.disks, power_state: "unknown".into() })

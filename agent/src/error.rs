@@ -10,6 +10,9 @@ pub enum AgentError {
     /// The repository layer failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// A vSphere server failed or refused.
+    #[error(transparent)]
+    Vsphere(#[from] crate::vsphere::VsphereError),
     /// A source VM or disk could not be used.
     #[error("source {path}: {reason}")]
     Source {

@@ -29,5 +29,6 @@ pub mod source;
 pub mod target;
 pub mod task_progress;
 pub mod verify;
+pub mod vsphere;
 
 pub use error::AgentError;

@@ -16,6 +16,7 @@ mod secrets;
 mod store_cli;
 mod submit_load;
 mod telemetry;
+mod vsphere_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

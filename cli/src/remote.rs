@@ -11,6 +11,7 @@ use hyperexport_agent::actors::agent_root::{AgentRoot, AgentRootConfig};
 use hyperexport_agent::attach::AttachConfig;
 use hyperexport_agent::replication::receiver::Receiver;
 use hyperexport_agent::replication::tls::NodeTls;
+use hyperexport_agent::source::AgentSource;
 use hyperexport_agent::target::TargetAccess;
 use hyperexport_coordinator::server::ServeOptions;
 use hyperexport_coordinator::store::Store;
@@ -128,9 +129,13 @@ pub struct AgentArgs {
     /// Folder for the agent's state (its id); created if missing.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
-    /// Where its VMs are: local:DIR (each VM folder, .ova, .ovf, .vmx or disk image in DIR).
+    /// Where its VMs are: local:DIR (each VM folder, .ova, .ovf, .vmx or disk image in DIR), or
+    /// vsphere://USER@HOST[:PORT][/DATACENTER] (listed; their export is not built yet).
     #[arg(long, value_name = "SOURCE")]
     pub source: String,
+    /// With a vSphere source: the password and how its certificate is trusted.
+    #[command(flatten)]
+    pub vsphere: crate::vsphere_cli::VsphereAccess,
     /// Tasks it runs at once (1-1024).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub capacity: u32,
@@ -155,11 +160,21 @@ pub struct AgentArgs {
     pub replica_root: Option<PathBuf>,
 }
 
-/// `vms`: the inventory across agents.
+/// `vms`: the inventory across agents, or of one vSphere server read directly.
 #[derive(Debug, Args)]
 pub struct VmsArgs {
     #[command(flatten)]
     pub url: CoordinatorUrl,
+    /// Read the inventory from this vSphere server instead of the agents
+    /// (vsphere://USER@HOST[:PORT][/DATACENTER]), with each VM's folder, guest OS, CPUs, memory,
+    /// disks and networks.
+    #[arg(long, value_name = "SOURCE")]
+    pub source: Option<String>,
+    /// With --source: only VMs in this inventory folder or below (`/DC0/vm/web`).
+    #[arg(long, value_name = "PATH", default_value = "", requires = "source")]
+    pub folder: String,
+    #[command(flatten)]
+    pub vsphere: crate::vsphere_cli::VsphereAccess,
     /// Shell-style pattern on the VM name (`*`, `?`).
     #[arg(long, value_name = "GLOB", default_value = "")]
     pub name: String,
@@ -167,7 +182,7 @@ pub struct VmsArgs {
     pub provider: String,
     #[arg(long, default_value = "")]
     pub region: String,
-    /// on, off or unknown.
+    /// on, off, suspended or unknown.
     #[arg(long, default_value = "")]
     pub power_state: String,
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -236,6 +251,14 @@ pub(crate) async fn connect(url: &CoordinatorUrl) -> Result<ExportServiceClient<
 
 /// Lists the VMs of all live agents.
 pub fn vms(a: &VmsArgs) -> Result<ExitCode> {
+    if let Some(source) = &a.source {
+        let filter = hyperexport_agent::vsphere::inventory::Filter {
+            name_glob: a.name.clone(),
+            folder: a.folder.clone(),
+            power_state: a.power_state.clone(),
+        };
+        return crate::vsphere_cli::vms(source, &a.vsphere, filter, a.output);
+    }
     runtime()?.block_on(async {
         let mut client = InventoryServiceClient::new(channel(&a.url).await?);
         let req = ListVmsRequest { name_glob: a.name.clone(), provider: a.provider.clone(), region: a.region.clone(), power_state: a.power_state.clone() };
@@ -281,14 +304,19 @@ fn agent_id(data: &std::path::Path) -> Result<String> {
 
 /// Runs an agent until SIGINT or SIGTERM.
 pub fn agent(a: &AgentArgs) -> Result<ExitCode> {
-    let source = a
-        .source
-        .strip_prefix("local:")
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow!("source {:?} is not local:DIR (the only provider so far)", a.source))?;
-    if !source.is_dir() {
-        anyhow::bail!("source folder {} does not exist", source.display());
-    }
+    let source = if a.source.starts_with("vsphere://") {
+        AgentSource::Vsphere(a.vsphere.connection(&a.source)?)
+    } else {
+        let dir = a
+            .source
+            .strip_prefix("local:")
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow!("source {:?} is neither local:DIR nor vsphere://USER@HOST", a.source))?;
+        if !dir.is_dir() {
+            anyhow::bail!("source folder {} does not exist", dir.display());
+        }
+        AgentSource::Local(dir)
+    };
     let mut labels = std::collections::HashMap::new();
     for l in &a.labels {
         let (k, v) = l.split_once('=').ok_or_else(|| anyhow!("label {l:?} is not KEY=VALUE"))?;

@@ -11,6 +11,7 @@ use hyperexport_proto::v1::agent_service_server::AgentService;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
 use hyperexport_proto::v1::inventory_service_server::InventoryService;
 use hyperexport_proto::v1::{AgentMessage, CoordinatorMessage, ListVmsRequest, ListVmsResponse, Register, Registered, VmLocation};
+use hyperexport_shared::glob::glob_match;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,32 +52,6 @@ fn validate(r: &Register) -> Result<()> {
 pub const MAX_CAPACITY: u32 = 1024;
 /// Most VMs one agent may report.
 pub const MAX_VMS_PER_AGENT: usize = 100_000;
-
-/// Shell-style match: `*` any run, `?` any one character; an empty pattern matches everything.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    if pattern.is_empty() {
-        return true;
-    }
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
 
 /// `AgentService` and `InventoryService`, backed by the scheduler.
 #[derive(Clone)]
@@ -177,19 +152,6 @@ impl InventoryService for AgentApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("", "anything"));
-        assert!(glob_match("web*", "web01"));
-        assert!(glob_match("*01", "web01"));
-        assert!(glob_match("w?b*", "web01"));
-        assert!(glob_match("*", ""));
-        assert!(!glob_match("web?", "web01"));
-        assert!(!glob_match("db*", "web01"));
-        assert!(glob_match("a*b*c", "axxbyyc"));
-        assert!(!glob_match("a*b*c", "axxbyy"));
-    }
 
     #[test]
     fn registrations_are_validated() {

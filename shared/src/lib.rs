@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod dates;
 pub mod direct_io;
 pub mod error;
+pub mod glob;
 pub mod keys;
 pub mod lock;
 pub mod ovf;

@@ -16,6 +16,8 @@ use sha2::{Digest, Sha256};
 
 mod ha;
 pub use ha::*;
+mod vsphere;
+pub use vsphere::*;
 
 /// The password every sandbox repository uses.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -215,7 +217,7 @@ impl Coordinator {
 
 impl Sandbox {
     /// Spawns `hyperexport args...` in the background, its stderr in `<name>.log`.
-    fn spawn_service(&self, name: &str, args: &[String], stdout: Stdio, env: &[(&str, &str)]) -> Service {
+    pub(crate) fn spawn_service(&self, name: &str, args: &[String], stdout: Stdio, env: &[(&str, &str)]) -> Service {
         let log = self.path(&format!("{name}.log"));
         let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("service log");
         let child = Command::new(bin())

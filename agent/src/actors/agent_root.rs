@@ -25,6 +25,7 @@ use crate::attach::{AttachConfig, attach, inventory_of};
 use crate::bandwidth::Limiter;
 use crate::export::TestFaults;
 use crate::replication::tls::NodeTls;
+use crate::source::AgentSource;
 use crate::target::TargetAccess;
 
 /// First wait before reattaching; doubled after each failure up to [`MAX_BACKOFF`].
@@ -41,8 +42,8 @@ pub const BUSY_MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct AgentRootConfig {
     /// Identity, location and coordinator.
     pub attach: AttachConfig,
-    /// Folder of local VMs it serves.
-    pub source: PathBuf,
+    /// Where the VMs it serves are.
+    pub source: AgentSource,
     /// How tasks open their targets.
     pub access: TargetAccess,
     /// Worker threads per task.
@@ -174,7 +175,7 @@ impl AgentRootState {
         let cancel = Arc::new(AtomicBool::new(false));
         let config = JobSupervisorConfig {
             assign: assign.clone(),
-            source_dir: self.config.source.clone(),
+            source: self.config.source.clone(),
             access: self.config.access.clone(),
             threads: self.config.threads,
             faults: self.config.faults,
@@ -287,8 +288,9 @@ impl Actor for AgentRoot {
     type Arguments = AgentRootConfig;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, config: AgentRootConfig) -> Result<Self::State, ActorProcessingErr> {
-        let vms = inventory_of(&config.source)?;
-        tracing::info!(agent = %config.attach.agent_id, vms = vms.len(), source = %config.source.display(), "inventory read");
+        let source = config.source.clone();
+        let vms = tokio::task::spawn_blocking(move || inventory_of(&source)).await??;
+        tracing::info!(agent = %config.attach.agent_id, vms = vms.len(), source = %config.source, "inventory read");
         myself.send_message(AgentRootMsg::Attach)?;
         Ok(AgentRootState {
             config,
@@ -431,7 +433,7 @@ mod tests {
         let access = TargetAccess { secret: Some(Secret::KeyFile(vec![9; 32])), allow_unencrypted: false };
         AgentRootConfig {
             attach,
-            source,
+            source: AgentSource::Local(source),
             access,
             threads: 2,
             faults: TestFaults::default(),

@@ -27,6 +27,7 @@ use crate::export::{DiskResult, ExportOptions, ExportReport, ExportRun, TestFaul
 use crate::progress::Progress;
 use crate::replication::tls::NodeTls;
 use crate::resume::{ResumePlan, plan_resume};
+use crate::source::AgentSource;
 use crate::source::disk::RawDisk;
 use crate::target::{TargetAccess, open_or_create, target_path};
 use crate::task_progress::TaskCounters;
@@ -50,8 +51,8 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 pub struct JobSupervisorConfig {
     /// The coordinator's assignment.
     pub assign: Assign,
-    /// Folder of the agent's local VMs.
-    pub source_dir: std::path::PathBuf,
+    /// Where the agent's VMs are.
+    pub source: AgentSource,
     /// How to open targets.
     pub access: TargetAccess,
     /// Export settings (chunk size and compression are the target's).
@@ -261,7 +262,16 @@ struct Opened {
 /// Opens the source VM and the target, locks the target for the export and plans the resume.
 fn open(config: &JobSupervisorConfig) -> Result<Opened, AgentError> {
     let a = &config.assign;
-    let path = crate::source::inventory::find(&config.source_dir, &a.vm)?;
+    let dir = match &config.source {
+        AgentSource::Local(dir) => dir,
+        AgentSource::Vsphere(_) => {
+            return Err(AgentError::Invalid(format!(
+                "VM {:?} is on vSphere: this agent lists vSphere VMs, but exporting them is not built yet",
+                a.vm
+            )));
+        }
+    };
+    let path = crate::source::inventory::find(dir, &a.vm)?;
     let source = Arc::new(crate::source::open(&path, None)?);
     let repo = Arc::new(open_or_create(&target_path(&a.target)?, &config.access)?);
     let compression = repo.config().compression.parse().map_err(|e: String| AgentError::Invalid(format!("target compression: {e}")))?;

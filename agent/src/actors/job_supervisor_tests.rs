@@ -69,7 +69,7 @@ async fn start(dir: &Path, attempt: u32, resume: Option<TaskCheckpointState>, fa
     };
     let config = JobSupervisorConfig {
         assign,
-        source_dir: dir.join("vms"),
+        source: crate::source::AgentSource::Local(dir.join("vms")),
         access: TargetAccess { secret: Some(secret()), allow_unencrypted: false },
         threads: 2,
         faults,

@@ -19,6 +19,25 @@ use hyperexport_shared::point::VmInfo;
 use crate::error::{AgentError, Result};
 use crate::qemu::{self, ImageFormat};
 
+/// Where an agent's VMs are.
+#[derive(Debug, Clone)]
+pub enum AgentSource {
+    /// A folder of local VMs (`local:DIR`).
+    Local(PathBuf),
+    /// A vSphere server (`vsphere://USER@HOST[:PORT][/DATACENTER]`): its VMs are listed; their
+    /// export is not built yet.
+    Vsphere(crate::vsphere::Connection),
+}
+
+impl std::fmt::Display for AgentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentSource::Local(dir) => write!(f, "local:{}", dir.display()),
+            AgentSource::Vsphere(c) => write!(f, "vsphere://{}@{}:{}/{}", c.url.user, c.url.host, c.url.port, c.url.datacenter),
+        }
+    }
+}
+
 /// One disk of a source VM, readable as a raw image at `raw_path`.
 #[derive(Debug)]
 pub struct SourceDisk {

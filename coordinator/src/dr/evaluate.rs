@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use hyperexport_proto::v1::{Policy, ReplicaStatus};
 
-use crate::agents::glob_match;
 use crate::store::replica_key;
+use hyperexport_shared::glob::glob_match;
 
 /// State names in `ReplicaStatus.state`.
 pub const OK: &str = "ok";

@@ -10,11 +10,11 @@ use hyperexport_proto::v1::{ReplicaStatus, SubmitRequest};
 use tokio::sync::watch;
 
 use super::evaluate::{BREACH, evaluate};
-use crate::agents::glob_match;
 use crate::error::Result;
 use crate::jobs::{self, is_final, now_ms};
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
+use hyperexport_shared::glob::glob_match;
 
 /// The last evaluation, for `DrService.Status`.
 #[derive(Default)]

@@ -1,0 +1,334 @@
+//! A small blocking HTTP/1.1 client for the vSphere endpoints (SOAP at `/sdk`, and later the
+//! datastore `/folder` downloads): one kept-alive connection, plain or TLS (rustls with ring),
+//! the server's certificate checked against a CA, pinned by its SHA-256 thumbprint, or (only
+//! when asked for explicitly) not checked.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use super::VsphereError;
+
+/// How the server's certificate is trusted.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Certificates signed by these CAs (PEM), for the server's host name.
+    Ca(Vec<CertificateDer<'static>>),
+    /// Exactly the certificate with this SHA-256 digest (what vSphere shows as its thumbprint).
+    Thumbprint([u8; 32]),
+    /// Any certificate: only with the explicit insecure flag.
+    Insecure,
+}
+
+/// Parses a SHA-256 thumbprint written as 64 hex digits, with or without `:` between bytes.
+pub fn parse_thumbprint(text: &str) -> Result<[u8; 32], String> {
+    let hex_digits: String = text.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(&hex_digits).map_err(|e| format!("thumbprint {text:?} is not hex: {e}"))?;
+    bytes.try_into().map_err(|b: Vec<u8>| format!("thumbprint {text:?} has {} bytes; a SHA-256 thumbprint has 32", b.len()))
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A connection to one server (`host:port`), opened on first use and again after it closes.
+pub struct HttpClient {
+    addr: String,
+    host: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    conn: Option<BufReader<Box<dyn Stream>>>,
+}
+
+impl HttpClient {
+    /// A client of `host:port`; `trust` is `None` for plain HTTP.
+    pub fn new(host: &str, port: u16, trust: Option<Trust>, timeout: Duration) -> Result<Self, VsphereError> {
+        let addr = format!("{host}:{port}");
+        let tls = trust.map(|t| tls_config(t, &addr)).transpose()?;
+        Ok(HttpClient { addr, host: host.to_string(), tls, timeout, conn: None })
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn connect(&self) -> Result<BufReader<Box<dyn Stream>>, VsphereError> {
+        let unreachable = |e: std::io::Error| VsphereError::Unreachable { addr: self.addr.clone(), detail: e.to_string() };
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address");
+        let mut tcp = None;
+        for a in std::net::ToSocketAddrs::to_socket_addrs(&self.addr).map_err(unreachable)? {
+            match TcpStream::connect_timeout(&a, self.timeout) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let tcp = tcp.ok_or_else(|| unreachable(last))?;
+        tcp.set_read_timeout(Some(self.timeout)).map_err(unreachable)?;
+        tcp.set_write_timeout(Some(self.timeout)).map_err(unreachable)?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| VsphereError::Tls { addr: self.addr.clone(), detail: format!("server name {:?}: {e}", self.host) })?;
+                let conn = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(|e| VsphereError::Tls { addr: self.addr.clone(), detail: e.to_string() })?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
+        Ok(BufReader::new(stream))
+    }
+
+    /// Sends a request and reads the answer; a kept-alive connection the server closed
+    /// meanwhile is opened again once.
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, VsphereError> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.addr, body.len());
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let reused = self.conn.is_some();
+        match self.exchange(head.as_bytes(), body) {
+            Err(VsphereError::Unreachable { .. }) if reused => self.exchange(head.as_bytes(), body),
+            other => other,
+        }
+    }
+
+    fn exchange(&mut self, head: &[u8], body: &[u8]) -> Result<Response, VsphereError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect()?);
+        }
+        let addr = self.addr.clone();
+        let conn = self.conn.as_mut().expect("just connected");
+        let result = (|| {
+            conn.get_mut().write_all(head)?;
+            conn.get_mut().write_all(body)?;
+            conn.get_mut().flush()?;
+            read_response(conn)
+        })();
+        match result {
+            Ok((response, keep)) => {
+                if !keep {
+                    self.conn = None;
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(match e.kind() {
+                    std::io::ErrorKind::InvalidData if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+                        VsphereError::Tls { addr, detail: e.to_string() }
+                    }
+                    _ => VsphereError::Unreachable { addr, detail: e.to_string() },
+                })
+            }
+        }
+    }
+}
+
+fn bad(what: impl Into<String>) -> std::io::Error {
+    std::io::Error::other(what.into())
+}
+
+/// Reads a response; whether the connection stays open.
+fn read_response(conn: &mut impl BufRead) -> std::io::Result<(Response, bool)> {
+    let mut line = String::new();
+    conn.read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+    }
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        conn.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (name, value) = l.split_once(':').ok_or_else(|| bad(format!("bad header line {l:?}")))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let find = |n: &str| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.clone());
+    let keep = !find("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+    let body = if find("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        read_chunked(conn)?
+    } else if let Some(len) = find("content-length") {
+        let len: usize = len.parse().map_err(|_| bad(format!("bad content-length {len:?}")))?;
+        let mut body = vec![0; len];
+        conn.read_exact(&mut body)?;
+        body
+    } else {
+        let mut body = Vec::new();
+        conn.read_to_end(&mut body)?;
+        return Ok((Response { status, headers, body }, false));
+    };
+    Ok((Response { status, headers, body }, keep))
+}
+
+fn read_chunked(conn: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        conn.read_line(&mut line)?;
+        let size = line.trim().split(';').next().unwrap_or("");
+        let size = usize::from_str_radix(size, 16).map_err(|_| bad(format!("bad chunk size {line:?}")))?;
+        if size == 0 {
+            // Trailers, then the blank line.
+            loop {
+                line.clear();
+                conn.read_line(&mut line)?;
+                if line.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        conn.read_exact(&mut body[start..])?;
+        line.clear();
+        conn.read_line(&mut line)?;
+    }
+}
+
+fn tls_config(trust: Trust, addr: &str) -> Result<Arc<rustls::ClientConfig>, VsphereError> {
+    let tls_error = |e: rustls::Error| VsphereError::Tls { addr: addr.to_string(), detail: e.to_string() };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions().map_err(tls_error)?;
+    let config = match trust {
+        Trust::Ca(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs {
+                roots.add(cert).map_err(tls_error)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Thumbprint(digest) => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(Pinned { digest: Some(digest), provider })).with_no_client_auth()
+        }
+        Trust::Insecure => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(Pinned { digest: None, provider })).with_no_client_auth()
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts the certificate whose SHA-256 is `digest` (any, with `None`); signatures are still
+/// checked, so the peer holds the certificate's key.
+#[derive(Debug)]
+struct Pinned {
+    digest: Option<[u8; 32]>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.digest {
+            Some(want) => {
+                let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+                if got != want {
+                    return Err(rustls::Error::General(format!(
+                        "the server's certificate has thumbprint {}, not the pinned {}",
+                        hex::encode(got),
+                        hex::encode(want)
+                    )));
+                }
+                Ok(ServerCertVerified::assertion())
+            }
+            None => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_and_sized_bodies_are_read_whole() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n";
+        let (r, keep) = read_response(&mut &raw[..]).unwrap();
+        assert_eq!((r.status, r.body.as_slice(), keep), (200, &b"hello world"[..], true));
+        let raw = b"HTTP/1.1 500 Internal\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
+        let (r, keep) = read_response(&mut &raw[..]).unwrap();
+        assert_eq!((r.status, r.body.as_slice(), keep), (500, &b"abc"[..], false));
+    }
+
+    #[test]
+    fn a_broken_answer_is_an_error_not_a_panic() {
+        for raw in [
+            &b""[..],
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            assert!(read_response(&mut &raw[..]).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn thumbprints_are_read_with_or_without_colons() {
+        let hex64 = "ab".repeat(32);
+        assert_eq!(parse_thumbprint(&hex64).unwrap(), [0xab; 32]);
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_thumbprint(&colons).unwrap(), [0xab; 32]);
+        assert!(parse_thumbprint("abcd").unwrap_err().contains("32"));
+        assert!(parse_thumbprint("zz").is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! The harness's part for vSphere: govmomi's API simulator (vcsim), built with Go from
+//! `tests/vcsim/main.go` against Debian's golang-github-vmware-govmomi-dev (scripts/test.sh
+//! installs both), served over TLS on a loopback port with a certificate of its own CA.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::{Coordinator, Sandbox, Service, args, wait_until};
+
+/// A running simulator.
+pub struct Vcsim {
+    _service: Service,
+    /// `HOST:PORT` of its API (`/sdk`) over HTTPS.
+    pub addr: String,
+    /// SHA-256 of its certificate, hex.
+    pub thumbprint: String,
+    /// PEM file of the CA that signed its certificate.
+    pub ca: PathBuf,
+    /// How many VMs its model has, as the simulator itself counts them.
+    pub vms: usize,
+    /// The file holding the password it accepts (user `user`).
+    pub password_file: PathBuf,
+}
+
+impl Vcsim {
+    /// `vsphere://user@ADDR` plus `path` (e.g. `/DC0`).
+    pub fn source(&self, path: &str) -> String {
+        format!("vsphere://user@{}{path}", self.addr)
+    }
+
+    /// The options that log in with the right password and trust the simulator's CA.
+    pub fn access(&self) -> Vec<String> {
+        args(&["--vsphere-password-file", &self.password_file.display().to_string(), "--vsphere-ca", &self.ca.display().to_string()])
+    }
+}
+
+/// The simulator's binary, built once per test process (Go caches the build across processes).
+fn vcsim_binary() -> PathBuf {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf();
+    let out = root.join("target/vcsim");
+    fs::create_dir_all(&out).expect("target/vcsim");
+    let binary = out.join("vcsim");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(root.join("tests/vcsim/main.go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", out.join("cache"))
+        .status()
+        .expect("go runs (Debian golang-go and golang-github-vmware-govmomi-dev; scripts/test.sh installs them)");
+    assert!(status.success(), "building the vSphere simulator failed");
+    *built = Some(binary.clone());
+    binary
+}
+
+impl Sandbox {
+    /// Starts the simulator with its default VPX model over TLS, accepting user `user` with
+    /// `password`; waits until it serves.
+    pub fn start_vcsim(&self, name: &str, password: &str) -> Vcsim {
+        let password_file = self.path(&format!("{name}-password"));
+        fs::write(&password_file, format!("{password}\n")).expect("vcsim password file");
+        let stdout = self.path(&format!("{name}.out"));
+        let log = self.path(&format!("{name}.log"));
+        let child = Command::new(vcsim_binary())
+            .args(["-tls", "-password-file"])
+            .arg(&password_file)
+            .arg("-ca-out")
+            .arg(self.path(&format!("{name}-ca.pem")))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).expect("vcsim stdout"))
+            .stderr(fs::File::create(&log).expect("vcsim log"))
+            .spawn()
+            .expect("the simulator starts");
+        let service = Service { child, log };
+        let said = |key: &str| {
+            fs::read_to_string(&stdout).unwrap_or_default().lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        };
+        wait_until(Duration::from_secs(30), "the vSphere simulator to serve", || said("listening on ").is_some());
+        Vcsim {
+            _service: service,
+            addr: said("listening on ").expect("address"),
+            thumbprint: said("thumbprint ").expect("thumbprint"),
+            ca: PathBuf::from(said("ca ").expect("CA file")),
+            vms: said("vms ").and_then(|n| n.parse().ok()).expect("VM count"),
+            password_file,
+        }
+    }
+
+    /// Starts `hyperexport agent` for `region` serving the simulator's VMs (of `path`, e.g.
+    /// `/DC0`), its state in `data`.
+    pub fn start_vsphere_agent(&self, coordinator: &Coordinator, region: &str, vcsim: &Vcsim, path: &str, data: &str) -> Service {
+        let mut a = args(&["agent", "--coordinator", &coordinator.addr, "--region", region]);
+        a.extend(["--data".into(), self.path(data).display().to_string(), "--source".into(), vcsim.source(path)]);
+        a.extend(vcsim.access());
+        a.extend(["--password-file".into(), self.path("password").display().to_string()]);
+        self.spawn_service(data, &a, Stdio::null(), &[])
+    }
+}

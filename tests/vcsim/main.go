@@ -1,0 +1,132 @@
+// vcsim for the tests: govmomi's vSphere API simulator (Debian golang-github-vmware-govmomi-dev)
+// with its default VPX model (one datacenter, hosts, datastores and VMs), served on loopback.
+// Prints "vms N" (the model's VM count), then "listening on HOST:PORT" once it serves (with -tls,
+// first "thumbprint HEX" of its certificate and "ca FILE", the CA that signed it), and runs until
+// SIGTERM or SIGINT.
+//
+// Build: GO111MODULE=off GOPATH=/usr/share/gocode go build -o vcsim tests/vcsim/main.go
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "address to serve on")
+	user := flag.String("user", "user", "the only user name accepted")
+	passwordFile := flag.String("password-file", "", "file holding the only password accepted (default: pass)")
+	useTLS := flag.Bool("tls", false, "serve HTTPS with a certificate of a CA of its own")
+	caOut := flag.String("ca-out", "vcsim-ca.pem", "with -tls: where to write the CA certificate")
+	flag.Parse()
+
+	password := "pass"
+	if *passwordFile != "" {
+		b, err := os.ReadFile(*passwordFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vcsim:", err)
+			os.Exit(1)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+
+	model := simulator.VPX()
+	if err := model.Create(); err != nil {
+		fmt.Fprintln(os.Stderr, "vcsim: creating the model:", err)
+		os.Exit(1)
+	}
+	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, password)}
+	if *useTLS {
+		// Its own certificate: the one httptest falls back to has a 1024-bit RSA key, which
+		// rustls (ring) rightly refuses.
+		cert, err := selfSigned()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vcsim: making a certificate:", err)
+			os.Exit(1)
+		}
+		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	fmt.Printf("vms %d\n", model.Count().Machine)
+	server := model.Service.NewServer()
+	if *useTLS {
+		// What a client pins or trusts: the certificate's SHA-256, and the certificate itself.
+		sum := sha256.Sum256(server.Certificate().Raw)
+		fmt.Printf("thumbprint %s\n", hex.EncodeToString(sum[:]))
+		if err := os.WriteFile(*caOut, caPEM, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "vcsim: writing the CA certificate:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("ca %s\n", *caOut)
+	}
+	fmt.Printf("listening on %s\n", server.URL.Host)
+
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, os.Interrupt)
+	<-signals
+	server.Close()
+	model.Remove()
+}
+
+// selfSigned makes a CA and an ECDSA P-256 server certificate it signs, for 127.0.0.1 and
+// localhost, valid for a day; returns the server's certificate chain and key.
+func selfSigned() (tls.Certificate, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	ca := x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "vcsim CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, &ca, &ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	leaf := x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "vcsim"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost"},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, &leaf, &ca, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	return tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: key}, nil
+}
+
+// caPEM is the CA that signed the server's certificate, once made.
+var caPEM []byte
