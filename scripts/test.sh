@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # vSphere API simulator (govmomi's, Debian golang-github-vmware-govmomi-dev) is built with Go by
 # the test harness from tests/vcsim/main.go.
 bash scripts/ensure-packages.sh protoc:protobuf-compiler qemu-img:qemu-utils xmllint:libxml2-utils tar:tar promtool:prometheus etcd:etcd-server \
-  go:golang-go /usr/share/gocode/src/github.com/vmware/govmomi/simulator:golang-github-vmware-govmomi-dev
+  go:golang-go /usr/share/gocode/src/github.com/vmware/govmomi/simulator:golang-github-vmware-govmomi-dev curl:curl
 
 # Lints first when the toolchain has them (rustup's default profile does).
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi

@@ -235,7 +235,7 @@ impl ExportRun {
     pub fn disk(&self, index: usize, progress: &dyn Progress, control: &DiskControl) -> Result<DiskResult> {
         let disk =
             self.source.disks.get(index).ok_or_else(|| AgentError::Invalid(format!("VM {:?} has no disk {index}", self.source.name)))?;
-        let raw = RawDisk::open(&disk.raw_path)?;
+        let raw = RawDisk::of(disk)?;
         let ctx = DiskContext { run: self, progress, cancel: control.cancel };
         export_disk(&ctx, &disk.name, &raw, control)
     }

@@ -109,6 +109,10 @@ enum Command {
     /// Bandwidth budgets: caps per cluster, region and site, QoS classes, timetables.
     #[command(subcommand)]
     Bandwidth(bandwidth_cli::BandwidthCommand),
+    /// A vSphere VM's snapshots: list as a tree, create, revert, remove, and clean up those
+    /// exports left behind.
+    #[command(subcommand)]
+    Snapshots(vsphere_cli::SnapshotsCommand),
     /// Build a sample VM, export it twice with a change between, verify, restore, and print a summary.
     Demo(demo::DemoArgs),
     /// Tools for benchmarks and tests: make and mutate sample images.
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
         Command::Replicate(a) => replication_cli::replicate(a),
         Command::Dr(c) => replication_cli::dr(c),
         Command::Bandwidth(c) => bandwidth_cli::run(c),
+        Command::Snapshots(c) => vsphere_cli::snapshots(c),
         Command::Store(c) => store_cli::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Dev(c) => sample::run(c),

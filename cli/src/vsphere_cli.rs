@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use hyperexport_agent::vsphere::http::{Trust, parse_thumbprint};
 use hyperexport_agent::vsphere::inventory::{Filter, VsphereVm};
-use hyperexport_agent::vsphere::{Connection, VsphereUrl};
+use hyperexport_agent::vsphere::{Connection, VsphereError, VsphereUrl};
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
@@ -107,4 +107,150 @@ pub fn vms(source: &str, access: &VsphereAccess, filter: Filter, output: Output)
 fn vm_json(vm: &VsphereVm) -> serde_json::Value {
     json!({"name": vm.name, "provider": "vsphere", "id": vm.id, "folder": vm.folder, "power_state": vm.power_state,
         "guest_os": vm.guest_os, "cpus": vm.cpus, "memory_mb": vm.memory_mb, "disks": vm.disks, "networks": vm.networks})
+}
+
+/// A VM of a vSphere server.
+#[derive(Debug, Args)]
+pub struct VmOn {
+    /// The server: vsphere://USER@HOST[:PORT].
+    #[arg(long, value_name = "SOURCE")]
+    pub source: String,
+    /// The VM's name.
+    #[arg(long)]
+    pub vm: String,
+    #[command(flatten)]
+    pub access: VsphereAccess,
+}
+
+/// `snapshots`: a vSphere VM's snapshots.
+#[derive(Debug, clap::Subcommand)]
+pub enum SnapshotsCommand {
+    /// The VM's snapshots as a tree.
+    List {
+        #[command(flatten)]
+        on: VmOn,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Take a snapshot.
+    Create {
+        #[command(flatten)]
+        on: VmOn,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Include the VM's memory.
+        #[arg(long)]
+        memory: bool,
+        /// Quiesce the guest's file systems first (needs VMware Tools).
+        #[arg(long)]
+        quiesce: bool,
+    },
+    /// Put the VM back in the state of a snapshot.
+    Revert {
+        #[command(flatten)]
+        on: VmOn,
+        #[arg(long)]
+        name: String,
+    },
+    /// Remove a snapshot (its children stay).
+    Remove {
+        #[command(flatten)]
+        on: VmOn,
+        #[arg(long)]
+        name: String,
+    },
+    /// Remove the snapshots exports left behind (named hyperexport-...), of one VM or of all;
+    /// run it while no export of those VMs runs.
+    Cleanup {
+        #[arg(long, value_name = "SOURCE")]
+        source: String,
+        /// Only this VM.
+        #[arg(long)]
+        vm: Option<String>,
+        #[command(flatten)]
+        access: VsphereAccess,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// Runs a `snapshots` command.
+pub fn snapshots(command: SnapshotsCommand) -> Result<ExitCode> {
+    use hyperexport_agent::vsphere::{inventory, snapshot};
+    let open = |on: &VmOn| -> Result<_> {
+        let mut session = on.access.connection(&on.source)?.session()?;
+        let vm = inventory::find(&mut session, &on.vm)?;
+        Ok((session, vm))
+    };
+    match command {
+        SnapshotsCommand::List { on, output } => {
+            let (mut session, vm) = open(&on)?;
+            let tree = snapshot::tree(&mut session, &vm.moref())?;
+            session.logout();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&tree)?),
+                Output::Text => print_tree(&tree, 0),
+            }
+        }
+        SnapshotsCommand::Create { on, name, description, memory, quiesce } => {
+            let (mut session, vm) = open(&on)?;
+            let made = snapshot::create(&mut session, &vm.moref(), &name, &description, memory, quiesce)?;
+            session.logout();
+            println!("snapshot {name} ({}) of {}", made.id, vm.name);
+        }
+        SnapshotsCommand::Revert { on, name } => {
+            let (session, vm) = open(&on)?;
+            on_named(session, &vm, &name, snapshot::revert)?;
+            println!("{} reverted to snapshot {name}", vm.name);
+        }
+        SnapshotsCommand::Remove { on, name } => {
+            let (session, vm) = open(&on)?;
+            on_named(session, &vm, &name, snapshot::remove)?;
+            println!("snapshot {name} of {} removed", vm.name);
+        }
+        SnapshotsCommand::Cleanup { source, vm, access, output } => {
+            let mut session = access.connection(&source)?.session()?;
+            let vms = match &vm {
+                Some(name) => vec![inventory::find(&mut session, name)?],
+                None => inventory::list(&mut session, &Filter::default())?,
+            };
+            let mut removed = Vec::new();
+            for v in &vms {
+                let tree = snapshot::tree(&mut session, &v.moref())?;
+                for s in snapshot::flatten(&tree).into_iter().filter(|s| s.name.starts_with(snapshot::EXPORT_PREFIX)) {
+                    snapshot::remove(&mut session, &s.moref())?;
+                    removed.push(json!({"vm": v.name, "snapshot": s.name}));
+                }
+            }
+            session.logout();
+            match output {
+                Output::Json => println!("{}", serde_json::Value::Array(removed)),
+                Output::Text => println!("{} leftover export snapshots removed", removed.len()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `act` on `vm`'s one snapshot named `name`, then logs out.
+fn on_named(
+    mut session: hyperexport_agent::vsphere::soap::Session,
+    vm: &VsphereVm,
+    name: &str,
+    act: fn(&mut hyperexport_agent::vsphere::soap::Session, &hyperexport_agent::vsphere::soap::MoRef) -> Result<(), VsphereError>,
+) -> Result<()> {
+    use hyperexport_agent::vsphere::snapshot;
+    let tree = snapshot::tree(&mut session, &vm.moref())?;
+    act(&mut session, &snapshot::named(&tree, &vm.name, name)?.moref())?;
+    session.logout();
+    Ok(())
+}
+
+fn print_tree(nodes: &[hyperexport_agent::vsphere::snapshot::SnapshotNode], depth: usize) {
+    for n in nodes {
+        println!("{:indent$}{}  ({}, {})", "", n.name, n.id, n.created, indent = depth * 2);
+        print_tree(&n.children, depth + 1);
+    }
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use crate::{Coordinator, Sandbox, Service, args, wait_until};
 
-/// A running simulator.
+/// A running simulator (stopped with SIGTERM when dropped, so that it removes its datastores).
 pub struct Vcsim {
-    _service: Service,
+    service: Option<Service>,
+    log: PathBuf,
     /// `HOST:PORT` of its API (`/sdk`) over HTTPS.
     pub addr: String,
     /// SHA-256 of its certificate, hex.
@@ -23,12 +24,54 @@ pub struct Vcsim {
     pub vms: usize,
     /// The file holding the password it accepts (user `user`).
     pub password_file: PathBuf,
+    /// Each datastore's folder on this host, by name.
+    pub datastores: Vec<(String, PathBuf)>,
+}
+
+impl Drop for Vcsim {
+    fn drop(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.terminate();
+        }
+    }
 }
 
 impl Vcsim {
     /// `vsphere://user@ADDR` plus `path` (e.g. `/DC0`).
     pub fn source(&self, path: &str) -> String {
         format!("vsphere://user@{}{path}", self.addr)
+    }
+
+    /// Writes `data` as the datastore file `path` (`DC0_H0_VM0/disk1.vmdk` of `LocalDS_0`) with
+    /// an HTTP PUT to `/folder`, as one uploads to a real datastore (with curl).
+    pub fn upload(&self, path: &str, data: &[u8]) {
+        let file = self.log.with_extension("upload");
+        fs::write(&file, data).expect("upload file");
+        let url = format!("https://{}/folder/{path}?dcPath=DC0&dsName=LocalDS_0", self.addr);
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "--cacert"])
+            .arg(&self.ca)
+            .args(["-u", "user:pass", "-X", "PUT", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(&url)
+            .output()
+            .expect("curl runs (scripts/test.sh installs it)");
+        assert!(out.status.success(), "PUT {url}: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = fs::remove_file(file);
+    }
+
+    /// The requests the simulator received so far: method, path and Range header.
+    pub fn requests(&self) -> Vec<(String, String, String)> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("request "))
+            .map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                let mut next = || parts.next().unwrap_or("").to_string();
+                (next(), next(), next())
+            })
+            .collect()
     }
 
     /// The options that log in with the right password and trust the simulator's CA.
@@ -75,18 +118,28 @@ impl Sandbox {
             .arg(&password_file)
             .arg("-ca-out")
             .arg(self.path(&format!("{name}-ca.pem")))
+            // Its datastores' folders go under the sandbox.
+            .env("TMPDIR", self.path(""))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).expect("vcsim stdout"))
             .stderr(fs::File::create(&log).expect("vcsim log"))
             .spawn()
             .expect("the simulator starts");
-        let service = Service { child, log };
+        let service = Service { child, log: log.clone() };
         let said = |key: &str| {
             fs::read_to_string(&stdout).unwrap_or_default().lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
         };
         wait_until(Duration::from_secs(30), "the vSphere simulator to serve", || said("listening on ").is_some());
+        let datastores = fs::read_to_string(&stdout)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("datastore "))
+            .filter_map(|l| l.split_once(' ').map(|(n, d)| (n.to_string(), PathBuf::from(d))))
+            .collect();
         Vcsim {
-            _service: service,
+            service: Some(service),
+            log,
+            datastores,
             addr: said("listening on ").expect("address"),
             thumbprint: said("thumbprint ").expect("thumbprint"),
             ca: PathBuf::from(said("ca ").expect("CA file")),
@@ -97,11 +150,19 @@ impl Sandbox {
 
     /// Starts `hyperexport agent` for `region` serving the simulator's VMs (of `path`, e.g.
     /// `/DC0`), its state in `data`.
-    pub fn start_vsphere_agent(&self, coordinator: &Coordinator, region: &str, vcsim: &Vcsim, path: &str, data: &str) -> Service {
+    pub fn start_vsphere_agent(
+        &self,
+        coordinator: &Coordinator,
+        region: &str,
+        vcsim: &Vcsim,
+        path: &str,
+        data: &str,
+        env: &[(&str, &str)],
+    ) -> Service {
         let mut a = args(&["agent", "--coordinator", &coordinator.addr, "--region", region]);
         a.extend(["--data".into(), self.path(data).display().to_string(), "--source".into(), vcsim.source(path)]);
         a.extend(vcsim.access());
         a.extend(["--password-file".into(), self.path("password").display().to_string()]);
-        self.spawn_service(data, &a, Stdio::null(), &[])
+        self.spawn_service(data, &a, Stdio::null(), env)
     }
 }

@@ -101,10 +101,10 @@ fn bad_logins_and_unreachable_servers_are_clear_errors_and_the_password_is_never
     failing(&vc.source(""), &[], "no vSphere password");
     assert!(!outputs.contains(VC_PASSWORD) && !outputs.contains("not-the-password"), "a password was printed:\n{outputs}");
 
-    // An agent serving the simulator: its VMs reach the coordinator's inventory; exporting one
-    // fails clearly (not built yet); no log holds the password.
+    // An agent serving the simulator: its VMs reach the coordinator's inventory; a VM whose
+    // disk file is gone fails clearly and leaves no snapshot; no log holds the password.
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300"]);
-    let _agent = sb.start_vsphere_agent(&c, "eu", &vc, "/DC0", "agent");
+    let _agent = sb.start_vsphere_agent(&c, "eu", &vc, "/DC0", "agent", &[]);
     let mut listed = Vec::new();
     wait_until(Duration::from_secs(30), "the simulator's VMs in the coordinator's inventory", || {
         let out = sb.run(&c.cmd(&["vms", "--provider", "vsphere", "--output", "json"]));
@@ -112,14 +112,177 @@ fn bad_logins_and_unreachable_servers_are_clear_errors_and_the_password_is_never
         listed.len() == vc.vms
     });
     assert!(listed.iter().all(|v| v["provider"] == "vsphere" && v["power_state"] == "on" && v["disks"].as_u64() >= Some(1)), "{listed:?}");
-    let vm = listed[0]["name"].as_str().unwrap().to_string();
+    let ds = &vc.datastores.iter().find(|(n, _)| n == "LocalDS_0").expect("LocalDS_0").1;
+    std::fs::remove_file(ds.join("DC0_H0_VM1/disk1.vmdk")).expect("the simulator keeps DC0_H0_VM1's disk there");
     let target = format!("file://{}", sb.path("repo").display());
-    let job = sb.ok(&c.cmd(&["export", "--vm", &vm, "--to", &target])).stdout.trim().to_string();
-    let watched = sb.run(&c.cmd(&["watch", &job, "--output", "json"]));
-    assert_ne!(watched.code, Some(0), "the export of a vSphere VM does not succeed yet");
-    assert!(sb.job(&c, &job).to_string().contains("not built yet"), "{}", sb.job(&c, &job));
+    let job = sb.ok(&c.cmd(&["export", "--vm", "DC0_H0_VM1", "--to", &target])).stdout.trim().to_string();
+    assert_ne!(sb.run(&c.cmd(&["watch", &job])).code, Some(0), "the export of a VM without its disk file fails");
+    let failed = sb.job(&c, &job).to_string();
+    assert!(failed.contains("DC0_H0_VM1/disk1.vmdk is not on the datastore"), "{failed}");
+    wait_until(Duration::from_secs(10), "the failed export's snapshot to go", || snapshot_names(&sb, &vc, "DC0_H0_VM1").is_empty());
+    sb.run(&c.cmd(&["export", "--vm", "no-such-vm", "--to", &target])).assert_clean_failure("no-such-vm");
     drop(c);
     let logs: String =
         ["coord.log", "agent.log", "vc.log"].iter().map(|f| std::fs::read_to_string(sb.path(f)).unwrap_or_default()).collect();
     assert!(!logs.contains(VC_PASSWORD), "a log holds the vSphere password");
+}
+
+/// The names of `vm`'s snapshots, depth first.
+fn snapshot_names(sb: &Sandbox, vc: &Vcsim, vm: &str) -> Vec<String> {
+    let mut a = args(&["snapshots", "list", "--source", &vc.source(""), "--vm", vm, "--output", "json"]);
+    a.extend(vc.access());
+    fn walk(nodes: &Value, out: &mut Vec<String>) {
+        for n in nodes.as_array().into_iter().flatten() {
+            out.push(n["name"].as_str().unwrap_or("").to_string());
+            walk(&n["children"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::from_str(&sb.ok(&a).stdout).unwrap(), &mut out);
+    out
+}
+
+fn snapshots(sb: &Sandbox, vc: &Vcsim, command: &str, vm: &str, name: &str) -> Run {
+    let mut a = args(&["snapshots", command, "--source", &vc.source(""), "--vm", vm, "--name", name]);
+    a.extend(vc.access());
+    sb.run(&a)
+}
+
+#[test]
+fn snapshot_trees_round_trip_and_cleanup_removes_only_what_exports_left() {
+    let sb = Sandbox::new();
+    let vc = sb.start_vcsim("vc", VC_PASSWORD);
+    let vm = "DC0_H0_VM0";
+    assert_eq!(snapshots(&sb, &vc, "create", vm, "base").code, Some(0));
+    assert_eq!(snapshots(&sb, &vc, "create", vm, "later").code, Some(0));
+    let mut a = args(&["snapshots", "list", "--source", &vc.source(""), "--vm", vm, "--output", "json"]);
+    a.extend(vc.access());
+    let tree: Value = serde_json::from_str(&sb.ok(&a).stdout).unwrap();
+    assert_eq!(tree[0]["name"], "base");
+    assert_eq!(tree[0]["children"][0]["name"], "later", "a snapshot taken after another is its child: {tree}");
+    assert_eq!(snapshots(&sb, &vc, "revert", vm, "base").code, Some(0));
+    assert_eq!(snapshots(&sb, &vc, "remove", vm, "later").code, Some(0));
+    assert_eq!(snapshot_names(&sb, &vc, vm), ["base"]);
+    snapshots(&sb, &vc, "remove", vm, "later").assert_clean_failure("has no snapshot named \"later\"");
+    snapshots(&sb, &vc, "create", "no-such-vm", "x").assert_clean_failure("no VM named \"no-such-vm\"");
+
+    // What an interrupted export leaves: cleanup removes it, and nothing of the user's.
+    assert_eq!(snapshots(&sb, &vc, "create", vm, "hyperexport-orphan").code, Some(0));
+    assert_eq!(snapshots(&sb, &vc, "create", "DC0_H0_VM1", "hyperexport-orphan-2").code, Some(0));
+    let mut cleanup = args(&["snapshots", "cleanup", "--source", &vc.source(""), "--output", "json"]);
+    cleanup.extend(vc.access());
+    let removed: Value = serde_json::from_str(&sb.ok(&cleanup).stdout).unwrap();
+    assert_eq!(removed.as_array().unwrap().len(), 2, "{removed}");
+    assert_eq!(snapshot_names(&sb, &vc, vm), ["base"]);
+    assert!(snapshot_names(&sb, &vc, "DC0_H0_VM1").is_empty());
+}
+
+const MIB: usize = 1 << 20;
+
+/// Starts a coordinator and `agents` agents serving the simulator's DC0, each with `env`.
+fn cluster(sb: &Sandbox, vc: &Vcsim, agents: &[(&str, &[(&str, &str)])]) -> (Coordinator, Vec<Service>) {
+    let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300"]);
+    let started = agents.iter().map(|(data, env)| sb.start_vsphere_agent(&c, "eu", vc, "/DC0", data, env)).collect();
+    (c, started)
+}
+
+#[test]
+fn exporting_a_powered_on_vm_snapshots_it_restores_bit_identical_and_removes_the_snapshot() {
+    let sb = Sandbox::new();
+    let vc = sb.start_vcsim("vc", VC_PASSWORD);
+    let disk = random_bytes(12 * MIB + 12345, 21);
+    vc.upload("DC0_H0_VM0/disk1.vmdk", &disk);
+    // Slow enough to see the snapshot while the export runs.
+    let slow: &[(&str, &str)] = &[("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "400")];
+    let (c, _agents) = cluster(&sb, &vc, &[("agent", slow)]);
+    wait_until(Duration::from_secs(30), "the agent's inventory", || sb.run(&c.cmd(&["vms"])).stdout.contains("DC0_H0_VM0"));
+    let target = format!("file://{}", sb.path("repo").display());
+    let job = sb.ok(&c.cmd(&["export", "--vm", "DC0_H0_VM0", "--to", &target])).stdout.trim().to_string();
+    let task = sb.job(&c, &job)["tasks"][0]["id"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "the export's snapshot", || {
+        snapshot_names(&sb, &vc, "DC0_H0_VM0") == [format!("hyperexport-{task}")]
+    });
+    sb.ok(&c.cmd(&["watch", &job]));
+    wait_until(Duration::from_secs(10), "the export's snapshot to go", || snapshot_names(&sb, &vc, "DC0_H0_VM0").is_empty());
+    let point = sb.job(&c, &job)["tasks"][0]["point"].as_str().unwrap().to_string();
+    let mut restore = args(&["restore", &point, "--to", &sb.path("out").display().to_string()]);
+    restore.extend(sb.repo_args("repo"));
+    sb.ok(&restore);
+    assert!(std::fs::read(sb.path("out")).unwrap() == disk, "the restored disk equals the uploaded content");
+    // Read through the datastore interface by ranges.
+    assert!(vc.requests().iter().any(|(m, p, r)| m == "GET" && p.ends_with("/DC0_H0_VM0/disk1.vmdk") && r.starts_with("bytes=")));
+}
+
+#[test]
+fn a_killed_agent_s_export_resumes_elsewhere_from_the_same_snapshot_with_range_reads() {
+    let sb = Sandbox::new();
+    let vc = sb.start_vcsim("vc", VC_PASSWORD);
+    let size = 32 * MIB;
+    let disk = random_bytes(size, 22);
+    vc.upload("DC0_H0_VM0/disk1.vmdk", &disk);
+    // The first agent stalls after 3 of the disk's 8 chunks.
+    let stall: &[(&str, &str)] = &[("HYPEREXPORT_TEST_STALL_AFTER_CHUNKS", "3")];
+    let (c, mut agents) = cluster(&sb, &vc, &[("first", stall)]);
+    wait_until(Duration::from_secs(30), "the agent's inventory", || sb.run(&c.cmd(&["vms"])).stdout.contains("DC0_H0_VM0"));
+    let target = format!("file://{}", sb.path("repo").display());
+    let job = sb.ok(&c.cmd(&["export", "--vm", "DC0_H0_VM0", "--to", &target])).stdout.trim().to_string();
+    let mut checkpoint = 0;
+    wait_until(Duration::from_secs(60), "a checkpoint", || {
+        checkpoint = sb.job(&c, &job)["tasks"][0]["checkpoint_bytes"].as_u64().unwrap_or(0);
+        checkpoint > 0
+    });
+    agents.push(sb.start_vsphere_agent(&c, "eu", &vc, "/DC0", "second", &[]));
+    let second = {
+        let mut id = String::new();
+        wait_until(Duration::from_secs(30), "the second agent", || {
+            id = sb.agent_id("second");
+            !id.is_empty()
+        });
+        id
+    };
+    let before = vc.requests().len();
+    agents.remove(0).kill();
+    wait_until(Duration::from_secs(30), "the task on the second agent", || sb.job(&c, &job)["tasks"][0]["agent"] == second.as_str());
+    sb.ok(&c.cmd(&["watch", &job]));
+    let t = sb.job(&c, &job)["tasks"][0].clone();
+    assert_eq!(t["attempt"], 2);
+    // The second attempt read the disk from the checkpoint on, by ranges: no data read before it.
+    let chunk = 4 * MIB as u64;
+    let reads: Vec<u64> = vc.requests()[before..]
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && p.ends_with("/DC0_H0_VM0/disk1.vmdk"))
+        .filter_map(|(_, _, r)| r.strip_prefix("bytes=")?.split_once('-').map(|(a, b)| (a.parse().ok(), b.parse().ok())))
+        .filter_map(|(a, b): (Option<u64>, Option<u64>)| Some((a?, b?)))
+        .filter(|(a, b)| b - a + 1 == chunk)
+        .map(|(a, _)| a)
+        .collect();
+    eprintln!("checkpoint at {checkpoint}; the second attempt read chunks at {reads:?}");
+    assert!(!reads.is_empty(), "the second attempt read chunks by ranges");
+    assert!(reads.iter().all(|a| *a >= checkpoint), "chunk reads from {:?} although the checkpoint was at {checkpoint}", reads);
+    assert!(t["bytes_read"].as_u64().unwrap() < size as u64, "the resumed attempt read the whole disk again");
+    // One snapshot served both attempts, and it is gone.
+    let second_log = std::fs::read_to_string(sb.path("second.log")).unwrap_or_default();
+    assert!(second_log.contains("reading the snapshot an earlier attempt took"), "{second_log}");
+    wait_until(Duration::from_secs(10), "the snapshot to go", || snapshot_names(&sb, &vc, "DC0_H0_VM0").is_empty());
+    let point = t["point"].as_str().unwrap().to_string();
+    let mut restore = args(&["restore", &point, "--to", &sb.path("out").display().to_string()]);
+    restore.extend(sb.repo_args("repo"));
+    sb.ok(&restore);
+    assert!(std::fs::read(sb.path("out")).unwrap() == disk, "the restored disk equals the uploaded content");
+}
+
+#[test]
+fn a_cancelled_export_leaves_no_snapshot() {
+    let sb = Sandbox::new();
+    let vc = sb.start_vcsim("vc", VC_PASSWORD);
+    vc.upload("DC0_H0_VM0/disk1.vmdk", &random_bytes(16 * MIB, 23));
+    let slow: &[(&str, &str)] = &[("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "1000")];
+    let (c, _agents) = cluster(&sb, &vc, &[("agent", slow)]);
+    wait_until(Duration::from_secs(30), "the agent's inventory", || sb.run(&c.cmd(&["vms"])).stdout.contains("DC0_H0_VM0"));
+    let target = format!("file://{}", sb.path("repo").display());
+    let job = sb.ok(&c.cmd(&["export", "--vm", "DC0_H0_VM0", "--to", &target])).stdout.trim().to_string();
+    wait_until(Duration::from_secs(30), "the export's snapshot", || !snapshot_names(&sb, &vc, "DC0_H0_VM0").is_empty());
+    sb.ok(&c.cmd(&["cancel", &job]));
+    wait_until(Duration::from_secs(30), "the cancelled export's snapshot to go", || snapshot_names(&sb, &vc, "DC0_H0_VM0").is_empty());
+    assert_eq!(sb.job(&c, &job)["state"], "cancelled");
 }

@@ -1,8 +1,8 @@
 // vcsim for the tests: govmomi's vSphere API simulator (Debian golang-github-vmware-govmomi-dev)
 // with its default VPX model (one datacenter, hosts, datastores and VMs), served on loopback.
-// Prints "vms N" (the model's VM count), then "listening on HOST:PORT" once it serves (with -tls,
-// first "thumbprint HEX" of its certificate and "ca FILE", the CA that signed it), and runs until
-// SIGTERM or SIGINT.
+// Prints "vms N" (the model's VM count), "datastore NAME DIR" for each datastore, then "listening on HOST:PORT" once it serves (with -tls,
+// first "thumbprint HEX" of its certificate and "ca FILE", the CA that signed it, and the address
+// is that of a proxy that logs every request on stderr), and runs until SIGTERM or SIGINT.
 //
 // Build: GO111MODULE=off GOPATH=/usr/share/gocode go build -o vcsim tests/vcsim/main.go
 package main
@@ -21,6 +21,8 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/signal"
@@ -66,6 +68,11 @@ func main() {
 		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 	fmt.Printf("vms %d\n", model.Count().Machine)
+	// Where each datastore keeps its files on this host (tests remove one to see the error).
+	for _, e := range simulator.Map.All("Datastore") {
+		ds := e.(*simulator.Datastore)
+		fmt.Printf("datastore %s %s\n", ds.Name, ds.Info.GetDatastoreInfo().Url)
+	}
 	server := model.Service.NewServer()
 	if *useTLS {
 		// What a client pins or trusts: the certificate's SHA-256, and the certificate itself.
@@ -77,7 +84,13 @@ func main() {
 		}
 		fmt.Printf("ca %s\n", *caOut)
 	}
-	fmt.Printf("listening on %s\n", server.URL.Host)
+	addr := server.URL.Host
+	if *useTLS {
+		// Clients talk to a logging proxy in front of the simulator: each request's method, path
+		// and Range go to stderr ("request GET /folder/... bytes=0-99"), for tests to check.
+		addr = logProxy(server.URL.Host, model.Service.TLS)
+	}
+	fmt.Printf("listening on %s\n", addr)
 
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, os.Interrupt)
@@ -130,3 +143,21 @@ func selfSigned() (tls.Certificate, error) {
 
 // caPEM is the CA that signed the server's certificate, once made.
 var caPEM []byte
+
+// logProxy serves TLS with config on a free loopback port, logs each request and passes it to
+// the simulator at target; returns its address.
+func logProxy(target string, config *tls.Config) string {
+	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "https", Host: target})
+	proxy.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	logged := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(os.Stderr, "request %s %s %s\n", r.Method, r.URL.Path, r.Header.Get("Range"))
+		proxy.ServeHTTP(w, r)
+	})
+	listener, err := tls.Listen("tcp", "127.0.0.1:0", config)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vcsim: listening for the proxy:", err)
+		os.Exit(1)
+	}
+	go http.Serve(listener, logged)
+	return listener.Addr().String()
+}

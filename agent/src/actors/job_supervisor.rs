@@ -147,8 +147,26 @@ impl JobSupervisorState {
             TaskOutcome::Cancelled => "cancelled",
             TaskOutcome::Failed | TaskOutcome::Unspecified | TaskOutcome::Refused => "failed",
         };
-        crate::metrics::finished("local", status, self.started.elapsed());
+        let provider = match &self.config.source {
+            AgentSource::Local(_) => "local",
+            AgentSource::Vsphere(_) => "vsphere",
+        };
+        crate::metrics::finished(provider, status, self.started.elapsed());
         let a = &self.config.assign;
+        // The export's snapshot goes once the task has ended for good; a retry of a retryable
+        // failure reads it again, so it stays for that (`snapshots cleanup` removes leftovers).
+        if let AgentSource::Vsphere(connection) = &self.config.source
+            && !(outcome == TaskOutcome::Failed && retryable)
+        {
+            let (connection, vm, task) = (connection.clone(), a.vm.clone(), a.task_id.clone());
+            tokio::task::spawn_blocking(move || match crate::vsphere::export::release(&connection, &vm, &task) {
+                Ok(true) => tracing::info!(vm, task, "export snapshot removed"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(vm, task, error = %e, "cannot remove the export snapshot; `hyperexport snapshots cleanup` removes it")
+                }
+            });
+        }
         tracing::info!(task = %a.task_id, vm = %a.vm, attempt = a.attempt, outcome = outcome.as_str_name(), error = %error, "task finished");
         let stats = self.stats.take();
         let finished = TaskFinished {
@@ -262,17 +280,11 @@ struct Opened {
 /// Opens the source VM and the target, locks the target for the export and plans the resume.
 fn open(config: &JobSupervisorConfig) -> Result<Opened, AgentError> {
     let a = &config.assign;
-    let dir = match &config.source {
-        AgentSource::Local(dir) => dir,
-        AgentSource::Vsphere(_) => {
-            return Err(AgentError::Invalid(format!(
-                "VM {:?} is on vSphere: this agent lists vSphere VMs, but exporting them is not built yet",
-                a.vm
-            )));
-        }
-    };
-    let path = crate::source::inventory::find(dir, &a.vm)?;
-    let source = Arc::new(crate::source::open(&path, None)?);
+    let source = Arc::new(match &config.source {
+        AgentSource::Local(dir) => crate::source::open(&crate::source::inventory::find(dir, &a.vm)?, None)?,
+        // A snapshot is taken (or found again, for a retry) and its disks read from the datastore.
+        AgentSource::Vsphere(connection) => crate::vsphere::export::open(connection, &a.vm, &a.task_id)?,
+    });
     let repo = Arc::new(open_or_create(&target_path(&a.target)?, &config.access)?);
     let compression = repo.config().compression.parse().map_err(|e: String| AgentError::Invalid(format!("target compression: {e}")))?;
     let opts = ExportOptions {
@@ -283,7 +295,7 @@ fn open(config: &JobSupervisorConfig) -> Result<Opened, AgentError> {
         faults: config.faults,
         throttle: Some(config.throttle()),
     };
-    let sizes: Vec<u64> = source.disks.iter().map(|d| RawDisk::open(&d.raw_path).map(|r| r.size())).collect::<Result<_, _>>()?;
+    let sizes: Vec<u64> = source.disks.iter().map(|d| RawDisk::of(d).map(|r| r.size())).collect::<Result<_, _>>()?;
     let run = ExportRun::begin(repo, source, opts, &config.cancel)?;
     let plan = plan_resume(&run, &sizes, a.resume.as_ref());
     Ok(Opened { run, sizes, plan })
@@ -342,7 +354,12 @@ impl Actor for JobSupervisor {
                         return Ok(());
                     }
                     Err(e) => {
-                        let retryable = !matches!(e, AgentError::Invalid(_) | AgentError::Source { .. });
+                        let permanent = match &e {
+                            AgentError::Invalid(_) | AgentError::Source { .. } => true,
+                            AgentError::Vsphere(v) => v.is_permanent(),
+                            _ => false,
+                        };
+                        let retryable = !permanent;
                         state.finish(&myself, TaskOutcome::Failed, e.to_string(), String::new(), retryable);
                         return Ok(());
                     }

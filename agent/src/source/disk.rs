@@ -1,18 +1,32 @@
-//! A raw disk image opened for reading: positional reads and hole detection.
+//! A raw disk image opened for reading: positional reads and hole detection; a local file, or a
+//! disk read by ranges from elsewhere ([`RangeRead`]: a vSphere datastore).
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{AgentError, Result};
 
-/// A raw image (file or block device) read by offset.
+/// A raw disk read by byte ranges from elsewhere.
+pub trait RangeRead: Send + Sync + std::fmt::Debug {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+/// A raw image (file or block device, or a [`RangeRead`]) read by offset.
 pub struct RawDisk {
-    file: File,
-    path: PathBuf,
+    from: From,
     size: u64,
+}
+
+enum From {
+    File { file: File, path: PathBuf },
+    Remote(Arc<dyn RangeRead>),
 }
 
 impl RawDisk {
@@ -20,7 +34,15 @@ impl RawDisk {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(AgentError::io("open disk", path))?;
         let size = file.seek(SeekFrom::End(0)).map_err(AgentError::io("size disk", path))?;
-        Ok(RawDisk { file, path: path.to_path_buf(), size })
+        Ok(RawDisk { from: From::File { file, path: path.to_path_buf() }, size })
+    }
+
+    /// Opens a source VM's disk, wherever it is.
+    pub fn of(disk: &super::SourceDisk) -> Result<Self> {
+        match &disk.remote {
+            Some(remote) => Ok(RawDisk { size: remote.size(), from: From::Remote(Arc::clone(remote)) }),
+            None => Self::open(&disk.raw_path),
+        }
     }
 
     /// Size in bytes.
@@ -31,9 +53,11 @@ impl RawDisk {
     /// Whether `[offset, offset + len)` may hold data. Uses `SEEK_DATA`: false only when the
     /// file system reports the whole range as a hole.
     pub fn may_have_data(&self, offset: u64, len: u64) -> bool {
+        // A remote disk says nothing of its holes: every range is read (zeros are still found).
+        let From::File { file, .. } = &self.from else { return true };
         // SAFETY: lseek on a descriptor that `self.file` keeps open; it changes only the file
         // position, which positional reads do not use.
-        let next = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+        let next = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
         if next < 0 {
             // ENXIO: no data after offset. Anything else (e.g. no SEEK_DATA support): assume data.
             return std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO);
@@ -43,7 +67,10 @@ impl RawDisk {
 
     /// Fills `buf` from `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(AgentError::io("read disk", &self.path))
+        match &self.from {
+            From::File { file, path } => file.read_exact_at(buf, offset).map_err(AgentError::io("read disk", path)),
+            From::Remote(remote) => remote.read_at(offset, buf),
+        }
     }
 }
 

@@ -47,8 +47,11 @@ pub struct SourceDisk {
     pub origin: PathBuf,
     /// Its format.
     pub format: ImageFormat,
-    /// A raw image of it: `origin` itself when raw, else a converted copy.
+    /// A raw image of it: `origin` itself when raw, else a converted copy (unused when
+    /// `remote`).
     pub raw_path: PathBuf,
+    /// Read by ranges from elsewhere (a vSphere datastore) instead of `raw_path`.
+    pub remote: Option<std::sync::Arc<dyn disk::RangeRead>>,
 }
 
 /// A VM found at a local path.
@@ -56,7 +59,7 @@ pub struct SourceDisk {
 pub struct VmSource {
     /// VM name.
     pub name: String,
-    /// "ovf", "ova", "vmx" or "image".
+    /// "ovf", "ova", "vmx", "image" or "vsphere".
     pub kind: &'static str,
     /// The path as given.
     pub location: String,
@@ -68,6 +71,21 @@ pub struct VmSource {
     pub disks: Vec<SourceDisk>,
     /// Holds converted images; removed on drop.
     _temp: Option<tempfile::TempDir>,
+    /// Holds what the disks need while they are read (a vSphere session); released on drop.
+    _hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl VmSource {
+    /// A VM whose disks are read from elsewhere; `hold` lives as long as the source.
+    pub fn remote(
+        name: String,
+        location: String,
+        info: VmInfo,
+        disks: Vec<SourceDisk>,
+        hold: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        VmSource { name, kind: "vsphere", location, info, ovf_descriptor: None, disks, _temp: None, _hold: Some(hold) }
+    }
 }
 
 fn find_one(dir: &Path, ext: &str) -> Result<Option<PathBuf>> {
@@ -192,9 +210,9 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
             qemu::convert(&file, format.qemu_name(), &dst, "raw", None)?;
             dst
         };
-        disks.push(SourceDisk { name, origin: file, format, raw_path });
+        disks.push(SourceDisk { name, origin: file, format, raw_path, remote: None });
     }
-    Ok(VmSource { name, kind, location, info, ovf_descriptor, disks, _temp: temp })
+    Ok(VmSource { name, kind, location, info, ovf_descriptor, disks, _temp: temp, _hold: None })
 }
 
 #[cfg(test)]

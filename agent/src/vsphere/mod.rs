@@ -1,12 +1,18 @@
 //! The vSphere provider: a small vim25 SOAP client of our own (`soap.rs` over `http.rs`) and
 //! the inventory (`inventory.rs`). Sources are named `vsphere://USER@HOST[:PORT][/DATACENTER]`;
 //! the password comes from a file or the environment and is sent only in the login call.
+//! An export snapshots the VM and reads the snapshot's disk files through the datastore's
+//! `/folder` interface by byte ranges (`export.rs`, `snapshot.rs`, `datastore.rs`).
 //!
-//! Not built yet (issue "vSphere provider"): snapshots, disk download through the datastore
-//! `/folder` interface, CBT; an agent serving vSphere VMs lists them but cannot export them.
+//! Not built yet (issue "vSphere provider"): CBT, the NFC export lease path, the VM's OVF
+//! descriptor in the point.
 
+pub mod datastore;
+pub mod export;
 pub mod http;
 pub mod inventory;
+pub mod props;
+pub mod snapshot;
 pub mod soap;
 
 use std::time::Duration;
@@ -29,8 +35,28 @@ pub enum VsphereError {
     Login { user: String, message: String },
     #[error("vSphere call {method} failed: {message}")]
     Fault { method: String, message: String },
+    #[error("no VM named {name:?} on vSphere at {host}")]
+    NoVm { name: String, host: String },
+    #[error("VM {vm:?} has no snapshot named {name:?}")]
+    NoSnapshot { vm: String, name: String },
+    #[error("VM {vm:?} has {count} snapshots named {name:?}: remove the others first")]
+    AmbiguousSnapshot { vm: String, name: String, count: usize },
     #[error("unexpected answer from vSphere to {method}: {detail}")]
     Protocol { method: String, detail: String },
+}
+
+impl VsphereError {
+    /// Whether trying again cannot help (a wrong name or password); the others may pass.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            VsphereError::Url { .. }
+                | VsphereError::Login { .. }
+                | VsphereError::NoVm { .. }
+                | VsphereError::NoSnapshot { .. }
+                | VsphereError::AmbiguousSnapshot { .. }
+        )
+    }
 }
 
 /// A parsed `vsphere://USER@HOST[:PORT][/DATACENTER]`.

@@ -92,6 +92,11 @@ impl Session {
         self.http.addr()
     }
 
+    /// The session's cookie, for the other HTTP interfaces (the datastore's `/folder`).
+    pub fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
     /// Calls `method` with the parameters `params` (XML); returns the response envelope's text.
     pub fn call(&mut self, method: &str, params: &str) -> Result<String, VsphereError> {
         let envelope = format!(
