@@ -60,6 +60,22 @@ impl Vcsim {
         let _ = fs::remove_file(file);
     }
 
+    /// Imports `ova` as VM `name` the way vSphere clients do (govmomi's OvfManager,
+    /// ImportVApp and NFC lease, in `tests/vcsim/ovaimport`); returns what the server made of it:
+    /// `imported NAME cpus N memory_mb M disks D`.
+    pub fn import_ova(&self, ova: &Path, name: &str) -> String {
+        let password = fs::read_to_string(&self.password_file).expect("password").trim().to_string();
+        let out = Command::new(go_tool("ovaimport"))
+            .arg("-url")
+            .arg(format!("https://user:{password}@{}/sdk", self.addr))
+            .args(["-name", name])
+            .arg(ova)
+            .output()
+            .expect("ovaimport runs");
+        assert!(out.status.success(), "importing {} failed: {}", ova.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// The requests the simulator received so far: method, path and Range header.
     pub fn requests(&self) -> Vec<(String, String, String)> {
         fs::read_to_string(&self.log)
@@ -80,28 +96,33 @@ impl Vcsim {
     }
 }
 
-/// The simulator's binary, built once per test process (Go caches the build across processes).
-fn vcsim_binary() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// A Go tool of `tests/vcsim/` (`vcsim`: the simulator, `tests/vcsim/main.go`; `ovaimport`:
+/// `tests/vcsim/ovaimport/`), built once per test process (Go caches builds across processes).
+fn go_tool(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.as_ref() {
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
         return path.clone();
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf();
     let out = root.join("target/vcsim");
     fs::create_dir_all(&out).expect("target/vcsim");
-    let binary = out.join("vcsim");
+    let binary = out.join(name);
+    let source = match name {
+        "vcsim" => root.join("tests/vcsim/main.go"),
+        other => root.join("tests/vcsim").join(other).join("main.go"),
+    };
     let status = Command::new("go")
         .args(["build", "-o"])
         .arg(&binary)
-        .arg(root.join("tests/vcsim/main.go"))
+        .arg(source)
         .env("GO111MODULE", "off")
         .env("GOPATH", "/usr/share/gocode")
         .env("GOCACHE", out.join("cache"))
         .status()
         .expect("go runs (Debian golang-go and golang-github-vmware-govmomi-dev; scripts/test.sh installs them)");
-    assert!(status.success(), "building the vSphere simulator failed");
-    *built = Some(binary.clone());
+    assert!(status.success(), "building {name} (tests/vcsim) failed");
+    built.push((name.to_string(), binary.clone()));
     binary
 }
 
@@ -109,11 +130,17 @@ impl Sandbox {
     /// Starts the simulator with its default VPX model over TLS, accepting user `user` with
     /// `password`; waits until it serves.
     pub fn start_vcsim(&self, name: &str, password: &str) -> Vcsim {
+        self.start_vcsim_with(name, password, &[])
+    }
+
+    /// Like [`Sandbox::start_vcsim`], with more options (e.g. `-hardware NAME:CPUS:MEMORY_MB`).
+    pub fn start_vcsim_with(&self, name: &str, password: &str, extra: &[&str]) -> Vcsim {
         let password_file = self.path(&format!("{name}-password"));
         fs::write(&password_file, format!("{password}\n")).expect("vcsim password file");
         let stdout = self.path(&format!("{name}.out"));
         let log = self.path(&format!("{name}.log"));
-        let child = Command::new(vcsim_binary())
+        let child = Command::new(go_tool("vcsim"))
+            .args(extra)
             .args(["-tls", "-password-file"])
             .arg(&password_file)
             .arg("-ca-out")

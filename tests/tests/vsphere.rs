@@ -286,3 +286,28 @@ fn a_cancelled_export_leaves_no_snapshot() {
     wait_until(Duration::from_secs(30), "the cancelled export's snapshot to go", || snapshot_names(&sb, &vc, "DC0_H0_VM0").is_empty());
     assert_eq!(sb.job(&c, &job)["state"], "cancelled");
 }
+
+#[test]
+fn the_ova_of_an_exported_vm_imports_back_through_import_vapp_with_the_same_hardware() {
+    let sb = Sandbox::new();
+    // Not the model's default hardware, so that a default could not pass for a copy.
+    let vc = sb.start_vcsim_with("vc", VC_PASSWORD, &["-hardware", "DC0_H0_VM0:2:256"]);
+    let source = inventory(&sb, &vc, &["--name", "DC0_H0_VM0"]);
+    assert_eq!((source[0]["cpus"].as_u64(), source[0]["memory_mb"].as_u64()), (Some(2), Some(256)), "{source:?}");
+    let disk = random_bytes(6 * MIB, 24);
+    vc.upload("DC0_H0_VM0/disk1.vmdk", &disk);
+    let (c, _agents) = cluster(&sb, &vc, &[("agent", &[])]);
+    wait_until(Duration::from_secs(30), "the agent's inventory", || sb.run(&c.cmd(&["vms"])).stdout.contains("DC0_H0_VM0"));
+    let target = format!("file://{}", sb.path("repo").display());
+    let job = sb.ok(&c.cmd(&["export", "--vm", "DC0_H0_VM0", "--to", &target])).stdout.trim().to_string();
+    sb.ok(&c.cmd(&["watch", &job]));
+    let point = sb.job(&c, &job)["tasks"][0]["point"].as_str().unwrap().to_string();
+    let ova = sb.path("vm.ova");
+    let mut restore = args(&["restore", &point, "--to", &ova.display().to_string(), "--format", "ova"]);
+    restore.extend(sb.repo_args("repo"));
+    sb.ok(&restore);
+    let imported = vc.import_ova(&ova, "DC0_H0_VM0-back");
+    assert_eq!(imported, "imported DC0_H0_VM0-back cpus 2 memory_mb 256 disks 1");
+    let back = inventory(&sb, &vc, &["--name", "DC0_H0_VM0-back"]);
+    assert_eq!(back.len(), 1, "the imported VM is in the inventory");
+}

@@ -39,6 +39,7 @@ func main() {
 	passwordFile := flag.String("password-file", "", "file holding the only password accepted (default: pass)")
 	useTLS := flag.Bool("tls", false, "serve HTTPS with a certificate of a CA of its own")
 	caOut := flag.String("ca-out", "vcsim-ca.pem", "with -tls: where to write the CA certificate")
+	hardware := flag.String("hardware", "", "NAME:CPUS:MEMORY_MB gives that VM of the model other hardware than the default")
 	flag.Parse()
 
 	password := "pass"
@@ -66,6 +67,12 @@ func main() {
 			os.Exit(1)
 		}
 		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	if *hardware != "" {
+		if err := setHardware(*hardware); err != nil {
+			fmt.Fprintln(os.Stderr, "vcsim: -hardware:", err)
+			os.Exit(1)
+		}
 	}
 	fmt.Printf("vms %d\n", model.Count().Machine)
 	// Where each datastore keeps its files on this host (tests remove one to see the error).
@@ -160,4 +167,32 @@ func logProxy(target string, config *tls.Config) string {
 	}
 	go http.Serve(listener, logged)
 	return listener.Addr().String()
+}
+
+// setHardware sets the CPUs and memory of a VM of the model: "NAME:CPUS:MEMORY_MB".
+func setHardware(spec string) error {
+	var name string
+	var cpus, memory int32
+	parts := strings.Split(spec, ":")
+	if len(parts) != 3 {
+		return fmt.Errorf("%q is not NAME:CPUS:MEMORY_MB", spec)
+	}
+	name = parts[0]
+	if _, err := fmt.Sscan(parts[1], &cpus); err != nil {
+		return err
+	}
+	if _, err := fmt.Sscan(parts[2], &memory); err != nil {
+		return err
+	}
+	for _, e := range simulator.Map.All("VirtualMachine") {
+		vm := e.(*simulator.VirtualMachine)
+		if vm.Name == name {
+			vm.Config.Hardware.NumCPU = cpus
+			vm.Config.Hardware.MemoryMB = memory
+			vm.Summary.Config.NumCpu = cpus
+			vm.Summary.Config.MemorySizeMB = memory
+			return nil
+		}
+	}
+	return fmt.Errorf("no VM named %q", name)
 }
