@@ -149,7 +149,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let restored_sha = sha256_file(&restored).context("hashing the restored disk")?;
     let allocated = std::fs::metadata(&restored)?.blocks() * 512;
     let ran_on = |job: &Job, vm: &str| job.tasks.iter().find(|t| t.vm == vm).map(|t| t.agent.clone()).unwrap_or_default();
-    let stats = second.tasks[0].stats.unwrap_or_default();
+    let stats = second.tasks[0].stats.clone().unwrap_or_default();
     let data = stats.size - stats.hole_bytes;
     let checks = [
         ("each VM exported by the agent of its region", ran_on(&first, "demo-vm") == eu_agent && ran_on(&first, "db-vm") == us_agent),

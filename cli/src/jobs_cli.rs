@@ -33,6 +33,7 @@ pub fn job_json(job: &Job) -> serde_json::Value {
             "stats": t.stats.as_ref().map(|s| json!({
                 "size": s.size, "bytes_read": s.bytes_read, "hole_bytes": s.hole_bytes, "new_bytes": s.new_bytes,
                 "stored_bytes": s.stored_bytes, "reused_bytes": s.reused_bytes, "found_bytes": s.found_bytes, "resumed_bytes": s.resumed_bytes,
+                "changes_found_by": s.changes_found_by, "note": s.note,
             })),
             "disks": t.disks.iter().map(|d| json!({"name": d.name, "bytes_done": d.bytes_done, "bytes_total": d.bytes_total})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),

@@ -209,6 +209,10 @@ fn exporting_a_powered_on_vm_snapshots_it_restores_bit_identical_and_removes_the
     restore.extend(sb.repo_args("repo"));
     sb.ok(&restore);
     assert!(std::fs::read(sb.path("out")).unwrap() == disk, "the restored disk equals the uploaded content");
+    // The simulator has no changed block tracking: the result says changes were found by content.
+    let stats = sb.job(&c, &job)["tasks"][0]["stats"].clone();
+    assert_eq!(stats["changes_found_by"], "content", "{stats}");
+    assert!(stats["note"].as_str().unwrap().contains("no changed block tracking"), "{stats}");
     // Read through the datastore interface by ranges.
     assert!(vc.requests().iter().any(|(m, p, r)| m == "GET" && p.ends_with("/DC0_H0_VM0/disk1.vmdk") && r.starts_with("bytes=")));
 }

@@ -256,7 +256,7 @@ fn retention_of(a: &Assign) -> Retention {
 }
 
 /// The export's report as the coordinator keeps it.
-fn stats_of(r: &ExportReport) -> pb::ExportStats {
+fn stats_of(r: &ExportReport, note: Option<&str>) -> pb::ExportStats {
     let t = &r.total;
     pb::ExportStats {
         size: t.size,
@@ -267,6 +267,8 @@ fn stats_of(r: &ExportReport) -> pb::ExportStats {
         reused_bytes: t.reused_bytes,
         found_bytes: t.found_bytes,
         resumed_bytes: t.resumed_bytes,
+        changes_found_by: "content".into(),
+        note: note.unwrap_or_default().to_string(),
     }
 }
 
@@ -417,7 +419,8 @@ impl Actor for JobSupervisor {
             }
             JobSupervisorMsg::Published { report } => {
                 state.child = None;
-                state.stats = Some(stats_of(&report));
+                let note = state.run.as_ref().and_then(|r| r.source().note.clone());
+                state.stats = Some(stats_of(&report, note.as_deref()));
                 let targets = state.config.assign.replicate_to.clone();
                 let Some(repo) = state.run.as_ref().filter(|_| !targets.is_empty()).map(|run| run.repo_shared()) else {
                     state.finish(&myself, TaskOutcome::Succeeded, String::new(), report.point, false);

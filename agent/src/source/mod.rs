@@ -69,6 +69,8 @@ pub struct VmSource {
     pub ovf_descriptor: Option<String>,
     /// Disks in order.
     pub disks: Vec<SourceDisk>,
+    /// What the user should know of how it was read (goes into the task's result).
+    pub note: Option<String>,
     /// Holds converted images; removed on drop.
     _temp: Option<tempfile::TempDir>,
     /// Holds what the disks need while they are read (a vSphere session); released on drop.
@@ -82,9 +84,10 @@ impl VmSource {
         location: String,
         info: VmInfo,
         disks: Vec<SourceDisk>,
+        note: Option<String>,
         hold: Box<dyn std::any::Any + Send + Sync>,
     ) -> Self {
-        VmSource { name, kind: "vsphere", location, info, ovf_descriptor: None, disks, _temp: None, _hold: Some(hold) }
+        VmSource { name, kind: "vsphere", location, info, ovf_descriptor: None, disks, note, _temp: None, _hold: Some(hold) }
     }
 }
 
@@ -212,7 +215,7 @@ pub fn open(path: &Path, temp_root: Option<&Path>) -> Result<VmSource> {
         };
         disks.push(SourceDisk { name, origin: file, format, raw_path, remote: None });
     }
-    Ok(VmSource { name, kind, location, info, ovf_descriptor, disks, _temp: temp, _hold: None })
+    Ok(VmSource { name, kind, location, info, ovf_descriptor, disks, note: None, _temp: temp, _hold: None })
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ const VM_PROPERTIES: [&str; 8] = [
 /// One virtual disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VsphereDisk {
+    /// Its device key within the VM.
+    pub key: i32,
     /// Its label ("Hard disk 1").
     pub label: String,
     pub capacity_bytes: u64,
@@ -169,6 +171,7 @@ pub(super) fn disks(devices: Node) -> Option<Vec<VsphereDisk>> {
                     .or_else(|| text_of(d, "capacityInKB").and_then(|v| v.parse::<u64>().ok()).map(|kb| kb * 1024))
                     .unwrap_or(0);
                 VsphereDisk {
+                    key: text_of(d, "key").and_then(|k| k.parse().ok()).unwrap_or(0),
                     label: child(d, "deviceInfo").and_then(|i| text_of(i, "label")).unwrap_or("").to_string(),
                     capacity_bytes,
                     datastore: datastore_of(&file),
