@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
         let task = &last.tasks[0];
         assert_eq!((task.agent.as_str(), task.bytes_done, task.bytes_total), ("unit-agent", data.len() as u64, data.len() as u64));
-        assert_eq!(task.stats.unwrap().bytes_read, data.len() as u64);
+        assert_eq!(task.stats.as_ref().unwrap().bytes_read, data.len() as u64);
         assert!(!task.point.is_empty());
         root.stop(None);
     }
