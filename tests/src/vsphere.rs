@@ -10,6 +10,25 @@ use std::time::Duration;
 
 use crate::{Coordinator, Sandbox, Service, args, wait_until};
 
+/// One request the simulator received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// Requests to the same path in flight when it came, itself included.
+    pub inflight: u32,
+    /// Its Range header (empty: none).
+    pub range: String,
+}
+
+impl Request {
+    /// `(first, last)` byte of its Range, when it has one.
+    pub fn bytes(&self) -> Option<(u64, u64)> {
+        let (a, b) = self.range.strip_prefix("bytes=")?.split_once('-')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    }
+}
+
 /// A running simulator (stopped with SIGTERM when dropped, so that it removes its datastores).
 pub struct Vcsim {
     service: Option<Service>,
@@ -76,16 +95,17 @@ impl Vcsim {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// The requests the simulator received so far: method, path and Range header.
-    pub fn requests(&self) -> Vec<(String, String, String)> {
+    /// The requests the simulator received so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
         fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.strip_prefix("request "))
             .map(|l| {
-                let mut parts = l.splitn(3, ' ');
+                let mut parts = l.splitn(4, ' ');
                 let mut next = || parts.next().unwrap_or("").to_string();
-                (next(), next(), next())
+                let (method, path, inflight, range) = (next(), next(), next(), next());
+                Request { method, path, inflight: inflight.parse().unwrap_or(0), range }
             })
             .collect()
     }

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -93,8 +94,8 @@ func main() {
 	}
 	addr := server.URL.Host
 	if *useTLS {
-		// Clients talk to a logging proxy in front of the simulator: each request's method, path
-		// and Range go to stderr ("request GET /folder/... bytes=0-99"), for tests to check.
+		// Clients talk to a logging proxy in front of the simulator: each request's method, path,
+		// requests in flight and Range go to stderr ("request GET /folder/... 2 bytes=0-99").
 		addr = logProxy(server.URL.Host, model.Service.TLS)
 	}
 	fmt.Printf("listening on %s\n", addr)
@@ -151,13 +152,25 @@ func selfSigned() (tls.Certificate, error) {
 // caPEM is the CA that signed the server's certificate, once made.
 var caPEM []byte
 
-// logProxy serves TLS with config on a free loopback port, logs each request and passes it to
-// the simulator at target; returns its address.
+// logProxy serves TLS with config on a free loopback port, logs each request (method, path,
+// requests in flight to that path counting it, Range) and passes it to the simulator at target; returns its
+// address.
 func logProxy(target string, config *tls.Config) string {
 	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "https", Host: target})
 	proxy.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	var mu sync.Mutex
+	inflight := map[string]int{}
 	logged := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(os.Stderr, "request %s %s %s\n", r.Method, r.URL.Path, r.Header.Get("Range"))
+		mu.Lock()
+		inflight[r.URL.Path]++
+		n := inflight[r.URL.Path]
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			inflight[r.URL.Path]--
+			mu.Unlock()
+		}()
+		fmt.Fprintf(os.Stderr, "request %s %s %d %s\n", r.Method, r.URL.Path, n, r.Header.Get("Range"))
 		proxy.ServeHTTP(w, r)
 	})
 	listener, err := tls.Listen("tcp", "127.0.0.1:0", config)

@@ -1,10 +1,13 @@
 //! Disk files read from a datastore through vSphere's HTTP `/folder` interface, by byte range,
 //! with the session's cookie: each read is one `GET` with `Range`, retried with backoff when the
-//! server answers 5xx or the connection breaks. A VMDK descriptor is followed to its one flat
+//! server answers 5xx or the connection breaks. Reads are sequential in the export, so the
+//! next [`READ_AHEAD`] ranges are fetched in parallel, each on a connection of its own, while
+//! the pipeline works on the current one. A VMDK descriptor is followed to its one flat
 //! extent (what ESXi keeps for thick and thin disks: `disk-flat.vmdk`); other kinds (sparse,
 //! several extents) are refused by name.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use super::http::{HttpClient, Trust};
@@ -16,10 +19,24 @@ use crate::source::disk::RangeRead;
 const TRIES: u32 = 5;
 /// The first pause between tries; doubled after each.
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
+/// Ranges fetched ahead of the one asked for (each as large as it; memory: this many chunks).
+pub const READ_AHEAD: u64 = 3;
 
 /// One file of a datastore, read by ranges.
 pub struct DatastoreFile {
-    client: Mutex<HttpClient>,
+    remote: Arc<Remote>,
+    /// Ranges being fetched ahead, by (offset, length).
+    ahead: Mutex<HashMap<(u64, usize), mpsc::Receiver<Result<Vec<u8>>>>>,
+}
+
+/// Where the file is and how to ask for it.
+struct Remote {
+    /// Idle connections (one per range in flight at most).
+    idle: Mutex<Vec<HttpClient>>,
+    host: String,
+    port: u16,
+    trust: Option<Trust>,
+    timeout: Duration,
     /// `/folder/...?dcPath=...&dsName=...`.
     path: String,
     cookie: String,
@@ -30,7 +47,7 @@ pub struct DatastoreFile {
 
 impl std::fmt::Debug for DatastoreFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatastoreFile").field("name", &self.name).field("size", &self.size).finish()
+        f.debug_struct("DatastoreFile").field("name", &self.remote.name).field("size", &self.remote.size).finish()
     }
 }
 
@@ -57,40 +74,88 @@ impl DatastoreFile {
     /// Opens `file` (`[datastore] folder/name.vmdk`) of the datacenter at inventory path
     /// `datacenter` (`DC0`), following a VMDK descriptor to its flat extent.
     pub fn open(connection: &Connection, trust: Option<Trust>, cookie: &str, datacenter: &str, file: &str) -> Result<DatastoreFile> {
-        let opened = Self::open_file(connection, trust.clone(), cookie, datacenter, file)?;
-        let mut head = vec![0u8; opened.size.min(4096) as usize];
-        opened.read_at(0, &mut head)?;
-        if !head.starts_with(b"# Disk DescriptorFile") {
-            return Ok(opened);
-        }
-        let text = String::from_utf8_lossy(&head);
-        let extent = flat_extent(&text).map_err(|why| AgentError::Invalid(format!("disk {file}: {why}")))?;
-        let (ds, path) = split_backing(file).expect("opened above");
-        let folder = path.rsplit_once('/').map_or("", |(f, _)| f);
-        let flat = if folder.is_empty() { format!("[{ds}] {extent}") } else { format!("[{ds}] {folder}/{extent}") };
-        Self::open_file(connection, trust, cookie, datacenter, &flat)
+        let opened = Remote::open(connection, trust.clone(), cookie, datacenter, file)?;
+        let head = match opened.size {
+            0 => Vec::new(),
+            size => opened.get(0, size.min(4096) - 1)?.0,
+        };
+        let remote = if head.starts_with(b"# Disk DescriptorFile") {
+            let text = String::from_utf8_lossy(&head);
+            let extent = flat_extent(&text).map_err(|why| AgentError::Invalid(format!("disk {file}: {why}")))?;
+            let (ds, path) = split_backing(file).expect("opened above");
+            let folder = path.rsplit_once('/').map_or("", |(f, _)| f);
+            let flat = if folder.is_empty() { format!("[{ds}] {extent}") } else { format!("[{ds}] {folder}/{extent}") };
+            Remote::open(connection, trust, cookie, datacenter, &flat)?
+        } else {
+            opened
+        };
+        Ok(DatastoreFile { remote: Arc::new(remote), ahead: Mutex::default() })
     }
 
-    fn open_file(connection: &Connection, trust: Option<Trust>, cookie: &str, datacenter: &str, file: &str) -> Result<DatastoreFile> {
+    /// Starts fetching the ranges after `[offset, offset + len)` that are not under way.
+    fn read_ahead(&self, offset: u64, len: usize) {
+        let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+        // Ranges behind this one will not be asked for.
+        ahead.retain(|(o, _), _| *o > offset);
+        for i in 1..=READ_AHEAD {
+            let next = offset + i * len as u64;
+            if next >= self.remote.size {
+                break;
+            }
+            let l = (self.remote.size - next).min(len as u64) as usize;
+            if ahead.contains_key(&(next, l)) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel();
+            let remote = Arc::clone(&self.remote);
+            std::thread::spawn(move || {
+                let _ = tx.send(remote.get(next, next + l as u64 - 1).map(|(body, _)| body));
+            });
+            ahead.insert((next, l), rx);
+        }
+    }
+}
+
+impl Remote {
+    fn open(connection: &Connection, trust: Option<Trust>, cookie: &str, datacenter: &str, file: &str) -> Result<Remote> {
         let (ds, path) =
             split_backing(file).ok_or_else(|| AgentError::Invalid(format!("disk backing {file:?} is not [DATASTORE] PATH")))?;
-        let client = HttpClient::new(&connection.url.host, connection.url.port, trust, connection.timeout)?;
         let path = format!("/folder/{}?dcPath={}&dsName={}", encode(path, true), encode(datacenter, false), encode(ds, false));
-        let mut opened = DatastoreFile { client: Mutex::new(client), path, cookie: cookie.to_string(), name: file.to_string(), size: 0 };
-        let (_, total) = opened.get(0, 0)?;
-        opened.size = total;
-        Ok(opened)
+        let mut remote = Remote {
+            idle: Mutex::default(),
+            host: connection.url.host.clone(),
+            port: connection.url.port,
+            trust,
+            timeout: connection.timeout,
+            path,
+            cookie: cookie.to_string(),
+            name: file.to_string(),
+            size: 0,
+        };
+        remote.size = remote.get(0, 0)?.1;
+        Ok(remote)
     }
 
-    /// One ranged GET of `[start, end]` (inclusive), retried; the body and the file's size.
+    /// One ranged GET of `[start, end]` (inclusive) on an idle connection (or a new one),
+    /// retried; the body and the file's size.
     fn get(&self, start: u64, end: u64) -> Result<(Vec<u8>, u64)> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut client = match idle {
+            Some(c) => c,
+            None => HttpClient::new(&self.host, self.port, self.trust.clone(), self.timeout)?,
+        };
+        let got = self.get_on(&mut client, start, end);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(client);
+        got
+    }
+
+    fn get_on(&self, client: &mut HttpClient, start: u64, end: u64) -> Result<(Vec<u8>, u64)> {
         let range = format!("bytes={start}-{end}");
         let headers = [("Range", range.as_str()), ("Cookie", self.cookie.as_str())];
         let mut pause = FIRST_PAUSE;
         let mut last = String::new();
         for attempt in 1..=TRIES {
-            let answer = self.client.lock().unwrap_or_else(|e| e.into_inner()).request("GET", &self.path, &headers, b"");
-            match answer {
+            match client.request("GET", &self.path, &headers, b"") {
                 Ok(r) if r.status == 206 => {
                     let total = r
                         .header("content-range")
@@ -125,18 +190,23 @@ impl DatastoreFile {
 
 impl RangeRead for DatastoreFile {
     fn size(&self) -> u64 {
-        self.size
+        self.remote.size
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
-        let (body, _) = self.get(offset, offset + buf.len() as u64 - 1)?;
+        let pending = self.ahead.lock().unwrap_or_else(|e| e.into_inner()).remove(&(offset, buf.len()));
+        self.read_ahead(offset, buf.len());
+        let body = match pending.and_then(|rx| rx.recv().ok()) {
+            Some(fetched) => fetched?,
+            None => self.remote.get(offset, offset + buf.len() as u64 - 1)?.0,
+        };
         if body.len() != buf.len() {
             return Err(AgentError::Invalid(format!(
                 "disk file {}: asked for {} bytes at {offset}, got {}",
-                self.name,
+                self.remote.name,
                 buf.len(),
                 body.len()
             )));
