@@ -26,8 +26,11 @@ pub const READ_AHEAD: u64 = 3;
 pub struct DatastoreFile {
     remote: Arc<Remote>,
     /// Ranges being fetched ahead, by (offset, length).
-    ahead: Mutex<HashMap<(u64, usize), mpsc::Receiver<Result<Vec<u8>>>>>,
+    ahead: Mutex<HashMap<(u64, usize), Fetching>>,
 }
+
+/// Where a range fetched ahead arrives.
+type Fetching = mpsc::Receiver<Result<Vec<u8>>>;
 
 /// Where the file is and how to ask for it.
 struct Remote {
