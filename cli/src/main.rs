@@ -5,6 +5,7 @@ mod commands;
 mod demo;
 mod demo_cluster;
 mod dr_cli;
+mod inventory_cli;
 mod jobs_cli;
 mod load;
 mod progress;
@@ -75,7 +76,7 @@ enum Command {
     /// Run an agent: attaches to the coordinator, reports the VMs of its source and runs tasks.
     Agent(remote::AgentArgs),
     /// List the VMs of all live agents.
-    Vms(remote::VmsArgs),
+    Vms(inventory_cli::VmsArgs),
     /// List the coordinator's jobs.
     Jobs(remote::JobArgs),
     /// Follow a job until it finishes (exit 0 only when it succeeded).
@@ -131,7 +132,7 @@ fn main() -> ExitCode {
         Command::Prune(a) => prune_cli::run(a),
         Command::Coordinator(a) => remote::coordinator(&a),
         Command::Agent(a) => remote::agent(&a),
-        Command::Vms(a) => remote::vms(&a),
+        Command::Vms(a) => inventory_cli::vms(&a),
         Command::Jobs(a) => jobs_cli::jobs(&a),
         Command::Watch { job, args } => jobs_cli::watch(&args, &job),
         Command::Cancel { job, args } => jobs_cli::cancel(&args, &job),

@@ -15,10 +15,7 @@ use hyperexport_agent::source::AgentSource;
 use hyperexport_agent::target::TargetAccess;
 use hyperexport_coordinator::server::ServeOptions;
 use hyperexport_coordinator::store::Store;
-use hyperexport_proto::v1::ListVmsRequest;
 use hyperexport_proto::v1::export_service_client::ExportServiceClient;
-use hyperexport_proto::v1::inventory_service_client::InventoryServiceClient;
-use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::Output;
@@ -130,7 +127,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// Where its VMs are: local:DIR (each VM folder, .ova, .ovf, .vmx or disk image in DIR), or
-    /// vsphere://USER@HOST[:PORT][/DATACENTER] (listed; their export is not built yet).
+    /// vsphere://USER@HOST[:PORT][/DATACENTER] (exported through snapshots; see docs/VSPHERE.md).
     #[arg(long, value_name = "SOURCE")]
     pub source: String,
     /// With a vSphere source: the password and how its certificate is trusted.
@@ -158,35 +155,6 @@ pub struct AgentArgs {
     /// Folder of the replicas it receives [default: DATA/replicas]
     #[arg(long, value_name = "DIR", requires = "replica_listen")]
     pub replica_root: Option<PathBuf>,
-}
-
-/// `vms`: the inventory across agents, or of one vSphere server read directly.
-#[derive(Debug, Args)]
-pub struct VmsArgs {
-    #[command(flatten)]
-    pub url: CoordinatorUrl,
-    /// Read the inventory from this vSphere server instead of the agents
-    /// (vsphere://USER@HOST[:PORT][/DATACENTER]), with each VM's folder, guest OS, CPUs, memory,
-    /// disks and networks.
-    #[arg(long, value_name = "SOURCE")]
-    pub source: Option<String>,
-    /// With --source: only VMs in this inventory folder or below (`/DC0/vm/web`).
-    #[arg(long, value_name = "PATH", default_value = "", requires = "source")]
-    pub folder: String,
-    #[command(flatten)]
-    pub vsphere: crate::vsphere_cli::VsphereAccess,
-    /// Shell-style pattern on the VM name (`*`, `?`).
-    #[arg(long, value_name = "GLOB", default_value = "")]
-    pub name: String,
-    #[arg(long, default_value = "")]
-    pub provider: String,
-    #[arg(long, default_value = "")]
-    pub region: String,
-    /// on, off, suspended or unknown.
-    #[arg(long, default_value = "")]
-    pub power_state: String,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
 }
 
 /// `jobs`, `watch JOB`, `cancel JOB`.
@@ -247,43 +215,6 @@ pub(crate) async fn channel_from(url: &CoordinatorUrl, start: usize) -> Result<C
 
 pub(crate) async fn connect(url: &CoordinatorUrl) -> Result<ExportServiceClient<Channel>> {
     Ok(ExportServiceClient::new(channel(url).await?))
-}
-
-/// Lists the VMs of all live agents.
-pub fn vms(a: &VmsArgs) -> Result<ExitCode> {
-    if let Some(source) = &a.source {
-        let filter = hyperexport_agent::vsphere::inventory::Filter {
-            name_glob: a.name.clone(),
-            folder: a.folder.clone(),
-            power_state: a.power_state.clone(),
-        };
-        return crate::vsphere_cli::vms(source, &a.vsphere, filter, a.output);
-    }
-    runtime()?.block_on(async {
-        let mut client = InventoryServiceClient::new(channel(&a.url).await?);
-        let req = ListVmsRequest { name_glob: a.name.clone(), provider: a.provider.clone(), region: a.region.clone(), power_state: a.power_state.clone() };
-        let vms = client.list_vms(req).await.map_err(refused)?.into_inner().vms;
-        match a.output {
-            Output::Json => {
-                let list: Vec<_> = vms
-                    .iter()
-                    .map(|l| {
-                        let vm = l.vm.clone().unwrap_or_default();
-                        json!({"name": vm.name, "provider": vm.provider, "kind": vm.kind, "disks": vm.disks, "power_state": vm.power_state, "agent": l.agent_id, "region": l.region, "site": l.site})
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(list));
-            }
-            Output::Text => {
-                println!("{:<32}  {:<8}  {:<6}  {:>5}  {:<12}  AGENT", "VM", "PROVIDER", "KIND", "DISKS", "REGION");
-                for l in &vms {
-                    let vm = l.vm.clone().unwrap_or_default();
-                    println!("{:<32}  {:<8}  {:<6}  {:>5}  {:<12}  {}", vm.name, vm.provider, vm.kind, vm.disks, l.region, l.agent_id);
-                }
-            }
-        }
-        Ok(ExitCode::SUCCESS)
-    })
 }
 
 /// The agent's id, kept in its data folder (made on first start).

@@ -181,7 +181,7 @@ impl Standby<'_> {
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
         let forwarding =
             tokio::spawn(forward_while_led(addr, leader_rx, self.options.clone(), self.server_tls.clone(), self.client_tls.clone()));
-        let led = hyperexport_coordinator::store::etcd::lead(self.options, &identity, stop, stepped_down, patient, &leader_tx).await;
+        let led = hyperexport_coordinator::store::leader::lead(self.options, &identity, stop, stepped_down, patient, &leader_tx).await;
         // Calls forwarded to the old leader end with it; the port is free for the leader's server.
         forwarding.abort();
         let _ = forwarding.await;
@@ -199,9 +199,21 @@ async fn forward_while_led(
     client_tls: Option<tonic::transport::ClientTlsConfig>,
 ) {
     use hyperexport_coordinator::follower;
+    let mut reads = None;
     loop {
         if leader.wait_for(Option::is_some).await.is_err() {
             return;
+        }
+        // One client to etcd for the reads, made once (and again after a failure); without
+        // one, the standby forwards the reads too.
+        if reads.is_none() {
+            reads = match hyperexport_coordinator::store::etcd::reader(&options).await {
+                Ok(store) => Some(hyperexport_coordinator::store::Store::Etcd(Box::new(store))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read etcd; job reads are forwarded to the leader too");
+                    None
+                }
+            };
         }
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -212,15 +224,7 @@ async fn forward_while_led(
             }
         };
         let forward = follower::Forward::new(leader.clone(), client_tls.clone());
-        // Without a client of its own to etcd, the standby forwards the reads too.
-        let reads = match hyperexport_coordinator::store::etcd::reader(&options).await {
-            Ok(store) => Some(hyperexport_coordinator::store::Store::Etcd(Box::new(store))),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read etcd; job reads are forwarded to the leader too");
-                None
-            }
-        };
-        let mut serving = tokio::spawn(follower::serve(listener, forward, reads, server_tls.clone(), std::future::pending()));
+        let mut serving = tokio::spawn(follower::serve(listener, forward, reads.clone(), server_tls.clone(), std::future::pending()));
         tokio::select! {
             _ = leader.wait_for(Option::is_none) => {}
             _ = &mut serving => {}

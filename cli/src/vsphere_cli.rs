@@ -180,8 +180,9 @@ pub enum SnapshotsCommand {
 pub fn snapshots(command: SnapshotsCommand) -> Result<ExitCode> {
     use hyperexport_agent::vsphere::{inventory, snapshot};
     let open = |on: &VmOn| -> Result<_> {
-        let mut session = on.access.connection(&on.source)?.session()?;
-        let vm = inventory::find(&mut session, &on.vm)?;
+        let connection = on.access.connection(&on.source)?;
+        let mut session = connection.session()?;
+        let vm = inventory::find(&mut session, &on.vm, &connection.url.datacenter)?;
         Ok((session, vm))
     };
     match command {
@@ -211,10 +212,15 @@ pub fn snapshots(command: SnapshotsCommand) -> Result<ExitCode> {
             println!("snapshot {name} of {} removed", vm.name);
         }
         SnapshotsCommand::Cleanup { source, vm, access, output } => {
-            let mut session = access.connection(&source)?.session()?;
+            let connection = access.connection(&source)?;
+            let mut session = connection.session()?;
+            let datacenter = &connection.url.datacenter;
             let vms = match &vm {
-                Some(name) => vec![inventory::find(&mut session, name)?],
-                None => inventory::list(&mut session, &Filter::default())?,
+                Some(name) => vec![inventory::find(&mut session, name, datacenter)?],
+                None => {
+                    let folder = if datacenter.is_empty() { String::new() } else { format!("/{datacenter}") };
+                    inventory::list(&mut session, &Filter { folder, ..Filter::default() })?
+                }
             };
             let mut removed = Vec::new();
             for v in &vms {

@@ -67,8 +67,10 @@ fn agents_reattach_when_the_coordinator_comes_back() {
 #[test]
 fn agent_arguments_are_checked() {
     let sb = Sandbox::new();
+    let r = sb.run(&args(&["agent", "--coordinator", "127.0.0.1:1", "--region", "eu", "--data", "d", "--source", "aws://x"]));
+    r.assert_clean_failure("is neither local:DIR nor vsphere://USER@HOST");
     let r = sb.run(&args(&["agent", "--coordinator", "127.0.0.1:1", "--region", "eu", "--data", "d", "--source", "vsphere://x"]));
-    r.assert_clean_failure("is not local:DIR");
+    r.assert_clean_failure("no user: write vsphere://USER@HOST");
     let r = sb.run(&args(&["agent", "--coordinator", "127.0.0.1:1", "--region", "eu", "--data", "d", "--source", "local:/nonexistent"]));
     r.assert_clean_failure("source folder /nonexistent does not exist");
     let r = sb.run(&args(&[

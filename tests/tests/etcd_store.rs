@@ -86,6 +86,43 @@ fn a_record_changed_behind_the_leader_s_back_is_not_overwritten() {
 }
 
 #[test]
+fn a_job_changed_behind_the_scheduler_s_back_stops_it_and_the_coordinator_leads_again_from_etcd() {
+    let sb = Sandbox::new();
+    let etcd = sb.start_etcd("etcd");
+    let vms = sb.path("vms");
+    vm(&vms, "web", 5);
+    let coordinator = sb.spawn_coordinator(
+        "coord",
+        &format!("127.0.0.1:{}", free_port()),
+        &["--store", &etcd.url(), "--etcd-ttl", TTL, "--heartbeat-ms", "300"],
+    );
+    wait_until(Duration::from_secs(30), "the coordinator to lead", || coordinator.serving());
+    let at = args(&["--coordinator", &coordinator.addr]);
+    let slow = [("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "700")];
+    let _agent = sb.start_agent_at(&coordinator.addr, "eu", &vms, "agent", &[], &slow);
+    wait_until(Duration::from_secs(30), "the VM in the inventory", || {
+        sb.run(&[args(&["vms"]), at.clone()].concat()).stdout.contains("web")
+    });
+    let target = format!("file://{}", sb.path("repo").display());
+    let id = sb.ok(&[args(&["export", "--vm", "web", "--to", &target]), at.clone()].concat()).stdout.trim().to_string();
+    let state = || {
+        let r = sb.run(&[args(&["jobs", "--output", "json"]), at.clone()].concat());
+        serde_json::from_str::<Value>(&r.stdout)
+            .ok()
+            .and_then(|j| j.as_array()?.iter().find(|j| j["id"] == id.as_str()).cloned())
+            .unwrap_or(Value::Null)
+    };
+    wait_until(Duration::from_secs(30), "the task to run", || state()["tasks"][0]["state"] == "running");
+    // Another writer changes the job's record: the scheduler's next write of it is refused.
+    assert!(etcd.touch(&format!("/hyperexport/v1/jobs/{id}")));
+    wait_until(Duration::from_secs(60), "the job to succeed after the coordinator led again", || state()["state"] == "succeeded");
+    let log = std::fs::read_to_string(sb.path("coord.log")).unwrap_or_default();
+    assert!(log.contains("a record changed in etcd since this coordinator read it"), "the conflict is in the log:\n{log}");
+    assert!(log.contains("stepping down to stand by"), "{log}");
+    assert_eq!(point_count(&sb.path("repo")), 1, "one point");
+}
+
+#[test]
 fn an_embedded_store_moves_into_etcd_once() {
     let sb = Sandbox::new();
     let vms = sb.path("vms");

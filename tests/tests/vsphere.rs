@@ -212,7 +212,7 @@ fn exporting_a_powered_on_vm_snapshots_it_restores_bit_identical_and_removes_the
     // The simulator has no changed block tracking: the result says changes were found by content.
     let stats = sb.job(&c, &job)["tasks"][0]["stats"].clone();
     assert_eq!(stats["changes_found_by"], "content", "{stats}");
-    assert!(stats["note"].as_str().unwrap().contains("no changed block tracking"), "{stats}");
+    assert!(stats["note"].as_str().unwrap().contains("no changed block tracking for this VM"), "{stats}");
     // Read through the datastore interface by ranges.
     let reads: Vec<Request> =
         vc.requests().into_iter().filter(|r| r.method == "GET" && r.path.ends_with("/DC0_H0_VM0/disk1.vmdk")).collect();

@@ -197,7 +197,7 @@ impl AgentRootState {
             CoordinatorBody::Cancel(c) => match self.tasks.get(&c.task_id) {
                 Some(TaskSlot { cancel, supervisor: Some(s), finished: None, .. }) => {
                     cancel.store(true, Ordering::SeqCst);
-                    let _ = s.send_message(JobSupervisorMsg::Cancel);
+                    let _ = s.send_message(JobSupervisorMsg::Cancel { moved: c.moved });
                 }
                 Some(TaskSlot { finished: Some(f), .. }) => {
                     let f = f.clone();

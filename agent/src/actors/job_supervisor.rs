@@ -19,19 +19,18 @@ use super::ChildStop;
 use super::agent_root::AgentRootMsg;
 use super::disk_reader::{DiskReader, DiskReaderConfig};
 use super::replicator::{Replicator, ReplicatorConfig};
+use super::task_open::{Opened, open, retention_of, stats_of};
 use super::uploader::{Uploader, UploaderConfig};
 use crate::AgentError;
 use crate::bandwidth::{Limiter, Throttle};
 use crate::checkpoint::{DiskCheckpoint, DiskResume, encode_chunks};
-use crate::export::{DiskResult, ExportOptions, ExportReport, ExportRun, TestFaults};
+use crate::export::{DiskResult, ExportReport, ExportRun, TestFaults};
 use crate::progress::Progress;
 use crate::replication::tls::NodeTls;
-use crate::resume::{ResumePlan, plan_resume};
 use crate::source::AgentSource;
-use crate::source::disk::RawDisk;
-use crate::target::{TargetAccess, open_or_create, target_path};
+use crate::target::TargetAccess;
 use crate::task_progress::TaskCounters;
-use hyperexport_shared::prune::{Retention, prune};
+use hyperexport_shared::prune::prune;
 
 /// Restarts of children a task may use before it fails.
 pub const RESTART_BUDGET: u32 = 3;
@@ -73,7 +72,7 @@ pub struct JobSupervisorConfig {
 
 impl JobSupervisorConfig {
     /// The task's handle on the agent's bandwidth limiter.
-    fn throttle(&self) -> Throttle {
+    pub(super) fn throttle(&self) -> Throttle {
         Throttle { limiter: Arc::clone(&self.limiter), job: self.assign.job_id.clone() }
     }
 }
@@ -92,8 +91,9 @@ pub enum JobSupervisorMsg {
     RegionReplicated { result: pb::ReplicaResult },
     /// The point's replication is over, one result per region.
     Replicated { results: Vec<pb::ReplicaResult> },
-    /// Stop the task (the cancel flag is already set).
-    Cancel,
+    /// Stop the task (the cancel flag is already set); `moved`: it runs elsewhere now, so what
+    /// its attempts share stays.
+    Cancel { moved: bool },
     /// Time to report progress.
     Tick,
     /// Start the child for the current step again (after a failure's backoff).
@@ -119,6 +119,8 @@ pub struct JobSupervisorState {
     stats: Option<pb::ExportStats>,
     /// The published point, while it is being replicated.
     published: Option<String>,
+    /// Cancelled because the task moved to another agent.
+    moved: bool,
     replicas: Vec<pb::ReplicaResult>,
 }
 
@@ -154,9 +156,12 @@ impl JobSupervisorState {
         crate::metrics::finished(provider, status, self.started.elapsed());
         let a = &self.config.assign;
         // The export's snapshot goes once the task has ended for good; a retry of a retryable
-        // failure reads it again, so it stays for that (`snapshots cleanup` removes leftovers).
+        // failure reads it again, and an attempt cancelled because the task moved shares it
+        // with the attempt that runs now, so it stays for those (`snapshots cleanup` removes
+        // leftovers).
         if let AgentSource::Vsphere(connection) = &self.config.source
             && !(outcome == TaskOutcome::Failed && retryable)
+            && !self.moved
         {
             let (connection, vm, task) = (connection.clone(), a.vm.clone(), a.task_id.clone());
             tokio::task::spawn_blocking(move || match crate::vsphere::export::release(&connection, &vm, &task) {
@@ -245,64 +250,6 @@ impl JobSupervisorState {
     }
 }
 
-/// The retention an assignment asks for (none: keep everything).
-fn retention_of(a: &Assign) -> Retention {
-    a.retention.map_or_else(Retention::default, |r| Retention {
-        keep_last: r.keep_last,
-        keep_daily: r.keep_daily,
-        keep_weekly: r.keep_weekly,
-        keep_monthly: r.keep_monthly,
-    })
-}
-
-/// The export's report as the coordinator keeps it.
-fn stats_of(r: &ExportReport, note: Option<&str>) -> pb::ExportStats {
-    let t = &r.total;
-    pb::ExportStats {
-        size: t.size,
-        bytes_read: t.bytes_read,
-        hole_bytes: t.hole_bytes,
-        new_bytes: t.new_bytes,
-        stored_bytes: t.stored_bytes,
-        reused_bytes: t.reused_bytes,
-        found_bytes: t.found_bytes,
-        resumed_bytes: t.resumed_bytes,
-        changes_found_by: "content".into(),
-        note: note.unwrap_or_default().to_string(),
-    }
-}
-
-/// An opened task: the export under way, its disks' sizes and where to resume them.
-struct Opened {
-    run: ExportRun,
-    sizes: Vec<u64>,
-    plan: ResumePlan,
-}
-
-/// Opens the source VM and the target, locks the target for the export and plans the resume.
-fn open(config: &JobSupervisorConfig) -> Result<Opened, AgentError> {
-    let a = &config.assign;
-    let source = Arc::new(match &config.source {
-        AgentSource::Local(dir) => crate::source::open(&crate::source::inventory::find(dir, &a.vm)?, None)?,
-        // A snapshot is taken (or found again, for a retry) and its disks read from the datastore.
-        AgentSource::Vsphere(connection) => crate::vsphere::export::open(connection, &a.vm, &a.task_id)?,
-    });
-    let repo = Arc::new(open_or_create(&target_path(&a.target)?, &config.access)?);
-    let compression = repo.config().compression.parse().map_err(|e: String| AgentError::Invalid(format!("target compression: {e}")))?;
-    let opts = ExportOptions {
-        chunk_size: repo.config().chunk_size,
-        compression,
-        threads: config.threads,
-        lock_wait: Duration::from_secs(24 * 3600),
-        faults: config.faults,
-        throttle: Some(config.throttle()),
-    };
-    let sizes: Vec<u64> = source.disks.iter().map(|d| RawDisk::of(d).map(|r| r.size())).collect::<Result<_, _>>()?;
-    let run = ExportRun::begin(repo, source, opts, &config.cancel)?;
-    let plan = plan_resume(&run, &sizes, a.resume.as_ref());
-    Ok(Opened { run, sizes, plan })
-}
-
 impl Actor for JobSupervisor {
     type Msg = JobSupervisorMsg;
     type State = JobSupervisorState;
@@ -328,6 +275,7 @@ impl Actor for JobSupervisor {
             started: std::time::Instant::now(),
             stats: None,
             published: None,
+            moved: false,
             replicas: Vec::new(),
         })
     }
@@ -451,7 +399,8 @@ impl Actor for JobSupervisor {
                 let point = state.published.take().unwrap_or_default();
                 state.finish(&myself, TaskOutcome::Succeeded, String::new(), point, false);
             }
-            JobSupervisorMsg::Cancel => {
+            JobSupervisorMsg::Cancel { moved } => {
+                state.moved |= moved;
                 state.config.cancel.store(true, Ordering::SeqCst);
                 if state.child.is_none() {
                     state.finish(&myself, TaskOutcome::Cancelled, String::new(), String::new(), false);

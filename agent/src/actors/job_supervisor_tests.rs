@@ -126,7 +126,7 @@ async fn a_cancelled_task_publishes_nothing_and_a_new_attempt_resumes_from_its_c
         }
     };
     task.cancel.store(true, Ordering::SeqCst);
-    task.supervisor.send_message(JobSupervisorMsg::Cancel).unwrap();
+    task.supervisor.send_message(JobSupervisorMsg::Cancel { moved: false }).unwrap();
     let (_, finished) = until_finished(&mut task.news).await;
     assert_eq!(finished.outcome(), TaskOutcome::Cancelled);
     assert!(points(dir.path()).is_empty(), "a cancelled task published a point");

@@ -12,6 +12,7 @@ pub mod agent_root;
 pub mod disk_reader;
 pub mod job_supervisor;
 pub mod replicator;
+mod task_open;
 pub mod uploader;
 
 use ractor::{ActorCell, SupervisionEvent};

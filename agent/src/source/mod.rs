@@ -24,8 +24,8 @@ use crate::qemu::{self, ImageFormat};
 pub enum AgentSource {
     /// A folder of local VMs (`local:DIR`).
     Local(PathBuf),
-    /// A vSphere server (`vsphere://USER@HOST[:PORT][/DATACENTER]`): its VMs are listed; their
-    /// export is not built yet.
+    /// A vSphere server (`vsphere://USER@HOST[:PORT][/DATACENTER]`): its VMs are exported
+    /// through snapshots (`crate::vsphere::export`).
     Vsphere(crate::vsphere::Connection),
 }
 

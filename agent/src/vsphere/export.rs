@@ -24,13 +24,14 @@ pub fn snapshot_name(task_id: &str) -> String {
     format!("{EXPORT_PREFIX}{task_id}")
 }
 
-/// Logs the session out when the source is dropped.
+/// Logs the session out when the source is dropped, on a thread of its own (the source may be
+/// dropped on an async worker, which must not wait for vSphere).
 struct SessionHold(Mutex<Option<Session>>);
 
 impl Drop for SessionHold {
     fn drop(&mut self) {
         if let Some(session) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            session.logout();
+            std::thread::spawn(move || session.logout());
         }
     }
 }
@@ -38,7 +39,7 @@ impl Drop for SessionHold {
 /// Opens `vm` for the export of task `task_id`.
 pub fn open(connection: &Connection, vm: &str, task_id: &str) -> Result<VmSource> {
     let mut session = connection.session()?;
-    let found = inventory::find(&mut session, vm)?;
+    let found = inventory::find(&mut session, vm, &connection.url.datacenter)?;
     let name = snapshot_name(task_id);
     let existing = flatten(&snapshot::tree(&mut session, &found.moref())?).into_iter().find(|s| s.name == name).map(|s| s.moref());
     let snap = match existing {
@@ -101,14 +102,14 @@ fn change_tracking_note(session: &mut Session, vm: &inventory::VsphereVm, snapsh
     );
     match session.call("QueryChangedDiskAreas", &params) {
         Ok(_) => "changes found by content: the server keeps changed block tracking, which HyperExport does not use yet".into(),
-        Err(e) => format!("changes found by content: the server gives no changed block tracking ({e})"),
+        Err(e) => format!("changes found by content: no changed block tracking for this VM, on it or on the server ({e})"),
     }
 }
 
 /// Removes the snapshot the export of task `task_id` took of `vm`; whether there was one.
 pub fn release(connection: &Connection, vm: &str, task_id: &str) -> Result<bool> {
     let mut session = connection.session()?;
-    let found = inventory::find(&mut session, vm)?;
+    let found = inventory::find(&mut session, vm, &connection.url.datacenter)?;
     let name = snapshot_name(task_id);
     let tree = snapshot::tree(&mut session, &found.moref())?;
     let removed = match flatten(&tree).into_iter().find(|s| s.name == name) {

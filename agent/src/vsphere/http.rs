@@ -1,5 +1,5 @@
-//! A small blocking HTTP/1.1 client for the vSphere endpoints (SOAP at `/sdk`, and later the
-//! datastore `/folder` downloads): one kept-alive connection, plain or TLS (rustls with ring),
+//! A small blocking HTTP/1.1 client for the vSphere endpoints (SOAP at `/sdk`, the datastore's
+//! `/folder` downloads): one kept-alive connection, plain or TLS (rustls with ring),
 //! the server's certificate checked against a CA, pinned by its SHA-256 thumbprint, or (only
 //! when asked for explicitly) not checked.
 
@@ -64,7 +64,7 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client of `host:port`; `trust` is `None` for plain HTTP.
     pub fn new(host: &str, port: u16, trust: Option<Trust>, timeout: Duration) -> Result<Self, VsphereError> {
-        let addr = format!("{host}:{port}");
+        let addr = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let tls = trust.map(|t| tls_config(t, &addr)).transpose()?;
         Ok(HttpClient { addr, host: host.to_string(), tls, timeout, conn: None })
     }
@@ -104,33 +104,50 @@ impl HttpClient {
         Ok(BufReader::new(stream))
     }
 
-    /// Sends a request and reads the answer; a kept-alive connection the server closed
-    /// meanwhile is opened again once.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, VsphereError> {
+    /// Sends a request and reads the answer (of `max_body` bytes at most). A kept-alive
+    /// connection the server had closed (the request could not be sent, or the connection
+    /// ended before any answer) is opened again once; nothing else is sent twice, so a call
+    /// that starts a task is never repeated.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        max_body: usize,
+    ) -> Result<Response, VsphereError> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.addr, body.len());
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         let reused = self.conn.is_some();
-        match self.exchange(head.as_bytes(), body) {
-            Err(VsphereError::Unreachable { .. }) if reused => self.exchange(head.as_bytes(), body),
-            other => other,
+        match self.exchange(head.as_bytes(), body, max_body) {
+            Err((_, true)) if reused => self.exchange(head.as_bytes(), body, max_body).map_err(|(e, _)| e),
+            other => other.map_err(|(e, _)| e),
         }
     }
 
-    fn exchange(&mut self, head: &[u8], body: &[u8]) -> Result<Response, VsphereError> {
+    /// One request on the open connection (or a new one); on failure, the error and whether
+    /// the connection was found closed before the server saw the request.
+    fn exchange(&mut self, head: &[u8], body: &[u8], max_body: usize) -> Result<Response, (VsphereError, bool)> {
         if self.conn.is_none() {
-            self.conn = Some(self.connect()?);
+            self.conn = Some(self.connect().map_err(|e| (e, false))?);
         }
         let addr = self.addr.clone();
         let conn = self.conn.as_mut().expect("just connected");
-        let result = (|| {
+        let sent = (|| {
             conn.get_mut().write_all(head)?;
             conn.get_mut().write_all(body)?;
-            conn.get_mut().flush()?;
-            read_response(conn)
+            conn.get_mut().flush()
         })();
+        let result = match sent {
+            Ok(()) => read_response(conn, max_body).map_err(|e| {
+                let stale = matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset);
+                (e, stale)
+            }),
+            Err(e) => Err((e, true)),
+        };
         match result {
             Ok((response, keep)) => {
                 if !keep {
@@ -138,82 +155,107 @@ impl HttpClient {
                 }
                 Ok(response)
             }
-            Err(e) => {
+            Err((e, stale)) => {
                 self.conn = None;
-                Err(match e.kind() {
+                let error = match e.kind() {
                     std::io::ErrorKind::InvalidData if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
                         VsphereError::Tls { addr, detail: e.to_string() }
                     }
                     _ => VsphereError::Unreachable { addr, detail: e.to_string() },
-                })
+                };
+                Err((error, stale))
             }
         }
     }
 }
 
+/// Longest status or header line accepted.
+const MAX_LINE: u64 = 16 << 10;
+/// Most header lines accepted.
+const MAX_HEADERS: usize = 200;
+
 fn bad(what: impl Into<String>) -> std::io::Error {
     std::io::Error::other(what.into())
 }
 
-/// Reads a response; whether the connection stays open.
-fn read_response(conn: &mut impl BufRead) -> std::io::Result<(Response, bool)> {
+/// Reads one line of at most [`MAX_LINE`] bytes.
+fn read_line(conn: &mut impl BufRead, line: &mut String) -> std::io::Result<usize> {
+    line.clear();
+    let n = conn.take(MAX_LINE).read_line(line)?;
+    if n as u64 == MAX_LINE && !line.ends_with('\n') {
+        return Err(bad(format!("a line of the answer is longer than {MAX_LINE} bytes")));
+    }
+    Ok(n)
+}
+
+/// Reads a response whose body is `max_body` bytes at most; whether the connection stays open.
+fn read_response(conn: &mut impl BufRead, max_body: usize) -> std::io::Result<(Response, bool)> {
     let mut line = String::new();
-    conn.read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+    if read_line(conn, &mut line)? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "the server closed the connection before answering"));
     }
     let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
-        line.clear();
-        conn.read_line(&mut line)?;
+        read_line(conn, &mut line)?;
         let l = line.trim_end();
         if l.is_empty() {
             break;
+        }
+        if headers.len() == MAX_HEADERS {
+            return Err(bad(format!("more than {MAX_HEADERS} header lines")));
         }
         let (name, value) = l.split_once(':').ok_or_else(|| bad(format!("bad header line {l:?}")))?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
     let find = |n: &str| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.clone());
     let keep = !find("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+    let too_big = |n: u128| bad(format!("an answer of {n} bytes, more than the {max_body} expected"));
     let body = if find("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-        read_chunked(conn)?
+        read_chunked(conn, max_body)?
     } else if let Some(len) = find("content-length") {
-        let len: usize = len.parse().map_err(|_| bad(format!("bad content-length {len:?}")))?;
-        let mut body = vec![0; len];
+        let len: u64 = len.parse().map_err(|_| bad(format!("bad content-length {len:?}")))?;
+        if len > max_body as u64 {
+            return Err(too_big(len.into()));
+        }
+        let mut body = vec![0; len as usize];
         conn.read_exact(&mut body)?;
         body
     } else {
         let mut body = Vec::new();
-        conn.read_to_end(&mut body)?;
+        conn.take(max_body as u64 + 1).read_to_end(&mut body)?;
+        if body.len() > max_body {
+            return Err(too_big(body.len() as u128));
+        }
         return Ok((Response { status, headers, body }, false));
     };
     Ok((Response { status, headers, body }, keep))
 }
 
-fn read_chunked(conn: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+fn read_chunked(conn: &mut impl BufRead, max_body: usize) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut line = String::new();
     loop {
-        line.clear();
-        conn.read_line(&mut line)?;
+        read_line(conn, &mut line)?;
         let size = line.trim().split(';').next().unwrap_or("");
         let size = usize::from_str_radix(size, 16).map_err(|_| bad(format!("bad chunk size {line:?}")))?;
         if size == 0 {
             // Trailers, then the blank line.
             loop {
-                line.clear();
-                conn.read_line(&mut line)?;
+                read_line(conn, &mut line)?;
                 if line.trim().is_empty() {
                     return Ok(body);
                 }
             }
         }
         let start = body.len();
-        body.resize(start + size, 0);
+        let end = start
+            .checked_add(size)
+            .filter(|e| *e <= max_body)
+            .ok_or_else(|| bad(format!("a chunked answer longer than the {max_body} bytes expected")))?;
+        body.resize(end, 0);
         conn.read_exact(&mut body[start..])?;
-        line.clear();
-        conn.read_line(&mut line)?;
+        read_line(conn, &mut line)?;
     }
 }
 
@@ -303,10 +345,10 @@ mod tests {
     #[test]
     fn chunked_and_sized_bodies_are_read_whole() {
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n";
-        let (r, keep) = read_response(&mut &raw[..]).unwrap();
+        let (r, keep) = read_response(&mut &raw[..], 100).unwrap();
         assert_eq!((r.status, r.body.as_slice(), keep), (200, &b"hello world"[..], true));
         let raw = b"HTTP/1.1 500 Internal\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
-        let (r, keep) = read_response(&mut &raw[..]).unwrap();
+        let (r, keep) = read_response(&mut &raw[..], 100).unwrap();
         assert_eq!((r.status, r.body.as_slice(), keep), (500, &b"abc"[..], false));
     }
 
@@ -318,8 +360,18 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         ] {
-            assert!(read_response(&mut &raw[..]).is_err(), "{raw:?}");
+            assert!(read_response(&mut &raw[..], 100).is_err(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn an_answer_larger_than_expected_is_refused_before_it_is_read() {
+        let sized = b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        assert!(read_response(&mut &sized[..], 1 << 20).unwrap_err().to_string().contains("more than"));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n";
+        assert!(read_response(&mut &chunked[..], 1 << 20).is_err());
+        let long = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &[b'a'; 20_000]].concat();
+        assert!(read_response(&mut &long[..], 100).unwrap_err().to_string().contains("longer than"));
     }
 
     #[test]

@@ -83,12 +83,20 @@ impl VsphereVm {
     }
 }
 
-/// The VM named `name` exactly.
-pub fn find(session: &mut Session, name: &str) -> Result<VsphereVm, VsphereError> {
-    list(session, &Filter::default())?
-        .into_iter()
-        .find(|v| v.name == name)
-        .ok_or_else(|| VsphereError::NoVm { name: name.to_string(), host: session.addr().to_string() })
+/// The one VM named `name` exactly (in the datacenter at inventory path `datacenter`, unless
+/// it is empty); several of that name are refused rather than one picked.
+pub fn find(session: &mut Session, name: &str, datacenter: &str) -> Result<VsphereVm, VsphereError> {
+    let filter = Filter { folder: if datacenter.is_empty() { String::new() } else { format!("/{datacenter}") }, ..Filter::default() };
+    let mut found: Vec<VsphereVm> = list(session, &filter)?.into_iter().filter(|v| v.name == name).collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(VsphereError::NoVm { name: name.to_string(), host: session.addr().to_string() }),
+        n => Err(VsphereError::AmbiguousVm {
+            name: name.to_string(),
+            count: n,
+            folders: found.iter().map(|v| v.folder.clone()).collect::<Vec<_>>().join(", "),
+        }),
+    }
 }
 
 /// Every VM of the server that `filter` accepts, by name.
@@ -168,7 +176,7 @@ pub(super) fn disks(devices: Node) -> Option<Vec<VsphereDisk>> {
                 let file = child(d, "backing").and_then(|b| text_of(b, "fileName")).unwrap_or("").to_string();
                 let capacity_bytes = text_of(d, "capacityInBytes")
                     .and_then(|v| v.parse().ok())
-                    .or_else(|| text_of(d, "capacityInKB").and_then(|v| v.parse::<u64>().ok()).map(|kb| kb * 1024))
+                    .or_else(|| text_of(d, "capacityInKB").and_then(|v| v.parse::<u64>().ok()).map(|kb| kb.saturating_mul(1024)))
                     .unwrap_or(0);
                 VsphereDisk {
                     key: text_of(d, "key").and_then(|k| k.parse().ok()).unwrap_or(0),

@@ -37,6 +37,8 @@ pub enum VsphereError {
     Fault { method: String, message: String },
     #[error("no VM named {name:?} on vSphere at {host}")]
     NoVm { name: String, host: String },
+    #[error("{count} VMs are named {name:?} (in {folders}): give the datacenter in the source URL")]
+    AmbiguousVm { name: String, count: usize, folders: String },
     #[error("VM {vm:?} has no snapshot named {name:?}")]
     NoSnapshot { vm: String, name: String },
     #[error("VM {vm:?} has {count} snapshots named {name:?}: remove the others first")]
@@ -53,6 +55,7 @@ impl VsphereError {
             VsphereError::Url { .. }
                 | VsphereError::Login { .. }
                 | VsphereError::NoVm { .. }
+                | VsphereError::AmbiguousVm { .. }
                 | VsphereError::NoSnapshot { .. }
                 | VsphereError::AmbiguousSnapshot { .. }
         )
@@ -84,13 +87,16 @@ impl VsphereUrl {
         if user.is_empty() {
             return Err(bad("the user is empty"));
         }
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| bad(&format!("port {p:?} is not a number from 1 to 65535")))?)
-            }
-            _ => (hostport, 443),
+        let port_of = |p: &str| p.parse::<u16>().map_err(|_| bad(&format!("port {p:?} is not a number from 1 to 65535")));
+        // `[v6 address]` or `[v6 address]:port`, else `host` or `host:port`.
+        let (host, port) = match hostport.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((h, "")) => (h, 443),
+            Some((h, rest)) => (h, port_of(rest.strip_prefix(':').ok_or_else(|| bad("junk after the ] of the address"))?)?),
+            None => match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, port_of(p)?),
+                None => (hostport, 443),
+            },
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || port == 0 {
             return Err(bad("no host (or port 0)"));
         }
@@ -157,7 +163,19 @@ mod tests {
         assert_eq!((u.user.as_str(), u.host.as_str(), u.port), ("administrator@vsphere.local", "vc.example", 443));
         let e = VsphereUrl::parse("vsphere://admin:hunter2@vc.example").unwrap_err().to_string();
         assert!(e.contains("password does not go in the URL") && !e.contains("hunter2"), "{e}");
-        for bad in ["http://a@b", "vsphere://vc.example", "vsphere://@vc", "vsphere://a@", "vsphere://a@h:99999", "vsphere://a@h:0"] {
+        let u = VsphereUrl::parse("vsphere://admin@[::1]").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 443));
+        let u = VsphereUrl::parse("vsphere://admin@[fd00::5]:8443/DC0").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.datacenter.as_str()), ("fd00::5", 8443, "DC0"));
+        for bad in [
+            "http://a@b",
+            "vsphere://vc.example",
+            "vsphere://@vc",
+            "vsphere://a@",
+            "vsphere://a@h:99999",
+            "vsphere://a@h:0",
+            "vsphere://a@[::1]x",
+        ] {
             assert!(VsphereUrl::parse(bad).is_err(), "{bad}");
         }
     }

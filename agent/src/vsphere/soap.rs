@@ -40,6 +40,9 @@ pub fn text_of<'a>(node: Node<'a, '_>, name: &str) -> Option<&'a str> {
     child(node, name).and_then(|n| n.text()).map(str::trim)
 }
 
+/// The largest SOAP answer read (an inventory of many thousand VMs stays far below it).
+const MAX_ANSWER: usize = 256 << 20;
+
 /// What the service instance offers (the part the agent uses).
 #[derive(Debug, Clone)]
 pub struct ServiceContent {
@@ -79,12 +82,21 @@ impl Session {
         }
     }
 
-    /// Ends the session (best effort: the server drops idle sessions too).
+    /// Ends the session (best effort: the server drops idle sessions too). Dropping a session
+    /// ends it too, on the thread that drops it.
     pub fn logout(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if self.cookie.is_none() {
+            return;
+        }
         let this = self.content.session_manager.xml("_this");
         if let Err(e) = self.call("Logout", &this) {
             tracing::debug!(error = %e, "vsphere logout failed");
         }
+        self.cookie = None;
     }
 
     /// The server, `host:port`.
@@ -107,7 +119,7 @@ impl Session {
         if let Some(c) = &cookie {
             headers.push(("Cookie", c.as_str()));
         }
-        let response = self.http.request("POST", "/sdk", &headers, envelope.as_bytes())?;
+        let response = self.http.request("POST", "/sdk", &headers, envelope.as_bytes(), MAX_ANSWER)?;
         if let Some(set) = response.header("set-cookie") {
             // `vmware_soap_session="..."; Path=/; ...`: the first pair is the session.
             self.cookie = set.split(';').next().map(|c| c.trim().to_string());
@@ -136,6 +148,12 @@ impl Session {
             return Err(VsphereError::Http { addr: self.http.addr().to_string(), status: response.status, what: method.to_string() });
         }
         Ok(text)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

@@ -49,7 +49,7 @@ impl Scheduler {
                 None => false,
             };
             if !keep {
-                self.turn.outbox.push((id.clone(), CoordinatorBody::Cancel(CancelTask { task_id: task_id.clone() })));
+                self.turn.outbox.push((id.clone(), CoordinatorBody::Cancel(CancelTask { task_id: task_id.clone(), moved: true })));
             }
         }
         // Tasks meant for it that it no longer holds were lost with its previous run; cancelled

@@ -9,14 +9,9 @@
 use foldhash::{HashMap, HashMapExt, HashSet};
 use std::time::{Duration, Instant};
 
-use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
-use hyperexport_proto::v1::{
-    BandwidthConfig, BandwidthTree, CancelTask, CoordinatorMessage, DrillDone, Job, JobState, Register, ReplicaStatus, ReplicaTarget,
-    TaskCheckpointState,
-};
+use hyperexport_proto::v1::{BandwidthConfig, CancelTask, Job, JobState, Register, ReplicaStatus, ReplicaTarget, TaskCheckpointState};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tonic::Status;
 
 use crate::bandwidth::config::Compiled;
 use crate::bandwidth::plan::Plan;
@@ -29,11 +24,14 @@ use crate::store::leases::{AgentLeases, agent_ttl};
 use crate::task_state::{holds_agent, is_active};
 
 mod agents;
+mod api;
 mod bandwidth;
 mod drills;
 #[cfg(test)]
 mod tests;
 mod turn;
+
+pub use api::{AgentSender, Event, SchedulerHandle};
 
 /// Heartbeats an agent may miss before it is taken for dead.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -51,100 +49,6 @@ const MAX_EVENTS_PER_TURN: usize = 4096;
 const HANDLE_BUDGET: Duration = Duration::from_millis(2);
 /// Longest time between two turns when no event comes (bandwidth allocation runs on turns).
 const MAX_IDLE_TURN: Duration = Duration::from_millis(250);
-
-/// The sending half of an agent's stream.
-pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, Status>>;
-
-/// What the scheduler acts on.
-pub enum Event {
-    /// A validated new job, received by the API at the instant given.
-    Submit(Job, Instant, oneshot::Sender<Result<Job>>),
-    /// Cancel a job.
-    Cancel(String, oneshot::Sender<Result<Job>>),
-    /// An agent registered on a new stream (`Registered` already sent).
-    Attached { register: Register, connection: u64, tx: AgentSender },
-    /// A message from an agent's stream, read at `received`.
-    FromAgent { agent: String, connection: u64, body: AgentBody, received: Instant },
-    /// An agent's stream ended.
-    Detached { agent: String, connection: u64, reason: &'static str },
-    /// The registrations of the live agents.
-    LiveAgents(oneshot::Sender<Vec<Register>>),
-    /// Run a test failover of a VM on an agent of a region that keeps replicas.
-    /// With `restore_to`, a real failover to that path on the agent's host.
-    Drill { vm: String, region: String, restore_to: String, reply: oneshot::Sender<Result<(String, DrillDone)>> },
-    /// Persist and apply a validated bandwidth configuration.
-    SetBandwidth(Compiled, oneshot::Sender<Result<BandwidthConfig>>),
-    /// The bandwidth configuration in force.
-    BandwidthConfig(oneshot::Sender<BandwidthConfig>),
-    /// The last bandwidth allocation.
-    BandwidthTree(oneshot::Sender<BandwidthTree>),
-    /// An agent's etcd lease expired (the watch of `agents/` saw its key deleted).
-    LeaseExpired(String),
-}
-
-/// How the API and the agent streams talk to the scheduler.
-#[derive(Clone)]
-pub struct SchedulerHandle {
-    events: mpsc::UnboundedSender<Event>,
-    changes: broadcast::Sender<Job>,
-    /// The agents' heartbeat interval.
-    pub heartbeat: Duration,
-}
-
-impl SchedulerHandle {
-    /// Hands an event to the scheduler.
-    pub fn send(&self, event: Event) {
-        let _ = self.events.send(event);
-    }
-
-    async fn ask<T>(&self, event: impl FnOnce(oneshot::Sender<T>) -> Event) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.send(event(tx));
-        rx.await.map_err(|_| CoordinatorError::Stopping)
-    }
-
-    /// Accepts a job once it is stored.
-    pub async fn submit(&self, job: Job) -> Result<Job> {
-        let received = Instant::now();
-        self.ask(|tx| Event::Submit(job, received, tx)).await?
-    }
-
-    /// Cancels a job; returns it as stored.
-    pub async fn cancel(&self, id: String) -> Result<Job> {
-        self.ask(|tx| Event::Cancel(id, tx)).await?
-    }
-
-    /// The live agents.
-    pub async fn live_agents(&self) -> Result<Vec<Register>> {
-        self.ask(Event::LiveAgents).await
-    }
-
-    /// Runs a failover of `vm` in `region` (a test when `restore_to` is empty); answers with the
-    /// agent that ran it and its report once it is done.
-    pub async fn drill(&self, vm: String, region: String, restore_to: String) -> Result<(String, DrillDone)> {
-        self.ask(|reply| Event::Drill { vm, region, restore_to, reply }).await?
-    }
-
-    /// Persists and applies a bandwidth configuration; returns it as stored.
-    pub async fn set_bandwidth(&self, config: Compiled) -> Result<BandwidthConfig> {
-        self.ask(|reply| Event::SetBandwidth(config, reply)).await?
-    }
-
-    /// The bandwidth configuration in force.
-    pub async fn bandwidth_config(&self) -> Result<BandwidthConfig> {
-        self.ask(Event::BandwidthConfig).await
-    }
-
-    /// The last bandwidth allocation.
-    pub async fn bandwidth_tree(&self) -> Result<BandwidthTree> {
-        self.ask(Event::BandwidthTree).await
-    }
-
-    /// Every job change from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Job> {
-        self.changes.subscribe()
-    }
-}
 
 struct AgentConn {
     register: Register,
@@ -535,7 +439,7 @@ impl Scheduler {
             }
         }
         for (agent, task_id) in holders {
-            self.turn.outbox.push((agent, CoordinatorBody::Cancel(CancelTask { task_id })));
+            self.turn.outbox.push((agent, CoordinatorBody::Cancel(CancelTask { task_id, moved: false })));
         }
         for vm in unfinished {
             crate::metrics::finished(&self.provider_of(&vm), "cancelled");

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use hyperexport_proto::v1::{Assign, DiskCheckpoint, SubmitRequest, TaskCheckpoint, TaskFinished, TaskOutcome, Vm};
+use hyperexport_proto::v1::agent_message::Body as AgentBody;
+use hyperexport_proto::v1::{Assign, CoordinatorMessage, DiskCheckpoint, SubmitRequest, TaskCheckpoint, TaskFinished, TaskOutcome, Vm};
 use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
 
 use super::*;
 

@@ -10,10 +10,7 @@
 //! | `bandwidth/config` | `BandwidthConfig` |
 //! | `leader` | the leading coordinator's address and a random nonce, held by its lease |
 //!
-//! Leadership is a lease-held key: a coordinator campaigns by creating `leader` under a lease
-//! of `ttl` if nobody holds it, keeps the lease alive, and steps down (stops writing, and the
-//! process stops serving) when it has not renewed it for two thirds of the TTL, before the lease
-//! can expire and another coordinator take over. Every write is a transaction guarded by
+//! Leadership is a lease-held key (`leader.rs`). Every write is a transaction guarded by
 //! `leader` still holding this coordinator's value, so a coordinator that lost the key cannot
 //! write even before it notices. The leader key's revision when it was created is the
 //! coordinator's term: assignments carry it, and agents refuse those of an older term.
@@ -24,15 +21,14 @@
 //! a coordinator that should not be writing) is never overwritten; the write fails instead.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use foldhash::HashMap;
 use hyperexport_proto::v1::{Job, TaskCheckpointState};
 use prost::Message;
-use tokio::sync::watch;
 
 use super::{Batch, fail, newest_first, replica_key};
 use crate::error::{CoordinatorError, Result};
@@ -52,7 +48,7 @@ pub const LEADER_KEY: &str = "leader";
 pub const AGENTS: &str = "agents/";
 
 /// How to reach etcd and lead.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdOptions {
     /// `host:port` of each member.
     pub endpoints: Vec<String>,
@@ -64,6 +60,19 @@ pub struct EtcdOptions {
     pub user: Option<(String, String)>,
     /// TLS to etcd (CA, and a client identity when etcd asks for one).
     pub tls: Option<etcd_client::TlsOptions>,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// Connects to etcd (each request times out after 5 s).
@@ -80,12 +89,16 @@ pub async fn connect(options: &EtcdOptions) -> Result<Client> {
         .map_err(|e| CoordinatorError::Store { op: "connect to etcd", detail: format!("{}: {e}", options.endpoints.join(",")) })
 }
 
-/// What this coordinator holds while it leads.
-struct Leadership {
-    key: String,
-    value: String,
-    term: u64,
-    lost: AtomicBool,
+/// What this coordinator holds while it leads (see `leader.rs`).
+pub(super) struct Leadership {
+    /// The leader key.
+    pub(super) key: String,
+    /// Its value while this coordinator holds it: its address and a nonce.
+    pub(super) value: String,
+    /// The key's creation revision.
+    pub(super) term: u64,
+    /// Set once the leadership is given up or lost.
+    pub(super) lost: AtomicBool,
 }
 
 /// The etcd store of a leading coordinator.
@@ -161,13 +174,17 @@ impl EtcdStore {
         Compare::value(self.leadership.key.as_str(), CompareOp::Equal, self.leadership.value.as_str())
     }
 
-    /// Remembers the revision of records read (never going back: a read that raced a write of
-    /// this coordinator's may return the older one).
+    /// Remembers the revision of records read that this coordinator had not seen yet. A record
+    /// it has seen keeps the revision it last wrote or read first: a later read must not make a
+    /// change by another writer look like its own.
     fn seen<'a>(&self, kvs: impl IntoIterator<Item = &'a KeyValue>) {
+        // A reader (a standby) writes nothing: it keeps no revisions.
+        if self.leadership.value.is_empty() {
+            return;
+        }
         let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
         for kv in kvs {
-            let r = revisions.entry(kv.key().to_vec()).or_insert(0);
-            *r = (*r).max(kv.mod_revision());
+            revisions.entry(kv.key().to_vec()).or_insert(kv.mod_revision());
         }
     }
 
@@ -334,171 +351,20 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// The store of the coordinator that holds `leadership`.
+    pub(super) fn new(client: Client, options: &EtcdOptions, leadership: Arc<Leadership>) -> Self {
+        EtcdStore { client, prefix: options.prefix.clone(), leadership, ttl: options.ttl, revisions: Arc::default() }
+    }
+}
+
 /// A store on etcd for reads only (a standby answers job reads from it); every write is refused.
 pub async fn reader(options: &EtcdOptions) -> Result<EtcdStore> {
     let client = connect(options).await?;
     let key = format!("{}{LEADER_KEY}", options.prefix);
-    Ok(EtcdStore {
-        client,
-        prefix: options.prefix.clone(),
-        leadership: Arc::new(Leadership { key, value: String::new(), term: 0, lost: AtomicBool::new(true) }),
-        ttl: options.ttl,
-        revisions: Arc::default(),
-    })
+    Ok(EtcdStore::new(client, options, Arc::new(Leadership { key, value: String::new(), term: 0, lost: AtomicBool::new(true) })))
 }
 
-fn not_leader() -> CoordinatorError {
+pub(super) fn not_leader() -> CoordinatorError {
     CoordinatorError::Store { op: "write", detail: "this coordinator no longer leads (the etcd leader key is gone or another's)".into() }
-}
-
-/// Campaigns until this coordinator leads (or `stopping` turns true: `None`), then keeps its
-/// lease alive in the background. `identity` is stored in the leader key (the address it serves
-/// on). `stepped_down` turns true when the leadership is lost; `leader` is kept up to date with
-/// the address of the coordinator that leads meanwhile (for a standby's forwarding). Unless
-/// `patient`, failing to
-/// reach etcd at first is an error (a wrong address should be said at once); once it was
-/// reached, outages are waited out.
-pub async fn lead(
-    options: &EtcdOptions,
-    identity: &str,
-    mut stopping: watch::Receiver<bool>,
-    stepped_down: watch::Sender<bool>,
-    patient: bool,
-    leader: &watch::Sender<Option<String>>,
-) -> Result<Option<EtcdStore>> {
-    let probe = format!("{}{LEADER_KEY}", options.prefix);
-    let mut client = loop {
-        let reached = match connect(options).await {
-            Ok(mut c) => c.get(probe.as_str(), None).await.map(|_| c).map_err(fail("reach etcd")),
-            Err(e) => Err(e),
-        };
-        match reached {
-            Ok(c) => break c,
-            Err(e) if !patient => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "etcd unreachable; trying again");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stopping.changed() => return Ok(None),
-                }
-            }
-        }
-    };
-    let mut nonce = [0u8; 8];
-    hyperexport_shared::crypto::random_bytes(&mut nonce);
-    let value = format!("{identity} {}", hex::encode(nonce));
-    loop {
-        if *stopping.borrow() {
-            return Ok(None);
-        }
-        match campaign(&mut client, options, &value, &mut stopping, leader).await {
-            Ok(Some(leadership)) => {
-                let store = EtcdStore {
-                    client: client.clone(),
-                    prefix: options.prefix.clone(),
-                    leadership: Arc::clone(&leadership.0),
-                    ttl: options.ttl,
-                    revisions: Arc::default(),
-                };
-                keep_alive(client, leadership.1, options.ttl, leadership.0, stepped_down).await?;
-                return Ok(Some(store));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "etcd unavailable while standing by; trying again");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stopping.changed() => {}
-                }
-            }
-        }
-    }
-}
-
-/// One try: creates the leader key if nobody holds it (returns the leadership and its lease),
-/// else waits until the key goes, a TTL passes or `stopping` changes.
-async fn campaign(
-    client: &mut Client,
-    options: &EtcdOptions,
-    value: &str,
-    stopping: &mut watch::Receiver<bool>,
-    leader: &watch::Sender<Option<String>>,
-) -> Result<Option<(Arc<Leadership>, i64)>> {
-    let key = format!("{}{LEADER_KEY}", options.prefix);
-    let ttl = options.ttl.as_secs().max(1) as i64;
-    let lease = client.lease_grant(ttl, None).await.map_err(fail("etcd lease grant"))?.id();
-    let put = TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)));
-    let txn = Txn::new().when(vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then(vec![put]);
-    let resp = client.txn(txn).await.map_err(fail("etcd campaign"))?;
-    if resp.succeeded() {
-        let term = resp.header().map_or(0, |h| h.revision()).max(1) as u64;
-        tracing::info!(term, ttl_s = ttl, "leading: this coordinator holds the etcd leader key");
-        return Ok(Some((Arc::new(Leadership { key, value: value.to_string(), term, lost: AtomicBool::new(false) }), lease)));
-    }
-    let _ = client.lease_revoke(lease).await;
-    let holder = client.get(key.as_str(), None).await.ok().and_then(|r| r.kvs().first().map(|kv| kv.value_str().unwrap_or("").to_string()));
-    tracing::info!(leader = holder.as_deref().unwrap_or("?"), "standby: another coordinator leads");
-    // The key's value is the leader's address and a nonce.
-    leader.send_replace(holder.as_deref().and_then(|h| h.split_whitespace().next()).map(str::to_string));
-    // Wait for the key to go (or a TTL, in case the watch misses it), then try again.
-    let mut watch = client.watch(key.as_str(), None).await.map_err(fail("etcd watch"))?;
-    let gone = async {
-        while let Ok(Some(resp)) = watch.message().await {
-            if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        () = gone => {}
-        _ = tokio::time::sleep(options.ttl) => {}
-        _ = stopping.changed() => {}
-    }
-    leader.send_replace(None);
-    Ok(None)
-}
-
-/// Renews the lease every third of the TTL; marks the leadership lost (and says so on
-/// `stepped_down`) once it has gone two thirds of the TTL without a renewal, or etcd says the
-/// lease is gone.
-async fn keep_alive(
-    mut client: Client,
-    lease: i64,
-    ttl: Duration,
-    leadership: Arc<Leadership>,
-    stepped_down: watch::Sender<bool>,
-) -> Result<()> {
-    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.map_err(fail("etcd lease keep-alive"))?;
-    tokio::spawn(async move {
-        let step = ttl / 3;
-        let mut renewed = Instant::now();
-        loop {
-            tokio::time::sleep(step).await;
-            if leadership.lost.load(Ordering::SeqCst) {
-                tracing::warn!("stepping down: this coordinator gave its leadership up");
-                break;
-            }
-            let renew = async {
-                keeper.keep_alive().await.ok()?;
-                responses.message().await.ok().flatten()
-            };
-            match tokio::time::timeout(step, renew).await {
-                Ok(Some(r)) if r.ttl() > 0 => renewed = Instant::now(),
-                Ok(Some(_)) => {
-                    tracing::error!("the etcd lease of this coordinator expired; stepping down");
-                    break;
-                }
-                _ => tracing::warn!(since_ms = renewed.elapsed().as_millis() as u64, "cannot renew the etcd leader lease"),
-            }
-            if renewed.elapsed() >= ttl * 2 / 3 {
-                tracing::error!(ttl_ms = ttl.as_millis() as u64, "etcd unreachable for two thirds of the lease TTL; stepping down");
-                break;
-            }
-        }
-        leadership.lost.store(true, Ordering::SeqCst);
-        let _ = stepped_down.send(true);
-        // Best effort: give the key up at once rather than when the lease runs out.
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
-    });
-    Ok(())
 }

@@ -32,15 +32,26 @@ pub fn agent_ttl(leader_ttl: Duration, heartbeat: Duration, missed: u32, grace: 
 struct Holder {
     /// Wakes the task to renew the lease once.
     beat: Arc<Notify>,
+    /// Ends the task (the lease expired and the holder was dropped).
+    gone: Arc<Notify>,
     /// The lease's id once granted or taken over (0 until then).
     lease: Arc<AtomicI64>,
+}
+
+type Holders = Arc<Mutex<HashMap<String, Holder>>>;
+
+/// Drops `agent`'s holder, ending its task.
+fn drop_holder(holders: &mut HashMap<String, Holder>, agent: &str) {
+    if let Some(h) = holders.remove(agent) {
+        h.gone.notify_one();
+    }
 }
 
 /// The leases of the agents, held by the leader.
 pub struct AgentLeases {
     store: EtcdStore,
     ttl_s: i64,
-    holders: Arc<Mutex<HashMap<String, Holder>>>,
+    holders: Holders,
     /// Turns true when the leases are dropped (the scheduler stopped): every task ends.
     stop: watch::Sender<bool>,
 }
@@ -98,13 +109,14 @@ impl AgentLeases {
     /// Starts the task holding `agent`'s lease: takes over `lease` when it still runs, else
     /// grants one (writing the key with `registration`), renews it now and on every beat.
     fn hold(&self, agent: &str, lease: i64, registration: Option<Vec<u8>>) {
-        let holder = Holder { beat: Arc::new(Notify::new()), lease: Arc::new(AtomicI64::new(0)) };
+        let holder = Holder { beat: Arc::new(Notify::new()), gone: Arc::new(Notify::new()), lease: Arc::new(AtomicI64::new(0)) };
         let task = HolderTask {
             store: self.store.clone(),
             key: self.store.full_key(AGENTS, agent),
             agent: agent.to_string(),
             ttl_s: self.ttl_s,
             beat: Arc::clone(&holder.beat),
+            gone: Arc::clone(&holder.gone),
             lease: Arc::clone(&holder.lease),
             holders: Arc::clone(&self.holders),
         };
@@ -120,8 +132,9 @@ struct HolderTask {
     agent: String,
     ttl_s: i64,
     beat: Arc<Notify>,
+    gone: Arc<Notify>,
     lease: Arc<AtomicI64>,
-    holders: Arc<Mutex<HashMap<String, Holder>>>,
+    holders: Holders,
 }
 
 impl HolderTask {
@@ -148,6 +161,7 @@ impl HolderTask {
         };
         tokio::select! {
             () = holding => self.forget(),
+            () = self.gone.notified() => {}
             _ = stop.changed() => {}
         }
     }
@@ -205,15 +219,28 @@ async fn watch_expiries(
     mut client: Client,
     prefix: String,
     mut revision: i64,
-    holders: Arc<Mutex<HashMap<String, Holder>>>,
+    holders: Holders,
     expired: impl Fn(String),
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let options = WatchOptions::new().with_prefix().with_start_revision(revision).with_prev_key();
+        // Progress notices move `revision` on while no agent key changes, so that a watch made
+        // again after an outage does not start before etcd's compaction.
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision).with_prev_key().with_progress_notify();
         let watching = async {
             let mut stream = client.watch(prefix.as_str(), Some(options)).await.map_err(fail("etcd watch"))?;
             while let Some(resp) = stream.message().await.map_err(fail("etcd watch"))? {
+                if resp.canceled() {
+                    // Compacted past `revision` (or refused): what happened meanwhile is read
+                    // from the keys as they are.
+                    tracing::warn!(
+                        reason = resp.cancel_reason(),
+                        compacted = resp.compact_revision(),
+                        "the watch of agent leases was cancelled; reading the keys again"
+                    );
+                    revision = resync(&mut client, &prefix, &holders, &expired).await?;
+                    return Ok(());
+                }
                 for event in resp.events().iter().filter(|e| e.event_type() == EventType::Delete) {
                     let Some(kv) = event.kv() else { continue };
                     revision = revision.max(kv.mod_revision() + 1);
@@ -224,7 +251,7 @@ async fn watch_expiries(
                     if current.is_some_and(|c| c != 0 && lease != 0 && c != lease) {
                         continue;
                     }
-                    held.remove(&agent);
+                    drop_holder(&mut held, &agent);
                     drop(held);
                     tracing::warn!(agent = %agent, lease, "agent lease expired");
                     expired(agent);
@@ -248,6 +275,27 @@ async fn watch_expiries(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Lists the agent keys: the holders of agents whose key is gone are dropped and reported
+/// expired. Returns the revision to watch from.
+async fn resync(client: &mut Client, prefix: &str, holders: &Holders, expired: &impl Fn(String)) -> Result<i64> {
+    let resp = client.get(prefix, Some(GetOptions::new().with_prefix().with_keys_only())).await.map_err(fail("etcd get"))?;
+    let present: std::collections::HashSet<String> =
+        resp.kvs().iter().map(|kv| String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned()).collect();
+    let gone: Vec<String> = {
+        let mut held = holders.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = held.keys().filter(|a| !present.contains(a.as_str())).cloned().collect();
+        for agent in &gone {
+            drop_holder(&mut held, agent);
+        }
+        gone
+    };
+    for agent in gone {
+        tracing::warn!(agent = %agent, "agent lease expired (found while reading the keys again)");
+        expired(agent);
+    }
+    Ok(resp.header().map_or(0, |h| h.revision()) + 1)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::error::{CoordinatorError, Result};
 
 pub mod embedded;
 pub mod etcd;
+pub mod leader;
 pub mod leases;
 pub mod migrate;
 
