@@ -89,7 +89,8 @@ fn bad_logins_and_unreachable_servers_are_clear_errors_and_the_password_is_never
     let mut failing = |source: &str, extra: &[&str], needle: &str| {
         let mut a = args(&["vms", "--source", source, "--vsphere-ca", &ca]);
         a.extend(args(extra));
-        let r = sb.run(&a);
+        // Debug logs on: no level may print the password.
+        let r = sb.run_with_env(&a, &[("RUST_LOG", "debug")]);
         r.assert_clean_failure(needle);
         outputs.push_str(&r.stdout);
         outputs.push_str(&r.stderr);
@@ -104,7 +105,7 @@ fn bad_logins_and_unreachable_servers_are_clear_errors_and_the_password_is_never
     // An agent serving the simulator: its VMs reach the coordinator's inventory; a VM whose
     // disk file is gone fails clearly and leaves no snapshot; no log holds the password.
     let c = sb.start_coordinator_with("coord", &["--heartbeat-ms", "300"]);
-    let _agent = sb.start_vsphere_agent(&c, "eu", &vc, "/DC0", "agent", &[]);
+    let _agent = sb.start_vsphere_agent(&c, "eu", &vc, "/DC0", "agent", &[("RUST_LOG", "debug")]);
     let mut listed = Vec::new();
     wait_until(Duration::from_secs(30), "the simulator's VMs in the coordinator's inventory", || {
         let out = sb.run(&c.cmd(&["vms", "--provider", "vsphere", "--output", "json"]));
