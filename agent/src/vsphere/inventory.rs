@@ -84,10 +84,17 @@ impl VsphereVm {
 }
 
 /// The one VM named `name` exactly (in the datacenter at inventory path `datacenter`, unless
-/// it is empty); several of that name are refused rather than one picked.
+/// it is empty); several of that name are refused rather than one picked. Only the VMs' names
+/// are read from the whole inventory; the rest of the properties, of the matches alone.
 pub fn find(session: &mut Session, name: &str, datacenter: &str) -> Result<VsphereVm, VsphereError> {
-    let filter = Filter { folder: if datacenter.is_empty() { String::new() } else { format!("/{datacenter}") }, ..Filter::default() };
-    let mut found: Vec<VsphereVm> = list(session, &filter)?.into_iter().filter(|v| v.name == name).collect();
+    let named = objects(session, &["VirtualMachine"], &["name"])?;
+    let mut matches = Vec::new();
+    for o in named.iter().filter(|o| o.text("name") == Some(name)) {
+        matches.push(super::props::properties(session, &o.id, &VM_PROPERTIES)?);
+    }
+    let folder = if datacenter.is_empty() { String::new() } else { format!("/{datacenter}") };
+    let filter = Filter { folder, ..Filter::default() };
+    let mut found = describe(session, &matches, &filter)?;
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(VsphereError::NoVm { name: name.to_string(), host: session.addr().to_string() }),
@@ -102,6 +109,15 @@ pub fn find(session: &mut Session, name: &str, datacenter: &str) -> Result<Vsphe
 /// Every VM of the server that `filter` accepts, by name.
 pub fn list(session: &mut Session, filter: &Filter) -> Result<Vec<VsphereVm>, VsphereError> {
     let vms = objects(session, &["VirtualMachine"], &VM_PROPERTIES)?;
+    describe(session, &vms, filter)
+}
+
+/// The VMs of `vms` (their [`VM_PROPERTIES`]) that `filter` accepts, with the names of their
+/// folders and networks read from the server; sorted by name.
+fn describe(session: &mut Session, vms: &[super::props::Object], filter: &Filter) -> Result<Vec<VsphereVm>, VsphereError> {
+    if vms.is_empty() {
+        return Ok(Vec::new());
+    }
     let named = objects(session, &["Folder", "Datacenter", "Network", "DistributedVirtualPortgroup"], &["name", "parent"])?;
     let names: Names =
         named.iter().map(|o| (o.id.id.as_str(), (o.text("name").unwrap_or(""), o.text("parent"), o.id.kind.as_str()))).collect();
