@@ -13,7 +13,7 @@ use super::Connection;
 use super::datastore::DatastoreFile;
 use super::inventory;
 use super::props::properties;
-use super::snapshot::{self, EXPORT_PREFIX, flatten};
+use super::snapshot::{self, EXPORT_PREFIX};
 use super::soap::{MoRef, Session};
 use crate::error::{AgentError, Result};
 use crate::qemu::ImageFormat;
@@ -41,7 +41,8 @@ pub fn open(connection: &Connection, vm: &str, task_id: &str) -> Result<VmSource
     let mut session = connection.session()?;
     let found = inventory::find(&mut session, vm, &connection.url.datacenter)?;
     let name = snapshot_name(task_id);
-    let existing = flatten(&snapshot::tree(&mut session, &found.moref())?).into_iter().find(|s| s.name == name).map(|s| s.moref());
+    let tree = snapshot::tree(&mut session, &found.moref())?;
+    let existing = snapshot::named_if_any(&tree, vm, &name)?.map(|s| s.moref());
     let snap = match existing {
         Some(s) => {
             tracing::info!(vm, snapshot = %name, "reading the snapshot an earlier attempt took");
@@ -112,7 +113,7 @@ pub fn release(connection: &Connection, vm: &str, task_id: &str) -> Result<bool>
     let found = inventory::find(&mut session, vm, &connection.url.datacenter)?;
     let name = snapshot_name(task_id);
     let tree = snapshot::tree(&mut session, &found.moref())?;
-    let removed = match flatten(&tree).into_iter().find(|s| s.name == name) {
+    let removed = match snapshot::named_if_any(&tree, vm, &name)? {
         Some(s) => {
             snapshot::remove(&mut session, &s.moref())?;
             true

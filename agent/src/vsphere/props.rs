@@ -58,7 +58,7 @@ pub fn objects(session: &mut Session, kinds: &[&str], props: &[&str]) -> Result<
 }
 
 fn collect(session: &mut Session, view: &MoRef, kinds: &[&str], props: &[&str]) -> Result<Vec<Object>, VsphereError> {
-    let paths: String = props.iter().map(|p| format!("<pathSet>{p}</pathSet>")).collect();
+    let paths = path_set(props);
     let prop_sets: String = kinds.iter().map(|k| format!("<propSet><type>{k}</type>{paths}</propSet>")).collect();
     let spec = format!(
         r#"<specSet>{prop_sets}<objectSet>{}<skip>true</skip><selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet></specSet>"#,
@@ -99,9 +99,14 @@ fn value_text(source: &str, val: Node) -> String {
     if val.children().any(|n| n.is_element()) { source[val.range()].to_string() } else { val.text().unwrap_or("").trim().to_string() }
 }
 
+/// The `pathSet` elements asking for `props`.
+fn path_set(props: &[&str]) -> String {
+    props.iter().map(|p| format!("<pathSet>{}</pathSet>", escape(p))).collect()
+}
+
 /// The properties `props` of the object `obj`.
 pub fn properties(session: &mut Session, obj: &MoRef, props: &[&str]) -> Result<Object, VsphereError> {
-    let paths: String = props.iter().map(|p| format!("<pathSet>{p}</pathSet>")).collect();
+    let paths = path_set(props);
     let spec = format!(
         "<specSet><propSet><type>{}</type>{paths}</propSet><objectSet>{}<skip>false</skip></objectSet></specSet>",
         escape(&obj.kind),

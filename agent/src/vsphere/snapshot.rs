@@ -47,10 +47,16 @@ pub fn flatten(tree: &[SnapshotNode]) -> Vec<&SnapshotNode> {
 
 /// The one snapshot of `tree` named `name`.
 pub fn named<'a>(tree: &'a [SnapshotNode], vm: &str, name: &str) -> Result<&'a SnapshotNode, VsphereError> {
+    named_if_any(tree, vm, name)?.ok_or_else(|| VsphereError::NoSnapshot { vm: vm.to_string(), name: name.to_string() })
+}
+
+/// The snapshot of `tree` named `name`, if there is one; several of that name are refused
+/// rather than one picked.
+pub fn named_if_any<'a>(tree: &'a [SnapshotNode], vm: &str, name: &str) -> Result<Option<&'a SnapshotNode>, VsphereError> {
     let found: Vec<&SnapshotNode> = flatten(tree).into_iter().filter(|s| s.name == name).collect();
     match found.as_slice() {
-        [one] => Ok(one),
-        [] => Err(VsphereError::NoSnapshot { vm: vm.to_string(), name: name.to_string() }),
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
         many => Err(VsphereError::AmbiguousSnapshot { vm: vm.to_string(), name: name.to_string(), count: many.len() }),
     }
 }
