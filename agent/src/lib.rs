@@ -26,6 +26,7 @@ pub mod replication;
 pub mod restore;
 pub mod resume;
 pub mod source;
+pub mod storage;
 pub mod target;
 pub mod task_progress;
 pub mod verify;

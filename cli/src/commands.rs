@@ -1,7 +1,7 @@
 //! The repository commands: export, points, verify, restore, key.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use hyperexport_agent::progress::Progress;
 use hyperexport_agent::repair::{self, RepairSource};
 use hyperexport_agent::replication::tls::NodeTls;
 use hyperexport_agent::restore::{RestoreFormat, RestoreOptions};
-use hyperexport_agent::{export as exporter, restore as restorer, source, verify as verifier};
+use hyperexport_agent::{export as exporter, restore as restorer, source, storage, verify as verifier};
 use hyperexport_shared::chunk::validate_chunk_size;
 use hyperexport_shared::compress::Compression;
 use hyperexport_shared::keys::Secret;
@@ -30,9 +30,9 @@ pub const EXIT_VERIFY_FAILED: u8 = 3;
 
 #[derive(Debug, Args)]
 pub struct RepoArgs {
-    /// The repository folder.
+    /// The repository: a folder, or s3://BUCKET/PREFIX, azure://CONTAINER/PREFIX, gs://BUCKET/PREFIX.
     #[arg(long, value_name = "REPO")]
-    pub repo: PathBuf,
+    pub repo: String,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -40,7 +40,7 @@ pub struct RepoArgs {
 impl RepoArgs {
     pub(crate) fn open(&self) -> Result<Repository> {
         let secret = secrets::from_args(&self.key)?;
-        Ok(Repository::open(&self.repo, secret.as_ref())?)
+        Ok(Repository::open_in(storage::open(&self.repo)?, secret.as_ref())?)
     }
 }
 
@@ -49,9 +49,9 @@ pub struct ExportArgs {
     /// A VM folder (with one .ovf or .vmx), an .ovf, .vmx or .ova file, or a disk image.
     #[arg(required_unless_present = "vm", conflicts_with = "vm")]
     pub source: Option<PathBuf>,
-    /// The repository folder (local export).
+    /// The repository (local export): a folder, or s3://, azure://, gs:// BUCKET/PREFIX.
     #[arg(long, value_name = "REPO", required_unless_present = "vm", conflicts_with = "vm")]
-    pub repo: Option<PathBuf>,
+    pub repo: Option<String>,
     #[command(flatten)]
     pub key: KeyArgs,
     #[command(flatten)]
@@ -170,7 +170,7 @@ pub(crate) fn threads(n: Option<usize>) -> usize {
 
 /// Checks the arguments for creating a repository, before anything is read or written.
 fn init_options(
-    path: &Path,
+    location: &str,
     secret: Option<Secret>,
     no_encryption: bool,
     chunk_size: Option<u32>,
@@ -179,8 +179,7 @@ fn init_options(
     match (&secret, no_encryption) {
         (Some(_), true) => bail!("--no-encryption conflicts with the password or key file given (flag or HYPEREXPORT_PASSWORD*)"),
         (None, false) => bail!(
-            "no repository at {} yet, and no password to create one: give --password-file, --key-file, HYPEREXPORT_PASSWORD(_FILE), or --no-encryption",
-            path.display()
+            "no repository at {location} yet, and no password to create one: give --password-file, --key-file, HYPEREXPORT_PASSWORD(_FILE), or --no-encryption"
         ),
         _ => {}
     }
@@ -215,28 +214,36 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let secret = secrets::from_args(&a.key)?;
     // An existing repository is unlocked before the source is touched (a wrong password fails
     // fast); a new one is created only once the source has opened (bad input creates nothing).
-    let target = if Repository::exists(path) {
-        let repo = Repository::open(path, secret.as_ref())?;
+    let store = storage::open(path)?;
+    let target = if Repository::exists_in(store.as_ref())? {
+        let repo = Repository::open_in(store.clone(), secret.as_ref())?;
         if a.no_encryption && repo.keys().encrypts() {
-            bail!("repository {} is encrypted; --no-encryption only applies when creating one", path.display());
+            bail!("repository {path} is encrypted; --no-encryption only applies when creating one");
         }
         Ok(repo)
     } else {
-        Err(init_options(path, secret, a.no_encryption, chunk_size, a.compression)?)
+        Err(init_options(path, secret.clone(), a.no_encryption, chunk_size, a.compression)?)
     };
     let vm = source::open(source, a.temp_dir.as_deref())?;
     let progress = progress_for(a.output, "export");
     let repo = match target {
         Ok(repo) => repo,
-        Err(opts) => {
-            let repo = Repository::init(path, opts)?;
-            progress.note(&format!(
-                "created repository {} ({})",
-                path.display(),
-                if repo.keys().encrypts() { "AES-256-GCM" } else { "not encrypted" }
-            ));
-            repo
-        }
+        Err(opts) => match Repository::init_in(store.clone(), opts) {
+            Ok(repo) => {
+                progress.note(&format!(
+                    "created repository {} ({})",
+                    repo.location(),
+                    if repo.keys().encrypts() { "AES-256-GCM" } else { "not encrypted" }
+                ));
+                repo
+            }
+            // Another export created it meanwhile (its config won the create-if-absent).
+            Err(e) if Repository::exists_in(store.as_ref())? => {
+                tracing::debug!(error = %e, "repository created by another process meanwhile");
+                Repository::open_in(store, secret.as_ref())?
+            }
+            Err(e) => return Err(e.into()),
+        },
     };
     let compression: Compression = match a.compression {
         Some(c) => c,
@@ -486,9 +493,9 @@ pub fn key(c: KeyCommand) -> Result<ExitCode> {
                 (None, Some(k)) => Secret::KeyFile(secrets::read_key_file(&k)?),
                 (None, None) => bail!("give --new-password-file or --new-key-file"),
             };
-            let mut r = Repository::open(&repo.repo, Some(&current))?;
+            let mut r = Repository::open_in(storage::open(&repo.repo)?, Some(&current))?;
             r.change_secret(&current, &new)?;
-            println!("key changed for repository {}; chunk data was not rewritten", repo.repo.display());
+            println!("key changed for repository {}; chunk data was not rewritten", r.location());
             Ok(ExitCode::SUCCESS)
         }
     }

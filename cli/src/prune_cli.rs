@@ -1,6 +1,5 @@
 //! `hyperexport prune`: retention for a repository or a replica.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -50,9 +49,9 @@ impl KeepArgs {
 /// Options of `prune`.
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// The repository or replica folder (no password needed).
+    /// The repository or replica: a folder or an object store URL (no password needed).
     #[arg(long, value_name = "REPO")]
-    pub repo: PathBuf,
+    pub repo: String,
     /// Only this VM's points [default: every VM]
     #[arg(long)]
     pub vm: Option<String>,
@@ -70,7 +69,13 @@ pub struct PruneArgs {
 
 /// Runs `hyperexport prune`.
 pub fn run(a: PruneArgs) -> Result<ExitCode> {
-    let report = prune(&a.repo, a.vm.as_deref(), &a.keep.retention(), a.dry_run, Duration::from_secs(a.lock_wait))?;
+    let report = prune(
+        hyperexport_agent::storage::open(&a.repo)?.as_ref(),
+        a.vm.as_deref(),
+        &a.keep.retention(),
+        a.dry_run,
+        Duration::from_secs(a.lock_wait),
+    )?;
     match a.output {
         Output::Json => print_json(&json!({"event": "result", "operation": "prune", "result": report})),
         Output::Text => {

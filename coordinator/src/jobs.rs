@@ -24,10 +24,19 @@ pub fn new_id() -> String {
     hex::encode(id)
 }
 
-/// Checks a target: `file:///absolute/path` for now.
+/// Checks a target: `file:///absolute/path` on the agent's host, or an object store URL
+/// (`s3://`, `azure://`, `gs://` with a bucket; the agent checks its options and credentials).
 pub fn validate_target(target: &str) -> Result<()> {
+    for scheme in ["s3://", "azure://", "gs://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            if rest.split(['/', '?']).next().is_none_or(str::is_empty) {
+                return Err(CoordinatorError::Invalid(format!("target {target:?} names no bucket or container")));
+            }
+            return Ok(());
+        }
+    }
     let path = target.strip_prefix("file://").ok_or_else(|| {
-        CoordinatorError::Invalid(format!("target {target:?} is not a file:///absolute/path URL (the only kind of target so far)"))
+        CoordinatorError::Invalid(format!("target {target:?} is neither a file:///absolute/path URL nor an s3://, azure:// or gs:// one"))
     })?;
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
         return Err(CoordinatorError::Invalid(format!("target {target:?} must name an absolute path without `..`")));
@@ -139,6 +148,7 @@ mod tests {
     #[test]
     fn submissions_are_validated() {
         let job = new_job(req(&["web", "db"], "file:///srv/repo", 5)).unwrap();
+        new_job(req(&["web"], "s3://bucket/prefix?endpoint=http://127.0.0.1:9000", 0)).expect("object store targets are accepted");
         assert_eq!(job.tasks.len(), 2);
         assert_eq!(job.state, JobState::Pending as i32);
         assert_ne!(job.tasks[0].id, job.tasks[1].id);
@@ -146,10 +156,11 @@ mod tests {
             (req(&[], "file:///r", 0), "vms is empty"),
             (req(&["a", "a"], "file:///r", 0), "named twice"),
             (req(&[""], "file:///r", 0), "not a VM name"),
-            (req(&["a"], "s3://bucket", 0), "not a file:///"),
             (req(&["a"], "file://relative", 0), "absolute path"),
             (req(&["a"], "file:///r/../etc", 0), "absolute path"),
             (req(&["a"], "file:///r", 101), "priority 101"),
+            (req(&["a"], "s3:///prefix", 0), "names no bucket"),
+            (req(&["a"], "ftp://host/r", 0), "neither a file:///"),
         ] {
             let e = new_job(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");

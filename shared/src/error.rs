@@ -15,6 +15,16 @@ pub enum RepoError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// A request to an object store failed (after its retries).
+    #[error("{op} {location}: {reason}")]
+    Storage {
+        /// What was being done ("read", "write", "list", ...).
+        op: &'static str,
+        /// The object (URL, no credentials).
+        location: String,
+        /// What the store or the connection said.
+        reason: String,
+    },
     /// The folder holds no repository.
     #[error("no repository at {0} (no config file); export to it once to create one")]
     NotARepository(PathBuf),

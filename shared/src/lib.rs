@@ -18,6 +18,7 @@ pub mod point;
 pub mod prune;
 pub mod replica;
 pub mod repo;
+pub mod storage;
 pub mod timetable;
 pub mod units;
 pub mod wire;

@@ -11,8 +11,6 @@
 //! files are read for their chunk lists only.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,8 +18,10 @@ use serde::Serialize;
 use crate::ChunkId;
 use crate::dates::{civil_from_days, days_from_civil};
 use crate::error::{RepoError, Result};
-use crate::lock::{LockMode, RepoLock};
+use crate::lock::LockMode;
 use crate::point::RecoveryPoint;
+use crate::storage::local::REPO_LOCK;
+use crate::storage::{Storage, key};
 
 /// How many points to keep per VM (0: that rule keeps none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -108,18 +108,21 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
-/// Prunes the repository (or replica) at `root`: the points of `vm` (every VM for `None`) by
+/// Prunes the repository (or replica) in `storage`: the points of `vm` (every VM for `None`) by
 /// `retention`, then every chunk no remaining point refers to. Waits up to `wait` for the
 /// exclusive lock.
-pub fn prune(root: &Path, vm: Option<&str>, retention: &Retention, dry_run: bool, wait: Duration) -> Result<PruneReport> {
+pub fn prune(storage: &dyn Storage, vm: Option<&str>, retention: &Retention, dry_run: bool, wait: Duration) -> Result<PruneReport> {
     if retention.is_empty() {
         return Err(RepoError::Invalid("give at least one --keep-* rule; pruning without one would remove every point".into()));
     }
-    let _lock = RepoLock::acquire(root, &root.join("locks/lock"), LockMode::Exclusive, wait, "prune")?;
-    let mut files: BTreeMap<String, Vec<(RecoveryPoint, std::path::PathBuf)>> = BTreeMap::new();
-    for file in point_files(root)? {
-        let what = format!("point file {}", file.display());
-        let bytes = fs::read(&file).map_err(RepoError::io("read", &file))?;
+    let _lock = storage.lock(REPO_LOCK, LockMode::Exclusive, wait, "prune")?;
+    let mut files: BTreeMap<String, Vec<(RecoveryPoint, String)>> = BTreeMap::new();
+    for (file, _) in storage.list("points")? {
+        if !file.ends_with(".json") {
+            continue;
+        }
+        let what = format!("point file {}", key(storage.location(), &file));
+        let Some(bytes) = storage.read(&file)? else { continue };
         let point = RecoveryPoint::decode_unauthenticated(&what, &bytes)?;
         files.entry(point.vm.clone()).or_default().push((point, file));
     }
@@ -136,7 +139,7 @@ pub fn prune(root: &Path, vm: Option<&str>, retention: &Retention, dry_run: bool
             if keep.contains(&point.id) {
                 referenced.extend(point.chunk_ids());
             } else if !dry_run {
-                fs::remove_file(file).map_err(RepoError::io("remove point", file))?;
+                storage.delete(file)?;
             }
         }
         report.kept.insert(name.clone(), keep);
@@ -144,41 +147,18 @@ pub fn prune(root: &Path, vm: Option<&str>, retention: &Retention, dry_run: bool
             report.removed.insert(name.clone(), remove);
         }
     }
-    for dir in fs::read_dir(root.join("chunks")).map_err(RepoError::io("list", root.join("chunks")))? {
-        let dir = dir.map_err(RepoError::io("list", root.join("chunks")))?.path();
-        for entry in fs::read_dir(&dir).map_err(RepoError::io("list", &dir))? {
-            let entry = entry.map_err(RepoError::io("list", &dir))?;
-            let needed = entry.file_name().to_str().and_then(|n| n.parse::<ChunkId>().ok()).is_some_and(|id| referenced.contains(&id));
-            if needed {
-                continue;
-            }
-            report.chunks_removed += 1;
-            report.bytes_freed += entry.metadata().map_or(0, |m| m.len());
-            if !dry_run {
-                fs::remove_file(entry.path()).map_err(RepoError::io("remove chunk", entry.path()))?;
-            }
+    for (chunk, size) in storage.list("chunks")? {
+        let needed = chunk.rsplit('/').next().and_then(|n| n.parse::<ChunkId>().ok()).is_some_and(|id| referenced.contains(&id));
+        if needed {
+            continue;
+        }
+        report.chunks_removed += 1;
+        report.bytes_freed += size;
+        if !dry_run {
+            storage.delete(&chunk)?;
         }
     }
     Ok(report)
-}
-
-/// Every point file under `root/points`.
-fn point_files(root: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let top = root.join("points");
-    let mut out = Vec::new();
-    for dir in fs::read_dir(&top).map_err(RepoError::io("list", &top))? {
-        let dir = dir.map_err(RepoError::io("list", &top))?.path();
-        if !dir.is_dir() {
-            continue;
-        }
-        for file in fs::read_dir(&dir).map_err(RepoError::io("list", &dir))? {
-            let file = file.map_err(RepoError::io("list", &dir))?.path();
-            if file.extension().is_some_and(|e| e == "json") {
-                out.push(file);
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

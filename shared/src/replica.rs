@@ -18,7 +18,8 @@ use crate::chunk::{BLOB_VERSION, ChunkId, HEADER_LEN, MAGIC};
 use crate::config::{REPO_FORMAT, REPO_VERSION, RepoConfig, parse_versioned};
 use crate::error::{RepoError, Result};
 use crate::point::RecoveryPoint;
-use crate::repo::{chunk_path, create_layout, publish_point_file, put_blob_file, sync_dir, syncfs, write_atomic};
+use crate::repo::point_key;
+use crate::storage::local::{chunk_key, create_layout, put_blob_file, sync_dir, syncfs, write_atomic};
 use crate::wire::RepoFiles;
 
 /// A replica being written.
@@ -75,12 +76,12 @@ impl ReplicaStore {
         for (name, bytes) in &files.key_slots {
             let path = root.join("keys").join(name);
             if !path.exists() {
-                write_atomic(&tmp, &path, bytes)?;
+                write_atomic(&tmp.join(name), &path, bytes)?;
             }
         }
         if existing.is_none() {
             // The config goes last: a folder without it is not a repository yet.
-            write_atomic(&tmp, &config_path, &files.config)?;
+            write_atomic(&tmp.join("config"), &config_path, &files.config)?;
             tracing::info!(repository = %config.id, path = %root.display(), "replica created");
         }
         Ok(ReplicaStore { root, tmp_counter: AtomicU64::new(0) })
@@ -104,12 +105,12 @@ impl ReplicaStore {
 
     /// Whether chunk `id` is stored here.
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        fs::metadata(chunk_path(&self.root, id)).is_ok_and(|m| m.len() >= HEADER_LEN as u64)
+        fs::metadata(self.root.join(chunk_key(id))).is_ok_and(|m| m.len() >= HEADER_LEN as u64)
     }
 
     /// The stored blob of chunk `id`, if the replica has it.
     pub fn load_blob(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let path = chunk_path(&self.root, id);
+        let path = self.root.join(chunk_key(id));
         match fs::read(&path) {
             Ok(blob) => Ok(Some(blob)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -141,7 +142,12 @@ impl ReplicaStore {
             return Err(RepoError::MissingChunk(format!("{first} (and {} more) of point {}", missing.len() - 1, point.id)));
         }
         self.sync()?;
-        publish_point_file(&self.root, &point, bytes)?;
+        let path = self.root.join(point_key(&point));
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(RepoError::io("create folder", dir))?;
+        let tmp = self.root.join("tmp").join(format!("{}.{}", point.id, std::process::id()));
+        write_atomic(&tmp, &path, bytes)?;
+        sync_dir(&self.root.join("points"))?;
         sync_dir(&self.root)?;
         Ok(point)
     }

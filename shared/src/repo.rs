@@ -1,29 +1,29 @@
-//! A repository in a local folder: layout, key unlocking, chunk and point storage.
+//! A repository: layout, key unlocking, chunk and point storage, on any [`Storage`].
 //!
 //! ```text
-//! config                       RepoConfig (JSON), written last at init
+//! config                       RepoConfig (JSON), created last at init (create-if-absent)
 //! keys/<slot>.json             KeySlot: the master key wrapped by a password or key file
 //! chunks/<xx>/<id>             chunk blobs, xx = first two hex digits of the id
-//! points/<vm>/<time>_<id>.json recovery points, written last and atomically
-//! locks/lock                   flock target (see `lock`)
-//! tmp/                         files being written; renamed into place when complete
+//! points/<vm>/<time>_<id>.json recovery points, written last, created once
+//! locks/                       locks (flock files in a folder, lock objects in an object store)
+//! tmp/                         (folders only) files being written; renamed into place
 //! ```
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::chunk::{self, ChunkId, HEADER_LEN, MAX_CHUNK_SIZE};
 use crate::compress::Compression;
 use crate::config::{Encryption, REPO_FORMAT, REPO_VERSION, RepoConfig, parse_versioned};
 use crate::crypto::{self, MasterKey, RepoKeys};
-use crate::direct_io::ChunkWriter;
 use crate::error::{RepoError, Result};
 use crate::keys::{KEY_FORMAT, KEY_VERSION, KeySlot, MIN_KEY_FILE_LEN, Secret};
-use crate::lock::{LockMode, RepoLock};
+use crate::lock::LockMode;
 use crate::point::RecoveryPoint;
+use crate::storage::local::REPO_LOCK;
+pub use crate::storage::local::chunk_key;
+use crate::storage::{Durable, LocalStorage, Storage, StorageLock, key};
 use crate::wire::RepoFiles;
 
 /// Options for a new repository.
@@ -38,12 +38,10 @@ pub struct InitOptions {
 
 /// An open, unlocked repository.
 pub struct Repository {
-    root: PathBuf,
+    storage: Arc<dyn Storage>,
     config: RepoConfig,
     keys: RepoKeys,
     slot_id: Option<String>,
-    tmp_counter: AtomicU64,
-    chunk_writer: ChunkWriter,
 }
 
 /// Current time in the RFC 3339 form used throughout the repository.
@@ -51,75 +49,10 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(RepoError::io("read", path))
-}
-
-/// Creates a repository's folders and lock file under `path` (everything but `config` and keys).
-pub(crate) fn create_layout(path: &Path) -> Result<()> {
-    for dir in ["keys", "chunks", "points", "locks", "tmp"] {
-        let p = path.join(dir);
-        fs::create_dir_all(&p).map_err(RepoError::io("create folder", &p))?;
-    }
-    for i in 0..=255u8 {
-        let p = path.join("chunks").join(format!("{i:02x}"));
-        fs::create_dir_all(&p).map_err(RepoError::io("create folder", &p))?;
-    }
-    let lock = path.join("locks/lock");
-    fs::File::create(&lock).map_err(RepoError::io("create", &lock))?;
-    Ok(())
-}
-
-/// Flushes everything written under `root` to stable storage (one `syncfs` for its file system).
-pub(crate) fn syncfs(root: &Path) -> Result<()> {
-    let dir = fs::File::open(root).map_err(RepoError::io("open", root))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs only reads the file descriptor, which `dir` keeps open for the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(RepoError::io("syncfs", root)(std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Stores a chunk blob that arrived whole (a copy from a replica, or a replicated chunk) in the
-/// repository at `root`: temp file, then rename into place. Not durable until [`syncfs`].
-pub(crate) fn put_blob_file(root: &Path, counter: &AtomicU64, id: &ChunkId, blob: &[u8]) -> Result<()> {
-    let n = counter.fetch_add(1, Ordering::Relaxed);
-    let tmp = root.join("tmp").join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
-    fs::write(&tmp, blob).map_err(RepoError::io("write", &tmp))?;
-    let path = chunk_path(root, id);
-    fs::rename(&tmp, &path).map_err(RepoError::io("rename into place", &path))
-}
-
-/// Where chunk `id` is stored in the repository at `root`.
-pub(crate) fn chunk_path(root: &Path, id: &ChunkId) -> PathBuf {
-    let hex = id.to_hex();
-    root.join("chunks").join(&hex[..2]).join(hex)
-}
-
-/// Publishes a point file (`bytes`, already encoded) of `point` into the repository at `root`:
-/// atomically and durably. Returns its path.
-pub(crate) fn publish_point_file(root: &Path, point: &RecoveryPoint, bytes: &[u8]) -> Result<PathBuf> {
-    let dir = root.join("points").join(vm_folder_name(&point.vm));
-    fs::create_dir_all(&dir).map_err(RepoError::io("create folder", &dir))?;
+/// The key of a point file of `point`.
+pub fn point_key(point: &RecoveryPoint) -> String {
     let stamp: String = point.time.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let path = dir.join(format!("{stamp}_{}.json", point.id));
-    write_atomic(&root.join("tmp"), &path, bytes)?;
-    sync_dir(&root.join("points"))?;
-    Ok(path)
-}
-
-/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync of the folder.
-pub(crate) fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_dir.join(format!("{}.{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(RepoError::io("create", &tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(RepoError::io("write", &tmp))?;
-    fs::rename(&tmp, path).map_err(RepoError::io("rename into place", path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(RepoError::io("fsync folder", dir))
+    format!("points/{}/{stamp}_{}.json", vm_folder_name(&point.vm), point.id)
 }
 
 /// Longest folder name [`vm_folder_name`] returns (file systems allow 255 bytes).
@@ -144,34 +77,46 @@ pub fn vm_folder_name(vm: &str) -> String {
 /// The locks an export holds (see [`Repository::lock_for_export`]); released on drop.
 #[derive(Debug)]
 pub struct ExportLocks {
-    _vm: RepoLock,
-    _repo: RepoLock,
+    _vm: StorageLock,
+    _repo: StorageLock,
 }
 
 impl Repository {
-    /// Whether `path` holds a repository (has a config file).
+    /// Whether the folder `path` holds a repository (has a config file).
     pub fn exists(path: &Path) -> bool {
         path.join("config").is_file()
     }
 
-    /// Creates a repository at `path` (a missing or empty folder).
-    pub fn init(path: &Path, opts: InitOptions) -> Result<Self> {
-        // Two processes may create the same repository at once (two agents, first task each):
-        // an flock on the folder itself makes one wait, and it then finds the other's repository
-        // instead of mixing two sets of keys into one folder.
-        fs::create_dir_all(path).map_err(RepoError::io("create folder", path))?;
-        let folder = fs::File::open(path).map_err(RepoError::io("open folder", path))?;
-        folder.lock().map_err(RepoError::io("lock folder", path))?;
-        if Self::exists(path) {
-            return Err(RepoError::Invalid(format!("{} already holds a repository", path.display())));
+    /// Whether `storage` holds a repository (has a config object).
+    pub fn exists_in(storage: &dyn Storage) -> Result<bool> {
+        if storage.size("config")?.is_some() {
+            return Ok(true);
         }
-        if let Ok(mut entries) = fs::read_dir(path)
-            && entries.next().is_some()
-        {
-            return Err(RepoError::Invalid(format!("{} is not empty and holds no repository; choose an empty folder", path.display())));
+        storage.check()?;
+        Ok(false)
+    }
+
+    /// Creates a repository in the folder `path` (missing or empty).
+    pub fn init(path: &Path, opts: InitOptions) -> Result<Self> {
+        Self::init_in(Arc::new(LocalStorage::new(path)), opts)
+    }
+
+    /// Creates a repository in `storage`, which must hold no repository and no chunks or points.
+    /// Of several processes creating one at once, one succeeds and the others are told that it
+    /// exists: its config is created last, only if absent.
+    pub fn init_in(storage: Arc<dyn Storage>, opts: InitOptions) -> Result<Self> {
+        let at = storage.location().to_string();
+        if Self::exists_in(storage.as_ref())? {
+            return Err(RepoError::Invalid(format!("{at} already holds a repository")));
+        }
+        // Key slots and locks of another process creating a repository here at the same time
+        // do not count: that race is settled by the config below.
+        let others = storage.list("")?.into_iter().filter(|(k, _)| !k.starts_with("keys/") && !k.starts_with("locks/")).count();
+        if others > 0 {
+            return Err(RepoError::Invalid(format!("{at} is not empty and holds no repository; choose an empty folder or prefix")));
         }
         chunk::validate_chunk_size(opts.chunk_size as u64).map_err(RepoError::Invalid)?;
-        create_layout(path)?;
+        storage.prepare()?;
         let mut id = [0u8; 16];
         crypto::random_bytes(&mut id);
         let id = hex::encode(id);
@@ -180,7 +125,7 @@ impl Repository {
         let mut slot_id = None;
         if let Some(secret) = &opts.secret {
             let slot = KeySlot::create(&id, secret, &master).map_err(RepoError::Invalid)?;
-            write_slot(path, &slot)?;
+            write_slot(storage.as_ref(), &slot)?;
             slot_id = Some(slot.id);
         }
         let config = RepoConfig {
@@ -194,24 +139,28 @@ impl Repository {
             master_key: (!encrypted).then(|| hex::encode(master.0)),
         };
         let bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
-        write_atomic(&path.join("tmp"), &path.join("config"), &bytes)?;
-        Ok(Repository {
-            root: path.to_path_buf(),
-            keys: RepoKeys::derive(&master, encrypted),
-            config,
-            slot_id,
-            tmp_counter: AtomicU64::new(0),
-            chunk_writer: ChunkWriter::default(),
-        })
+        if !storage.create("config", &bytes)? {
+            if let Some(slot) = &slot_id {
+                storage.delete(&slot_key(slot))?;
+            }
+            return Err(RepoError::Invalid(format!("{at} already holds a repository")));
+        }
+        Ok(Repository { storage, keys: RepoKeys::derive(&master, encrypted), config, slot_id })
     }
 
-    /// Opens and unlocks the repository at `path`. Writes nothing.
+    /// Opens and unlocks the repository in the folder `path`. Writes nothing.
     pub fn open(path: &Path, secret: Option<&Secret>) -> Result<Self> {
-        let config_path = path.join("config");
-        if !config_path.is_file() {
-            return Err(RepoError::NotARepository(path.to_path_buf()));
-        }
-        let config: RepoConfig = parse_versioned("repository config", &read(&config_path)?, REPO_FORMAT, REPO_VERSION)?;
+        Self::open_in(Arc::new(LocalStorage::new(path)), secret)
+    }
+
+    /// Opens and unlocks the repository in `storage`. Writes nothing.
+    pub fn open_in(storage: Arc<dyn Storage>, secret: Option<&Secret>) -> Result<Self> {
+        let at = PathBuf::from(storage.location());
+        let Some(bytes) = storage.read("config")? else {
+            storage.check()?;
+            return Err(RepoError::NotARepository(at));
+        };
+        let config: RepoConfig = parse_versioned("repository config", &bytes, REPO_FORMAT, REPO_VERSION)?;
         chunk::validate_chunk_size(config.chunk_size as u64).map_err(|e| corrupt("repository config", &e))?;
         config.compression.parse::<Compression>().map_err(|e| corrupt("repository config", &e))?;
         let (master, slot_id) = match config.encryption {
@@ -225,25 +174,28 @@ impl Repository {
                 (MasterKey(key), None)
             }
             Encryption::Aes256Gcm => {
-                let secret = secret.ok_or_else(|| RepoError::KeyRequired(path.to_path_buf()))?;
-                let (key, slot) = unlock(path, &config.id, secret)?;
+                let secret = secret.ok_or(RepoError::KeyRequired(at))?;
+                let (key, slot) = unlock(storage.as_ref(), &config.id, secret)?;
                 (key, Some(slot))
             }
         };
         let keys = RepoKeys::derive(&master, config.encryption == Encryption::Aes256Gcm);
-        Ok(Repository {
-            root: path.to_path_buf(),
-            config,
-            keys,
-            slot_id,
-            tmp_counter: AtomicU64::new(0),
-            chunk_writer: ChunkWriter::default(),
-        })
+        Ok(Repository { storage, config, keys, slot_id })
     }
 
-    /// The repository's folder.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the repository is: a folder or a URL (no credentials).
+    pub fn location(&self) -> &str {
+        self.storage.location()
+    }
+
+    /// The repository's folder, for one on the local file system.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.storage.local_root()
+    }
+
+    /// The storage it lives in.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     /// The parsed config.
@@ -256,18 +208,10 @@ impl Repository {
         &self.keys
     }
 
-    /// Takes the repository lock. An exclusive holder also clears files left in `tmp/` by a
-    /// writer that died.
-    pub fn lock(&self, mode: LockMode, wait: Duration, purpose: &str) -> Result<RepoLock> {
-        let lock = RepoLock::acquire(&self.root, &self.root.join("locks/lock"), mode, wait, purpose)?;
-        if mode == LockMode::Exclusive {
-            let tmp = self.root.join("tmp");
-            for entry in fs::read_dir(&tmp).map_err(RepoError::io("list", &tmp))? {
-                let entry = entry.map_err(RepoError::io("list", &tmp))?;
-                fs::remove_file(entry.path()).map_err(RepoError::io("remove stale temp file", entry.path()))?;
-            }
-        }
-        Ok(lock)
+    /// Takes the repository lock. An exclusive holder of a folder's lock also clears files left
+    /// in `tmp/` by a writer that died.
+    pub fn lock(&self, mode: LockMode, wait: Duration, purpose: &str) -> Result<StorageLock> {
+        self.storage.lock(REPO_LOCK, mode, wait, purpose)
     }
 
     /// Takes the locks of an export of `vm`: the repository lock shared (other VMs' exports,
@@ -276,46 +220,33 @@ impl Repository {
     /// by writers that died are cleared first.
     pub fn lock_for_export(&self, vm: &str, wait: Duration, purpose: &str) -> Result<ExportLocks> {
         let started = std::time::Instant::now();
-        if let Ok(idle) = self.lock(LockMode::Exclusive, Duration::ZERO, purpose) {
+        if self.storage.local_root().is_some()
+            && let Ok(idle) = self.lock(LockMode::Exclusive, Duration::ZERO, purpose)
+        {
             drop(idle);
         }
-        let repo = RepoLock::acquire(&self.root, &self.root.join("locks/lock"), LockMode::Shared, wait, purpose)?;
-        let vm_lock = self.root.join("locks").join(format!("vm-{}", vm_folder_name(vm)));
+        let repo = self.lock(LockMode::Shared, wait, purpose)?;
         let left = wait.saturating_sub(started.elapsed());
-        let vm = RepoLock::acquire(&self.root, &vm_lock, LockMode::Exclusive, left, purpose)?;
+        let vm = self.storage.lock(&format!("vm-{}", vm_folder_name(vm)), LockMode::Exclusive, left, purpose)?;
         Ok(ExportLocks { _vm: vm, _repo: repo })
-    }
-
-    /// Where chunk `id` is stored.
-    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        chunk_path(&self.root, id)
     }
 
     /// Whether a chunk blob is present (and long enough to be one).
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        fs::metadata(self.chunk_path(id)).is_ok_and(|m| m.len() >= HEADER_LEN as u64)
+        self.storage.size(&chunk_key(id)).is_ok_and(|s| s.is_some_and(|len| len >= HEADER_LEN as u64))
     }
 
-    /// Encodes and stores a chunk (temp file, then rename). Call [`Repository::sync`] before
-    /// publishing a point that refers to it. Returns the stored size.
+    /// Encodes and stores a chunk. Call [`Repository::sync`] before publishing a point that
+    /// refers to it. Returns the stored size.
     pub fn store_chunk(&self, compression: Compression, id: &ChunkId, plaintext: &[u8]) -> Result<u64> {
         let blob = chunk::encode(&self.keys, compression, id, plaintext);
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
-        self.chunk_writer.write_new(&tmp, &blob).map_err(RepoError::io("write", &tmp))?;
-        let path = self.chunk_path(id);
-        fs::rename(&tmp, &path).map_err(RepoError::io("rename into place", &path))?;
+        self.storage.write(&chunk_key(id), &blob, Durable::AtSync)?;
         Ok(blob.len() as u64)
     }
 
-    /// The stored blob of chunk `id`, as it is on disk (for replication).
+    /// The stored blob of chunk `id`, as it is stored (for replication).
     pub fn load_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let path = self.chunk_path(id);
-        match fs::read(&path) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RepoError::MissingChunk(id.to_hex())),
-            Err(e) => Err(RepoError::io("read", path)(e)),
-        }
+        self.storage.read(&chunk_key(id))?.ok_or_else(|| RepoError::MissingChunk(id.to_hex()))
     }
 
     /// Replaces chunk `id` by `blob` (a copy from a replica), after checking that it decodes to
@@ -324,17 +255,19 @@ impl Repository {
     pub fn put_blob(&self, id: &ChunkId, blob: Vec<u8>, len: usize) -> Result<()> {
         chunk::decode(&self.keys, id, blob.clone(), len.min(MAX_CHUNK_SIZE as usize))
             .map_err(|reason| RepoError::CorruptChunk { id: id.to_hex(), reason: format!("the copy is corrupt too: {reason}") })?;
-        put_blob_file(&self.root, &self.tmp_counter, id, &blob)
+        self.storage.write(&chunk_key(id), &blob, Durable::AtSync)
     }
 
     /// The files that identify the repository (`config` and the key slots), for a replica.
     pub fn repo_files(&self) -> Result<RepoFiles> {
-        let config = read(&self.root.join("config"))?;
+        let config = self.storage.read("config")?.ok_or_else(|| RepoError::NotARepository(self.location().into()))?;
         let mut key_slots = Vec::new();
-        for path in read_dir_sorted(&self.root.join("keys"))? {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            if path.is_file() && name.ends_with(".json") {
-                key_slots.push((name, read(&path)?));
+        for (slot, _) in self.storage.list("keys")? {
+            let name = slot.rsplit('/').next().unwrap_or_default().to_string();
+            if name.ends_with(".json")
+                && let Some(bytes) = self.storage.read(&slot)?
+            {
+                key_slots.push((name, bytes));
             }
         }
         Ok(RepoFiles { config, key_slots })
@@ -342,12 +275,7 @@ impl Repository {
 
     /// Reads and decodes chunk `id`, which must decode to exactly `len` bytes.
     pub fn load_chunk(&self, id: &ChunkId, len: usize) -> Result<Vec<u8>> {
-        let path = self.chunk_path(id);
-        let blob = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RepoError::MissingChunk(id.to_hex())),
-            Err(e) => return Err(RepoError::io("read", path)(e)),
-        };
+        let blob = self.load_blob(id)?;
         let plain = chunk::decode(&self.keys, id, blob, len.min(MAX_CHUNK_SIZE as usize))
             .map_err(|reason| RepoError::CorruptChunk { id: id.to_hex(), reason })?;
         if plain.len() != len {
@@ -359,37 +287,43 @@ impl Repository {
         Ok(plain)
     }
 
-    /// Flushes everything written so far to stable storage (one `syncfs` for the file system).
+    /// Flushes every chunk written so far to stable storage.
     pub fn sync(&self) -> Result<()> {
-        syncfs(&self.root)
+        self.storage.sync()
     }
 
-    /// Publishes a point atomically; it becomes visible complete or not at all.
-    pub fn write_point(&self, point: &RecoveryPoint) -> Result<PathBuf> {
+    /// Publishes a point atomically; it becomes visible complete or not at all, and an existing
+    /// point file is never replaced. Returns its key.
+    pub fn write_point(&self, point: &RecoveryPoint) -> Result<String> {
         point.validate().map_err(RepoError::Invalid)?;
-        publish_point_file(&self.root, point, &point.encode(&self.keys))
+        let key = point_key(point);
+        let bytes = point.encode(&self.keys);
+        if !self.storage.create(&key, &bytes)? && self.storage.read(&key)?.as_deref() != Some(&bytes[..]) {
+            return Err(RepoError::Invalid(format!("point file {key} exists already with other content")));
+        }
+        Ok(key)
     }
 
     /// Reads every point file of one VM folder (or all, for `None`), each parsed on its own:
     /// a corrupt file is an `Err` naming it, the others still load.
     pub fn scan_points(&self, vm: Option<&str>) -> Result<Vec<Result<RecoveryPoint>>> {
-        let top = self.root.join("points");
-        let dirs = match vm {
-            Some(vm) => vec![top.join(vm_folder_name(vm))],
-            None => read_dir_sorted(&top)?,
+        let dir = match vm {
+            Some(vm) => key("points", &vm_folder_name(vm)),
+            None => "points".to_string(),
         };
         let mut out = Vec::new();
-        for vm_dir in dirs.into_iter().filter(|d| d.is_dir()) {
-            for file in read_dir_sorted(&vm_dir)? {
-                if file.extension().is_some_and(|e| e == "json") {
-                    let what = format!("point file {}", file.display());
-                    out.push(read(&file).and_then(|bytes| RecoveryPoint::decode(&self.keys, &what, &bytes)));
-                }
+        for (file, _) in self.storage.list(&dir)? {
+            if file.ends_with(".json") && file.matches('/').count() == 2 {
+                let what = format!("point file {}", key(self.location(), &file));
+                let bytes = self
+                    .storage
+                    .read(&file)?
+                    .ok_or_else(|| RepoError::Corrupt { what: what.clone(), reason: "vanished while read".into() });
+                out.push(bytes.and_then(|bytes| RecoveryPoint::decode(&self.keys, &what, &bytes)));
             }
         }
         Ok(out)
     }
-
     /// Reads every point, oldest first. A corrupt point file is an error naming it.
     pub fn list_points(&self) -> Result<Vec<RecoveryPoint>> {
         let mut points = self.scan_points(None)?.into_iter().collect::<Result<Vec<_>>>()?;
@@ -431,12 +365,10 @@ impl Repository {
             .clone()
             .ok_or_else(|| RepoError::Invalid("the repository is not encrypted: it has no password to change".into()))?;
         let _lock = self.lock(LockMode::Exclusive, Duration::from_secs(60), "key change")?;
-        let (master, _) = unlock(&self.root, &self.config.id, master_from)?;
+        let (master, _) = unlock(self.storage.as_ref(), &self.config.id, master_from)?;
         let slot = KeySlot::create(&self.config.id, new_secret, &master).map_err(RepoError::Invalid)?;
-        write_slot(&self.root, &slot)?;
-        let old_path = self.root.join("keys").join(format!("{old}.json"));
-        fs::remove_file(&old_path).map_err(RepoError::io("remove old key slot", &old_path))?;
-        sync_dir(&self.root.join("keys"))?;
+        write_slot(self.storage.as_ref(), &slot)?;
+        self.storage.delete(&slot_key(&old))?;
         self.slot_id = Some(slot.id);
         Ok(())
     }
@@ -451,41 +383,36 @@ fn corrupt(what: &str, reason: &str) -> RepoError {
     RepoError::Corrupt { what: what.into(), reason: reason.into() }
 }
 
-fn write_slot(root: &Path, slot: &KeySlot) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(slot).expect("key slot serializes");
-    write_atomic(&root.join("tmp"), &root.join("keys").join(format!("{}.json", slot.id)), &bytes)
+fn slot_key(slot_id: &str) -> String {
+    format!("keys/{slot_id}.json")
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(RepoError::io("list", dir))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .map_err(RepoError::io("list", dir))?;
-    out.sort();
-    Ok(out)
+fn write_slot(storage: &dyn Storage, slot: &KeySlot) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(slot).expect("key slot serializes");
+    storage.write(&slot_key(&slot.id), &bytes, Durable::Now)
 }
 
 /// Tries every key slot (`keys/*.json`) with `secret`; returns the master key and the slot that
 /// opened. A damaged slot does not stop the others from being tried; it is named only when no
 /// slot opens.
-fn unlock(root: &Path, repo_id: &str, secret: &Secret) -> Result<(MasterKey, String)> {
+fn unlock(storage: &dyn Storage, repo_id: &str, secret: &Secret) -> Result<(MasterKey, String)> {
     if let Secret::KeyFile(bytes) = secret
         && bytes.len() < MIN_KEY_FILE_LEN
     {
         return Err(RepoError::Invalid(format!("the key file holds {} bytes; at least {MIN_KEY_FILE_LEN} are needed", bytes.len())));
     }
     let mut damaged = None;
-    for path in read_dir_sorted(&root.join("keys"))? {
-        if !path.is_file() || path.extension().is_none_or(|e| e != "json") {
+    for (slot_key, _) in storage.list("keys")? {
+        if !slot_key.ends_with(".json") {
             continue;
         }
-        let what = format!("key slot {}", path.display());
-        let opened = read(&path).and_then(|bytes| parse_versioned::<KeySlot>(&what, &bytes, KEY_FORMAT, KEY_VERSION)).and_then(|slot| {
-            match slot.open(repo_id, secret) {
-                Ok(key) => Ok(key.map(|k| (k, slot.id))),
-                Err(reason) => Err(RepoError::Corrupt { what: what.clone(), reason }),
-            }
+        let what = format!("key slot {}", key(storage.location(), &slot_key));
+        let bytes = storage.read(&slot_key)?.ok_or_else(|| RepoError::Corrupt { what: what.clone(), reason: "vanished while read".into() });
+        let opened = bytes.and_then(|bytes| parse_versioned::<KeySlot>(&what, &bytes, KEY_FORMAT, KEY_VERSION)).and_then(|slot| match slot
+            .open(repo_id, secret)
+        {
+            Ok(key) => Ok(key.map(|k| (k, slot.id))),
+            Err(reason) => Err(RepoError::Corrupt { what: what.clone(), reason }),
         });
         match opened {
             Ok(Some(found)) => return Ok(found),
@@ -493,7 +420,7 @@ fn unlock(root: &Path, repo_id: &str, secret: &Secret) -> Result<(MasterKey, Str
             Err(e) => damaged = damaged.or(Some(e)),
         }
     }
-    Err(damaged.unwrap_or_else(|| RepoError::WrongKey(root.to_path_buf())))
+    Err(damaged.unwrap_or_else(|| RepoError::WrongKey(storage.location().into())))
 }
 
 #[cfg(test)]
@@ -525,7 +452,7 @@ mod tests {
         assert!(outcomes.iter().filter_map(|o| o.as_ref().err()).all(|e| e.contains("already holds a repository")), "{outcomes:?}");
         let repo = Repository::open(&path, Some(&key())).unwrap();
         assert_eq!(&repo.config().id, made[0]);
-        assert_eq!(fs::read_dir(path.join("keys")).unwrap().count(), 1, "one key slot");
+        assert_eq!(std::fs::read_dir(path.join("keys")).unwrap().count(), 1, "one key slot");
     }
 
     #[test]
@@ -554,12 +481,12 @@ mod tests {
         let mut repo = init(dir.path(), Some(Secret::Password(b"old".to_vec())));
         let id = ChunkId(repo.keys().chunk_id(b"x"));
         repo.store_chunk(Compression::None, &id, b"x").unwrap();
-        let blob_before = fs::read(repo.chunk_path(&id)).unwrap();
+        let blob_before = std::fs::read(dir.path().join(chunk_key(&id))).unwrap();
         repo.change_secret(&old, &Secret::Password(b"new".to_vec())).unwrap();
         assert!(matches!(Repository::open(dir.path(), Some(&old)), Err(RepoError::WrongKey(_))));
         let reopened = Repository::open(dir.path(), Some(&Secret::Password(b"new".to_vec()))).unwrap();
         assert_eq!(reopened.load_chunk(&id, 1).unwrap(), b"x");
-        assert_eq!(fs::read(repo.chunk_path(&id)).unwrap(), blob_before);
+        assert_eq!(std::fs::read(dir.path().join(chunk_key(&id))).unwrap(), blob_before);
     }
 
     #[test]

@@ -15,6 +15,8 @@ mod files;
 pub use files::*;
 mod ha;
 pub use ha::*;
+mod objstore;
+pub use objstore::*;
 mod vsphere;
 pub use vsphere::*;
 

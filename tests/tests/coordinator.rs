@@ -83,7 +83,7 @@ fn bad_requests_and_unreachable_coordinators_get_clear_errors() {
     let cases: [(&[&str], &str); 8] = [
         (&["export", "--vm", "ghost", "--to", "file:///r"], "VM \"ghost\" is in the inventory of no live agent"),
         (&["export", "--vm", "ghost", "--to", "file:///r", "--region", "mars"], "no live agent in region \"mars\""),
-        (&["export", "--vm", "a", "--to", "s3://bucket/x"], "is not a file:///absolute/path URL"),
+        (&["export", "--vm", "a", "--to", "ftp://host/x"], "is neither a file:///absolute/path URL"),
         (&["export", "--vm", "a", "--to", "file:///r/../etc"], "absolute path without `..`"),
         (&["export", "--vm", "a", "--vm", "a", "--to", "file:///r"], "named twice"),
         (&["export", "--vm", "a", "--to", "file:///r", "--priority", "101"], "priority 101 is outside 0-100"),

@@ -191,10 +191,10 @@ impl JobSupervisorState {
         let run = self.run.take();
         let retention = retention_of(a);
         if succeeded && !retention.is_empty() {
-            let (vm, root) = (a.vm.clone(), run.as_ref().map(|r| r.repo().root().to_path_buf()));
+            let (vm, storage) = (a.vm.clone(), run.as_ref().map(|r| r.repo().storage().clone()));
             drop(run);
-            if let Some(root) = root {
-                tokio::task::spawn_blocking(move || match prune(&root, Some(&vm), &retention, false, PRUNE_WAIT) {
+            if let Some(storage) = storage {
+                tokio::task::spawn_blocking(move || match prune(storage.as_ref(), Some(&vm), &retention, false, PRUNE_WAIT) {
                     Ok(report) => tracing::info!(
                         vm,
                         removed = report.removed.values().map(Vec::len).sum::<usize>(),

@@ -150,10 +150,9 @@ async fn a_failing_disk_reader_is_restarted_within_the_budget_then_the_task_fail
         secret: Some(secret()),
     };
     Repository::init(&dir.path().join("repo"), opts).unwrap();
-    // No chunk folders: every chunk the reader stores fails.
-    for entry in std::fs::read_dir(dir.path().join("repo/chunks")).unwrap() {
-        std::fs::remove_dir(entry.unwrap().path()).unwrap();
-    }
+    // `chunks` is a file, not a folder: every chunk the reader stores fails.
+    std::fs::remove_dir_all(dir.path().join("repo/chunks")).unwrap();
+    std::fs::write(dir.path().join("repo/chunks"), b"").unwrap();
     let mut task = start(dir.path(), 1, None, TestFaults::default()).await;
     let (_, finished) = until_finished(&mut task.news).await;
     assert_eq!(finished.outcome(), TaskOutcome::Failed);

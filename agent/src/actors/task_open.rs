@@ -13,7 +13,7 @@ use crate::export::{ExportOptions, ExportReport, ExportRun};
 use crate::resume::{ResumePlan, plan_resume};
 use crate::source::AgentSource;
 use crate::source::disk::RawDisk;
-use crate::target::{open_or_create, target_path};
+use crate::target::{open_or_create, target_storage};
 
 /// The retention an assignment asks for (none: keep everything).
 pub(super) fn retention_of(a: &Assign) -> Retention {
@@ -60,7 +60,7 @@ pub(super) fn open(config: &JobSupervisorConfig) -> Result<Opened, AgentError> {
         // A snapshot is taken (or found again, for a retry) and its disks read from the datastore.
         AgentSource::Vsphere(connection) => crate::vsphere::export::open(connection, &a.vm, &a.task_id)?,
     });
-    let repo = Arc::new(open_or_create(&target_path(&a.target)?, &config.access)?);
+    let repo = Arc::new(open_or_create(target_storage(&a.target)?, &config.access)?);
     let compression = repo.config().compression.parse().map_err(|e: String| AgentError::Invalid(format!("target compression: {e}")))?;
     let opts = ExportOptions {
         chunk_size: repo.config().chunk_size,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use hyperexport_shared::ChunkId;
 use hyperexport_shared::prune::{Retention, prune};
 use hyperexport_shared::replica::ReplicaStore;
+use hyperexport_shared::storage::LocalStorage;
 use hyperexport_shared::wire::{self, ErrorCode, Frame, MAX_POINT};
 
 use super::tls::NodeTls;
@@ -94,7 +95,8 @@ async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, root: 
     let _ = send.stopped().await;
     // The session's lock is released: retention may take the replica's lock exclusively.
     if let Some((replica, vm, retention)) = prune_after {
-        let pruned = tokio::task::spawn_blocking(move || prune(&replica, Some(&vm), &retention, false, LOCK_WAIT)).await;
+        let pruned =
+            tokio::task::spawn_blocking(move || prune(&LocalStorage::new(&replica), Some(&vm), &retention, false, LOCK_WAIT)).await;
         match pruned {
             Ok(Ok(report)) => tracing::info!(
                 removed = report.removed.values().map(Vec::len).sum::<usize>(),

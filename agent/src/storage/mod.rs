@@ -1,0 +1,164 @@
+//! Where repositories live: a local folder, or a prefix of an object store named by URL.
+//!
+//! | location | backend | credentials |
+//! |---|---|---|
+//! | `/path`, `file:///path` | folder | file permissions |
+//! | `s3://bucket/prefix[?endpoint=URL&region=R&path_style=true]` | S3 and S3-compatible | `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`(/`AWS_SESSION_TOKEN`), else the profile `AWS_PROFILE` (or `default`) of `~/.aws/credentials` |
+//! | `azure://container/prefix` | Azure Blob | `AZURE_STORAGE_ACCOUNT_NAME` + `AZURE_STORAGE_ACCOUNT_KEY` (or SAS/bearer variables `object_store` reads); `AZURE_STORAGE_USE_EMULATOR=true` for Azurite |
+//! | `gs://bucket/prefix` (experimental) | Google Cloud Storage | `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS` (a service-account file) |
+//!
+//! Credentials never appear in locations, messages or logs.
+
+mod aws_profile;
+mod object;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hyperexport_shared::RepoError;
+use hyperexport_shared::error::Result;
+use hyperexport_shared::storage::{LocalStorage, Storage};
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+
+pub use object::ObjectStorage;
+
+fn invalid(reason: String) -> RepoError {
+    RepoError::Invalid(reason)
+}
+
+/// Whether `spec` names an object store rather than a folder.
+pub fn is_url(spec: &str) -> bool {
+    spec.contains("://") && !spec.starts_with("file://")
+}
+
+/// The local folder `spec` names (a path or `file:///path`), if it names one.
+pub fn local_path(spec: &str) -> Option<&Path> {
+    match spec.strip_prefix("file://") {
+        Some(path) => Some(Path::new(path)),
+        None if !spec.contains("://") => Some(Path::new(spec)),
+        None => None,
+    }
+}
+
+/// Opens the storage `spec` names: a folder path, `file:///path`, `s3://`, `azure://` or `gs://`.
+/// Nothing is read yet.
+pub fn open(spec: &str) -> Result<Arc<dyn Storage>> {
+    if let Some(path) = local_path(spec) {
+        if path.as_os_str().is_empty() {
+            return Err(invalid("the repository location is empty".into()));
+        }
+        return Ok(Arc::new(LocalStorage::new(path)));
+    }
+    let (scheme, rest) = spec.split_once("://").expect("not a local path, so it has a scheme");
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(invalid(format!("{spec:?} names no bucket or container: use {scheme}://NAME/PREFIX")));
+    }
+    if prefix.split('/').any(|part| part == "." || part == "..") {
+        return Err(invalid(format!("{spec:?}: the prefix may not contain . or .. parts")));
+    }
+    let mut options = Options::parse(spec, query)?;
+    let location = format!("{scheme}://{rest}");
+    let store: Arc<dyn ObjectStore> = match scheme {
+        "s3" => {
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+                && let Some(profile) = aws_profile::load()?
+            {
+                b = b.with_access_key_id(profile.access_key_id).with_secret_access_key(profile.secret_access_key);
+                if let Some(token) = profile.session_token {
+                    b = b.with_token(token);
+                }
+                if let Some(region) = profile.region.filter(|_| std::env::var_os("AWS_REGION").is_none()) {
+                    b = b.with_region(region);
+                }
+            }
+            if let Some(endpoint) = options.take("endpoint") {
+                b = b.with_allow_http(endpoint.starts_with("http://")).with_endpoint(endpoint);
+            }
+            if let Some(region) = options.take("region") {
+                b = b.with_region(region);
+            }
+            if let Some(path_style) = options.take("path_style") {
+                b = b.with_virtual_hosted_style_request(!parse_bool(spec, "path_style", &path_style)?);
+            }
+            Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?)
+        }
+        "azure" | "az" => {
+            let b = MicrosoftAzureBuilder::from_env().with_container_name(bucket);
+            Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?)
+        }
+        "gs" => {
+            let b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?)
+        }
+        "sftp" => return Err(invalid(format!("{spec:?}: SFTP repositories are not built yet (see docs/STORAGE.md)"))),
+        other => return Err(invalid(format!("{spec:?}: unknown scheme {other:?}; use a path, file://, s3://, azure:// or gs://"))),
+    };
+    options.finish(spec)?;
+    Ok(Arc::new(ObjectStorage::new(store, prefix, location)?))
+}
+
+fn parse_bool(spec: &str, name: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(invalid(format!("{spec:?}: {name}={value:?} is not true or false"))),
+    }
+}
+
+/// The `?name=value&...` options of a location; each must be used once.
+struct Options(Vec<(String, String)>);
+
+impl Options {
+    fn parse(spec: &str, query: &str) -> Result<Self> {
+        let mut out = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let Some((name, value)) = pair.split_once('=') else {
+                return Err(invalid(format!("{spec:?}: option {pair:?} is not NAME=VALUE")));
+            };
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(invalid(format!("{spec:?}: option {name:?} is given twice")));
+            }
+            out.push((name.to_string(), value.to_string()));
+        }
+        Ok(Options(out))
+    }
+
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn finish(self, spec: &str) -> Result<()> {
+        match self.0.first() {
+            None => Ok(()),
+            Some((name, _)) => Err(invalid(format!("{spec:?}: unknown option {name:?} (s3:// takes endpoint, region, path_style)"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_are_checked_before_anything_is_contacted() {
+        assert!(open("/tmp/x").unwrap().local_root().is_some());
+        assert_eq!(open("file:///tmp/x").unwrap().local_root(), Some(Path::new("/tmp/x")));
+        let err = |spec: &str| open(spec).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err("s3:///p").contains("names no bucket"));
+        assert!(err("s3://b/p?bogus=1").contains("unknown option \"bogus\""), "{}", err("s3://b/p?bogus=1"));
+        assert!(err("s3://b/p?path_style=maybe").contains("not true or false"));
+        assert!(err("s3://b/p?region").contains("not NAME=VALUE"));
+        assert!(err("s3://b/../p").contains(". or .."));
+        assert!(err("ftp://b/p").contains("unknown scheme"));
+        assert!(err("sftp://u@h/p").contains("not built yet"));
+        let s3 = open("s3://bucket/some/prefix?endpoint=http://127.0.0.1:1&region=us-east-1&path_style=true").unwrap();
+        assert_eq!(s3.location(), "s3://bucket/some/prefix");
+    }
+}
