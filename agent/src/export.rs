@@ -37,6 +37,9 @@ pub struct ExportOptions {
     pub compression: Compression,
     /// Worker threads for hashing, compression and encryption.
     pub threads: usize,
+    /// For a repository in an object store: chunks uploaded at once. Each worker uploads the
+    /// chunk it encoded, so this is the number of workers there (instead of `threads`).
+    pub upload_concurrency: usize,
     /// How long to wait for another writer's lock.
     pub lock_wait: Duration,
     /// Fault injection for tests (off unless the test environment variables are set).
@@ -121,6 +124,10 @@ pub struct ExportReport {
 /// with room to run ahead, it hashes zero and hole regions while the workers still compress data
 /// before them, instead of leaving a core idle.
 const READ_AHEAD_BYTES: usize = 128 << 20;
+
+/// Chunks uploaded at once to an object store unless asked otherwise: enough requests in flight
+/// to hide a store's latency, few enough to keep memory small (one chunk each).
+pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 8;
 
 enum Item<'a> {
     /// A range the file system reports as a hole: its length.
@@ -306,7 +313,7 @@ fn export_disk(ctx: &DiskContext, name: &str, raw: &RawDisk, control: &DiskContr
     let size = raw.size();
     let chunk_size = opts.chunk_size as u64;
     let count = size.div_ceil(chunk_size);
-    let threads = opts.threads.max(1);
+    let threads = if run.repo.local_root().is_some() { opts.threads } else { opts.upload_concurrency }.max(1);
     let window = (READ_AHEAD_BYTES / opts.chunk_size as usize).max(threads * 2 + 2);
     let mut report = DiskReport { name: name.to_string(), size, ..Default::default() };
     let resume = usable_resume(ctx, name, size, control.resume.as_ref());

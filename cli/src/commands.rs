@@ -68,6 +68,10 @@ pub struct ExportArgs {
     /// Worker threads [default: the number of CPUs plus one]
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Chunks uploaded at once to a repository in an object store (it then runs this many
+    /// workers, each with one chunk in flight).
+    #[arg(long, default_value_t = hyperexport_agent::export::DEFAULT_UPLOAD_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub upload_concurrency: u64,
     /// Seconds to wait for another writer to release the repository.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub lock_wait: u64,
@@ -253,6 +257,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         chunk_size: chunk_size.unwrap_or(repo.config().chunk_size),
         compression,
         threads: threads(a.threads),
+        upload_concurrency: a.upload_concurrency as usize,
         lock_wait: Duration::from_secs(a.lock_wait),
         faults: TestFaults::from_env(),
         throttle: local_throttle(a.remote.bwlimit.as_deref())?,

@@ -68,6 +68,9 @@ enum Command {
     /// Remove points by retention rules (keep-last/daily/weekly/monthly) and the chunks no kept
     /// point needs; works on replicas without a password.
     Prune(prune_cli::PruneArgs),
+    /// Remove what no point needs, keeping every point: chunks left by an interrupted export,
+    /// lock objects of holders that are gone; works without a password.
+    Cleanup(prune_cli::CleanupArgs),
     /// Manage the repository's keys.
     #[command(subcommand)]
     Key(commands::KeyCommand),
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => commands::restore(a),
         Command::Key(c) => commands::key(c),
         Command::Prune(a) => prune_cli::run(a),
+        Command::Cleanup(a) => prune_cli::run_cleanup(a),
         Command::Coordinator(a) => remote::coordinator(&a),
         Command::Agent(a) => remote::agent(&a),
         Command::Vms(a) => inventory_cli::vms(&a),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use hyperexport_shared::prune::{Retention, prune};
+use hyperexport_shared::prune::{PruneReport, Retention, cleanup, prune};
 use serde_json::json;
 
 use crate::Output;
@@ -49,14 +49,21 @@ impl KeepArgs {
 /// Options of `prune`.
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// The repository or replica: a folder or an object store URL (no password needed).
-    #[arg(long, value_name = "REPO")]
-    pub repo: String,
+    #[command(flatten)]
+    pub target: CleanupArgs,
     /// Only this VM's points [default: every VM]
     #[arg(long)]
     pub vm: Option<String>,
     #[command(flatten)]
     pub keep: KeepArgs,
+}
+
+/// Options of `cleanup` (and the repository part of `prune`'s).
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The repository or replica: a folder or an object store URL (no password needed).
+    #[arg(long, value_name = "REPO")]
+    pub repo: String,
     /// Show what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -69,22 +76,36 @@ pub struct PruneArgs {
 
 /// Runs `hyperexport prune`.
 pub fn run(a: PruneArgs) -> Result<ExitCode> {
-    let report = prune(
-        hyperexport_agent::storage::open(&a.repo)?.as_ref(),
-        a.vm.as_deref(),
-        &a.keep.retention(),
-        a.dry_run,
-        Duration::from_secs(a.lock_wait),
-    )?;
-    match a.output {
-        Output::Json => print_json(&json!({"event": "result", "operation": "prune", "result": report})),
+    let t = &a.target;
+    let storage = hyperexport_agent::storage::open(&t.repo)?;
+    let report = prune(storage.as_ref(), a.vm.as_deref(), &a.keep.retention(), t.dry_run, Duration::from_secs(t.lock_wait))?;
+    print_report("prune", t.output, &report);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `hyperexport cleanup`.
+pub fn run_cleanup(a: CleanupArgs) -> Result<ExitCode> {
+    let storage = hyperexport_agent::storage::open(&a.repo)?;
+    let report = cleanup(storage.as_ref(), a.dry_run, Duration::from_secs(a.lock_wait))?;
+    print_report("cleanup", a.output, &report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(operation: &str, output: Output, report: &PruneReport) {
+    match output {
+        Output::Json => print_json(&json!({"event": "result", "operation": operation, "result": report})),
         Output::Text => {
-            let verb = if a.dry_run { "would remove" } else { "removed" };
+            let verb = if report.dry_run { "would remove" } else { "removed" };
             for (vm, ids) in &report.removed {
                 println!("{vm}: {verb} {} points ({}), kept {}", ids.len(), ids.join(", "), report.kept.get(vm).map_or(0, Vec::len));
             }
             println!("{verb} {} chunks ({} bytes) no kept point refers to", report.chunks_removed, report.bytes_freed);
+            if report.locks_removed > 0 {
+                println!("{verb} {} lock objects of holders that are gone", report.locks_removed);
+            }
+            if report.temp_files_removed > 0 {
+                println!("{verb} {} temp files of writers that died", report.temp_files_removed);
+            }
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -104,6 +104,11 @@ pub struct PruneReport {
     pub chunks_removed: u64,
     /// Their bytes.
     pub bytes_freed: u64,
+    /// Lock objects of holders that are gone, removed (object stores, SFTP).
+    pub locks_removed: u64,
+    /// Temp files of writers that died, removed (SFTP; a folder's `tmp/` is cleared when its
+    /// lock is taken exclusively).
+    pub temp_files_removed: u64,
     /// Whether nothing was changed.
     pub dry_run: bool,
 }
@@ -115,7 +120,20 @@ pub fn prune(storage: &dyn Storage, vm: Option<&str>, retention: &Retention, dry
     if retention.is_empty() {
         return Err(RepoError::Invalid("give at least one --keep-* rule; pruning without one would remove every point".into()));
     }
-    let _lock = storage.lock(REPO_LOCK, LockMode::Exclusive, wait, "prune")?;
+    collect(storage, vm, Some(retention), dry_run, wait)
+}
+
+/// Removes what no point needs and keeps every point: chunks no point refers to (left by an
+/// export that was killed, or by a source that changed before its export was run again), and
+/// lock objects of holders that are gone. Waits up to `wait` for the exclusive lock.
+pub fn cleanup(storage: &dyn Storage, dry_run: bool, wait: Duration) -> Result<PruneReport> {
+    collect(storage, None, None, dry_run, wait)
+}
+
+/// Removes the points of `vm` (all VMs for `None`) that `retention` does not keep (none for
+/// `None`), then the chunks no remaining point refers to.
+fn collect(storage: &dyn Storage, vm: Option<&str>, retention: Option<&Retention>, dry_run: bool, wait: Duration) -> Result<PruneReport> {
+    let _lock = storage.lock(REPO_LOCK, LockMode::Exclusive, wait, if retention.is_some() { "prune" } else { "cleanup" })?;
     let mut files: BTreeMap<String, Vec<(RecoveryPoint, String)>> = BTreeMap::new();
     for (file, _) in storage.list("points")? {
         if !file.ends_with(".json") {
@@ -130,10 +148,9 @@ pub fn prune(storage: &dyn Storage, vm: Option<&str>, retention: &Retention, dry
     let mut referenced: HashSet<ChunkId> = HashSet::new();
     for (name, list) in &files {
         let points: Vec<RecoveryPoint> = list.iter().map(|(p, _)| p.clone()).collect();
-        let (keep, remove) = if vm.is_none_or(|v| v == name) {
-            select(&points, retention)
-        } else {
-            (points.iter().map(|p| p.id.clone()).collect(), Vec::new())
+        let (keep, remove) = match retention {
+            Some(retention) if vm.is_none_or(|v| v == name) => select(&points, retention),
+            _ => (points.iter().map(|p| p.id.clone()).collect(), Vec::new()),
         };
         for (point, file) in list {
             if keep.contains(&point.id) {
@@ -158,6 +175,8 @@ pub fn prune(storage: &dyn Storage, vm: Option<&str>, retention: &Retention, dry
             storage.delete(&chunk)?;
         }
     }
+    report.locks_removed = crate::storage::object_lock::remove_void(storage, dry_run)?;
+    report.temp_files_removed = storage.clear_temp(dry_run)?;
     Ok(report)
 }
 

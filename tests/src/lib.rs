@@ -17,6 +17,8 @@ mod ha;
 pub use ha::*;
 mod objstore;
 pub use objstore::*;
+mod sftp;
+pub use sftp::*;
 mod vsphere;
 pub use vsphere::*;
 

@@ -164,3 +164,108 @@ fn a_job_through_the_coordinator_exports_to_an_s3_target_the_agent_creates() {
     assert_eq!(sha256_file(&out), sha256_file(&img));
     assert!(s3_keys(&s3, "exports", "agents/points/").len() == 1, "one point in the bucket");
 }
+
+#[test]
+fn an_export_to_s3_killed_mid_upload_resumes_and_cleanup_leaves_only_what_points_use() {
+    let sb = Sandbox::new();
+    let s3 = sb.start_s3();
+    create_bucket(&s3, "exports");
+    let repo = format!("s3://exports/crash?endpoint={}", s3.endpoint);
+    let pw = sb.path("password").display().to_string();
+    let img = image(&sb, "vm.img", 24, 40);
+    let export =
+        args(&["export", img.to_str().unwrap(), "--repo", &repo, "--password-file", &pw, "--chunk-size", "1M", "--output", "json"]);
+    let mut slow = s3_env();
+    slow.push(("HYPEREXPORT_TEST_CHUNK_DELAY_MS", "100"));
+    let mut child = sb.spawn(&export, &slow);
+    let chunks = || s3_keys(&s3, "exports", "crash/chunks/").len();
+    wait_until(std::time::Duration::from_secs(60), "a few chunks to be uploaded", || chunks() >= 4);
+    child.kill().expect("kill -9 the export");
+    child.wait().unwrap();
+    let before = chunks();
+    assert!(before < 24, "the export finished before it was killed: the test proves nothing");
+    assert!(s3_keys(&s3, "exports", "crash/points/").is_empty(), "a killed export published a point");
+    // The disk changes before the rerun: the old blob of its first chunk is needed by no point.
+    patch_file(&img, 0, &random_bytes(1 << 20, 4242));
+
+    let rerun = sb.run_with_env(&export, &s3_env());
+    assert_eq!(rerun.code, Some(0), "the rerun failed:\n{}", rerun.stderr);
+    let total = rerun.result()["total"].clone();
+    assert!(total["found_chunks"].as_u64().unwrap() >= before as u64 - 1, "the rerun did not reuse the uploaded chunks: {total}");
+    assert_eq!(total["found_chunks"].as_u64().unwrap() + total["new_chunks"].as_u64().unwrap(), 24, "{total}");
+
+    let cleaned = ok_env(&sb, &["cleanup", "--repo", &repo, "--output", "json"], &s3_env());
+    assert_eq!(cleaned.result()["chunks_removed"], 1, "{}", cleaned.stdout);
+    let keys = s3_keys(&s3, "exports", "crash/");
+    let stray: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            *k != "crash/config" && !k.starts_with("crash/keys/") && !k.starts_with("crash/points/") && !k.starts_with("crash/chunks/")
+        })
+        .collect();
+    assert!(stray.is_empty(), "objects no point needs are left: {stray:?}");
+    assert_eq!(keys.iter().filter(|k| k.starts_with("crash/chunks/")).count(), 24, "exactly the point's chunks");
+
+    // An uninterrupted export of the same disk makes the same point: same chunks, nothing new.
+    let again = ok_env(&sb, &["export", img.to_str().unwrap(), "--repo", &repo, "--password-file", &pw, "--output", "json"], &s3_env());
+    let again = again.result()["total"].clone();
+    assert_eq!((again["new_chunks"].as_u64(), again["reused_chunks"].as_u64()), (Some(0), Some(24)), "{again}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok_env(&sb, &["points", "--repo", &repo, "--password-file", &pw, "--output", "json"], &s3_env()).stdout)
+            .unwrap();
+    let disks: Vec<&serde_json::Value> = listed.as_array().unwrap().iter().map(|p| &p["disks"]).collect();
+    assert_eq!(disks.len(), 2);
+    assert_eq!(disks[0], disks[1], "the resumed point and the uninterrupted one differ");
+    let out = sb.path("vm.restored");
+    ok_env(&sb, &["restore", "latest", "--repo", &repo, "--password-file", &pw, "--to", out.to_str().unwrap()], &s3_env());
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+}
+
+#[test]
+fn a_repository_on_sftp_exports_verifies_restores_and_prunes_bit_identically() {
+    let sb = Sandbox::new();
+    let ssh = sb.start_sshd();
+    let folder = sb.path("sftp-repo");
+    round_trip(&sb, &ssh.url(&folder), &ssh.env());
+    assert!(folder.join("config").is_file(), "the repository is in the server's folder");
+    assert_eq!(chunk_files(&folder).len(), 6, "the kept point's chunks and no others");
+    let leftovers: Vec<_> = std::fs::read_dir(folder.join("chunks"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    // A temp file of an upload cut off mid-file is cleared by cleanup, and nothing else is.
+    let stray = folder.join("chunks/cut-off.0badc0de.0.tmp");
+    std::fs::write(&stray, b"half a chunk").unwrap();
+    let cleaned = ok_env(&sb, &["cleanup", "--repo", &ssh.url(&folder), "--output", "json"], &ssh.env());
+    assert_eq!(
+        (cleaned.result()["temp_files_removed"].as_u64(), cleaned.result()["chunks_removed"].as_u64()),
+        (Some(1), Some(0)),
+        "{}",
+        cleaned.stdout
+    );
+    assert!(!stray.exists());
+
+    // A server whose key is not the known one is refused, and so is a key it does not accept.
+    let img = image(&sb, "other.img", 1, 77);
+    let pw = sb.path("password").display().to_string();
+    let export = args(&["export", img.to_str().unwrap(), "--repo", &ssh.url(&folder), "--password-file", &pw]);
+    let mut env = ssh.env();
+    std::fs::write(
+        sb.path("wrong_known_hosts"),
+        format!("[127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n", ssh.port),
+    )
+    .unwrap();
+    let wrong_hosts = sb.path("wrong_known_hosts").display().to_string();
+    env[1].1 = &wrong_hosts;
+    sb.run_with_env(&export, &env).assert_clean_failure("does not match");
+    let stranger = sb.path("stranger");
+    let out = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&stranger).output().unwrap();
+    assert!(out.status.success());
+    let stranger = stranger.display().to_string();
+    let mut env = ssh.env();
+    env[0].1 = &stranger;
+    sb.run_with_env(&export, &env).assert_clean_failure("refused the SSH credentials");
+}

@@ -66,6 +66,7 @@ pub(super) fn open(config: &JobSupervisorConfig) -> Result<Opened, AgentError> {
         chunk_size: repo.config().chunk_size,
         compression,
         threads: config.threads,
+        upload_concurrency: crate::export::DEFAULT_UPLOAD_CONCURRENCY,
         lock_wait: Duration::from_secs(24 * 3600),
         faults: config.faults,
         throttle: Some(config.throttle()),

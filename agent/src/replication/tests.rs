@@ -46,6 +46,7 @@ fn exported(dir: &Path) -> Arc<Repository> {
         chunk_size: 1 << 16,
         compression: Compression::Zstd(1),
         threads: 2,
+        upload_concurrency: 2,
         lock_wait: Duration::from_secs(5),
         faults: Default::default(),
         throttle: None,

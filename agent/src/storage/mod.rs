@@ -6,11 +6,14 @@
 //! | `s3://bucket/prefix[?endpoint=URL&region=R&path_style=true]` | S3 and S3-compatible | `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`(/`AWS_SESSION_TOKEN`), else the profile `AWS_PROFILE` (or `default`) of `~/.aws/credentials` |
 //! | `azure://container/prefix` | Azure Blob | `AZURE_STORAGE_ACCOUNT_NAME` + `AZURE_STORAGE_ACCOUNT_KEY` (or SAS/bearer variables `object_store` reads); `AZURE_STORAGE_USE_EMULATOR=true` for Azurite |
 //! | `gs://bucket/prefix` (experimental) | Google Cloud Storage | `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS` (a service-account file) |
+//! | `sftp://user@host[:port]/path` (`/~/path`: under the login folder) | SFTP (OpenSSH) | `HYPEREXPORT_SFTP_KEY_FILE` or `~/.ssh/id_*`, or `HYPEREXPORT_SFTP_PASSWORD`; the host key from `HYPEREXPORT_SFTP_KNOWN_HOSTS` or `~/.ssh/known_hosts` |
 //!
 //! Credentials never appear in locations, messages or logs.
 
-mod aws_profile;
+pub mod aws_profile;
+mod bridge;
 mod object;
+mod sftp;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 
 pub use object::ObjectStorage;
+pub use sftp::SftpStorage;
 
 fn invalid(reason: String) -> RepoError {
     RepoError::Invalid(reason)
@@ -53,6 +57,9 @@ pub fn open(spec: &str) -> Result<Arc<dyn Storage>> {
         return Ok(Arc::new(LocalStorage::new(path)));
     }
     let (scheme, rest) = spec.split_once("://").expect("not a local path, so it has a scheme");
+    if scheme == "sftp" {
+        return open_sftp(spec, rest);
+    }
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
@@ -96,11 +103,29 @@ pub fn open(spec: &str) -> Result<Arc<dyn Storage>> {
             let b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
             Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?)
         }
-        "sftp" => return Err(invalid(format!("{spec:?}: SFTP repositories are not built yet (see docs/STORAGE.md)"))),
         other => return Err(invalid(format!("{spec:?}: unknown scheme {other:?}; use a path, file://, s3://, azure:// or gs://"))),
     };
     options.finish(spec)?;
     Ok(Arc::new(ObjectStorage::new(store, prefix, location)?))
+}
+
+/// `sftp://USER@HOST[:PORT]/PATH`: connects at once (the host key and credentials are checked).
+fn open_sftp(spec: &str, rest: &str) -> Result<Arc<dyn Storage>> {
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let Some((user, host_port)) = authority.rsplit_once('@').filter(|(u, _)| !u.is_empty()) else {
+        return Err(invalid(format!("{spec:?} names no user: use sftp://USER@HOST[:PORT]/PATH")));
+    };
+    if user.contains(':') {
+        return Err(invalid(format!("{spec:?}: no password in the URL; use HYPEREXPORT_SFTP_PASSWORD or a key")));
+    }
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| invalid(format!("{spec:?}: port {p:?} is not a number")))?),
+        None => (host_port, 22),
+    };
+    if host.is_empty() || path.contains('?') || path.split('/').any(|part| part == "." || part == "..") {
+        return Err(invalid(format!("{spec:?}: use sftp://USER@HOST[:PORT]/PATH, a path without . or .. parts and no options")));
+    }
+    Ok(Arc::new(SftpStorage::connect(user, host, port, &path, spec.to_string())?))
 }
 
 fn parse_bool(spec: &str, name: &str, value: &str) -> Result<bool> {
@@ -157,7 +182,9 @@ mod tests {
         assert!(err("s3://b/p?region").contains("not NAME=VALUE"));
         assert!(err("s3://b/../p").contains(". or .."));
         assert!(err("ftp://b/p").contains("unknown scheme"));
-        assert!(err("sftp://u@h/p").contains("not built yet"));
+        assert!(err("sftp://h/p").contains("names no user"));
+        assert!(err("sftp://u:pw@h/p").contains("no password in the URL"));
+        assert!(err("sftp://u@h:x/p").contains("not a number"));
         let s3 = open("s3://bucket/some/prefix?endpoint=http://127.0.0.1:1&region=us-east-1&path_style=true").unwrap();
         assert_eq!(s3.location(), "s3://bucket/some/prefix");
     }

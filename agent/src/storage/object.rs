@@ -1,8 +1,7 @@
 //! A repository in an object store (S3, Azure Blob, GCS) through the `object_store` crate.
 //!
-//! The repository layer is blocking; the store's client is async. Each call runs on a small
-//! runtime of the storage's own and the caller waits for it on a channel, so a call works from
-//! any thread (a blocking pool's, the CLI's) and never needs the caller's runtime. Retries with
+//! The repository layer is blocking; the store's client is async: calls go through a
+//! [`Bridge`], a small runtime of the storage's own. Retries with
 //! backoff are the client's (`RetryConfig`): 10 tries within 3 minutes for errors worth retrying
 //! (connection dropped, 5xx, throttling).
 
@@ -18,6 +17,8 @@ use hyperexport_shared::storage::{Durable, Storage, StorageLock, object_lock};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use super::bridge::Bridge;
+
 /// A prefix in an object store. Cheap to clone: clones share the client and runtime.
 #[derive(Clone)]
 pub struct ObjectStorage {
@@ -29,30 +30,15 @@ struct Inner {
     /// Without leading or trailing `/`; empty for the whole bucket.
     prefix: String,
     location: String,
-    /// `Some` until dropped.
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // The last clone may go away on an async task, where a blocking shutdown would panic.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+    bridge: Bridge,
 }
 
 impl ObjectStorage {
     /// Storage under `prefix` of `store`; `location` is its URL for messages.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, location: String) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("object-store")
-            .enable_all()
-            .build()
-            .map_err(|e| RepoError::Invalid(format!("cannot start the object store client for {location}: {e}")))?;
+        let bridge = Bridge::new(&location)?;
         let prefix = prefix.trim_matches('/').to_string();
-        Ok(ObjectStorage { inner: Arc::new(Inner { store, prefix, location, runtime: Some(runtime) }) })
+        Ok(ObjectStorage { inner: Arc::new(Inner { store, prefix, location, bridge }) })
     }
 
     fn path(&self, key: &str) -> Result<Path> {
@@ -87,14 +73,8 @@ impl ObjectStorage {
         unreachable!("the loop returns on its last try")
     }
 
-    /// Runs `f` on the storage's runtime and waits for it.
     fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let runtime = self.inner.runtime.as_ref().expect("the runtime is taken only on drop");
-        runtime.spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        rx.recv().expect("the object store runtime outlives its storage")
+        self.inner.bridge.run(f)
     }
 
     fn failed(&self, op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> RepoError {

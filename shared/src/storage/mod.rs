@@ -82,6 +82,12 @@ pub trait Storage: Send + Sync {
     /// Makes every [`Durable::AtSync`] write so far durable.
     fn sync(&self) -> Result<()>;
 
+    /// Removes the temp files writers that died left (call with the repository lock held
+    /// exclusively); returns how many there were. Backends without temp files have none.
+    fn clear_temp(&self, _dry_run: bool) -> Result<u64> {
+        Ok(0)
+    }
+
     /// Takes the lock `name` (`"repository"`, `"vm-<name>"`), waiting up to `wait` for other
     /// holders. `purpose` is shown to whoever waits for it.
     fn lock(&self, name: &str, mode: LockMode, wait: Duration, purpose: &str) -> Result<StorageLock>;

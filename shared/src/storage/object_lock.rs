@@ -127,6 +127,27 @@ pub fn acquire(store: Arc<dyn Storage>, name: &str, mode: LockMode, wait: Durati
     Ok(StorageLock::Object(ObjectLock { stop: Some(stop), refresher: Some(refresher) }))
 }
 
+/// Removes the lock objects under `locks/` whose holders are gone (expired, or a process of this
+/// host that no longer runs); returns how many. Other files there (a folder's `flock` files) are
+/// left alone.
+pub fn remove_void(store: &dyn Storage, dry_run: bool) -> Result<u64> {
+    let (now, host) = (unix_now(), host_name());
+    let mut removed = 0;
+    for (key, _) in store.list("locks")? {
+        if key.matches('/').count() != 2 || !key.ends_with(".json") {
+            continue;
+        }
+        let Some(bytes) = store.read(&key)? else { continue };
+        if serde_json::from_slice::<Note>(&bytes).is_ok_and(|note| !note.live(now, &host)) {
+            if !dry_run {
+                store.delete(&key)?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The first live lock under `dir` other than `own` that conflicts with taking it (any, for an
 /// exclusive taker; an exclusive one, for a shared taker). Expired locks are removed.
 fn conflict(store: &dyn Storage, dir: &str, own: &str, exclusive: bool, host: &str) -> Result<Option<String>> {
@@ -178,5 +199,10 @@ mod tests {
         let held = acquire(store.clone(), "repository", LockMode::Exclusive, Duration::ZERO, "prune").unwrap();
         assert_eq!(store.list("locks/repository").unwrap().len(), 1, "stale locks were removed");
         drop(held);
+        store.write("locks/vm-a/x-dead.json", &serde_json::to_vec(&old).unwrap(), Durable::Now).unwrap();
+        let live = acquire(store.clone(), "vm-b", LockMode::Exclusive, Duration::ZERO, "export").unwrap();
+        assert_eq!(remove_void(store.as_ref(), false).unwrap(), 1, "only the dead holder's lock goes");
+        assert_eq!(store.list("locks").unwrap().len(), 1);
+        drop(live);
     }
 }
