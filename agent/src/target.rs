@@ -25,7 +25,8 @@ pub struct TargetAccess {
 }
 
 /// The storage of a target: `file:///absolute/path` (a repository on the agent's host) or an
-/// object store URL (`s3://`, `azure://`, `gs://`; credentials from the agent's environment).
+/// object store or SFTP URL (`s3://`, `azure://`, `gs://`, `sftp://`; credentials from the
+/// agent's environment).
 pub fn target_storage(target: &str) -> Result<Arc<dyn Storage>> {
     if storage::is_url(target) {
         return Ok(storage::open(target)?);
@@ -33,7 +34,7 @@ pub fn target_storage(target: &str) -> Result<Arc<dyn Storage>> {
     match target.strip_prefix("file://") {
         Some(path) if path.starts_with('/') && !path.split('/').any(|c| c == "..") => Ok(Arc::new(LocalStorage::new(Path::new(path)))),
         _ => Err(AgentError::Invalid(format!(
-            "target {target:?} is neither a file:///absolute/path URL nor an s3://, azure:// or gs:// one"
+            "target {target:?} is neither a file:///absolute/path URL nor an s3://, azure://, gs:// or sftp:// one"
         ))),
     }
 }

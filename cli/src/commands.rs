@@ -30,7 +30,8 @@ pub const EXIT_VERIFY_FAILED: u8 = 3;
 
 #[derive(Debug, Args)]
 pub struct RepoArgs {
-    /// The repository: a folder, or s3://BUCKET/PREFIX, azure://CONTAINER/PREFIX, gs://BUCKET/PREFIX.
+    /// The repository: a folder, s3://BUCKET/PREFIX, azure://CONTAINER/PREFIX, gs://BUCKET/PREFIX
+    /// or sftp://USER@HOST/PATH (docs/STORAGE.md).
     #[arg(long, value_name = "REPO")]
     pub repo: String,
     #[command(flatten)]
@@ -49,7 +50,7 @@ pub struct ExportArgs {
     /// A VM folder (with one .ovf or .vmx), an .ovf, .vmx or .ova file, or a disk image.
     #[arg(required_unless_present = "vm", conflicts_with = "vm")]
     pub source: Option<PathBuf>,
-    /// The repository (local export): a folder, or s3://, azure://, gs:// BUCKET/PREFIX.
+    /// The repository (local export): a folder, or s3://, azure://, gs://, sftp:// (docs/STORAGE.md).
     #[arg(long, value_name = "REPO", required_unless_present = "vm", conflicts_with = "vm")]
     pub repo: Option<String>,
     #[command(flatten)]
@@ -68,8 +69,8 @@ pub struct ExportArgs {
     /// Worker threads [default: the number of CPUs plus one]
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Chunks uploaded at once to a repository in an object store (it then runs this many
-    /// workers, each with one chunk in flight).
+    /// Chunks uploaded at once to a repository in an object store or over SFTP (it then runs
+    /// this many workers, each with one chunk in flight).
     #[arg(long, default_value_t = hyperexport_agent::export::DEFAULT_UPLOAD_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub upload_concurrency: u64,
     /// Seconds to wait for another writer to release the repository.

@@ -61,7 +61,7 @@ pub struct PruneArgs {
 /// Options of `cleanup` (and the repository part of `prune`'s).
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
-    /// The repository or replica: a folder or an object store URL (no password needed).
+    /// The repository or replica: a folder, an object store or an SFTP URL (no password needed).
     #[arg(long, value_name = "REPO")]
     pub repo: String,
     /// Show what would be removed, remove nothing.

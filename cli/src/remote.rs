@@ -50,7 +50,7 @@ pub struct SubmitArgs {
     /// VMs to export through the coordinator (repeat for several); submits a job.
     #[arg(long, value_name = "NAME")]
     pub vm: Vec<String>,
-    /// Where the points go: file:///absolute/path (a repository on the agent's host).
+    /// Where the points go: file:///absolute/path (a repository on the agent's host), or s3://, azure://, gs://, sftp:// (docs/STORAGE.md).
     #[arg(long, value_name = "TARGET", requires = "vm")]
     pub to: Option<String>,
     /// 0 (lowest) to 100.

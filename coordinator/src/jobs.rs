@@ -24,10 +24,10 @@ pub fn new_id() -> String {
     hex::encode(id)
 }
 
-/// Checks a target: `file:///absolute/path` on the agent's host, or an object store URL
-/// (`s3://`, `azure://`, `gs://` with a bucket; the agent checks its options and credentials).
+/// Checks a target: `file:///absolute/path` on the agent's host, or an object store or SFTP URL
+/// (`s3://`, `azure://`, `gs://` with a bucket, `sftp://` with a host; the agent checks the rest).
 pub fn validate_target(target: &str) -> Result<()> {
-    for scheme in ["s3://", "azure://", "gs://"] {
+    for scheme in ["s3://", "azure://", "gs://", "sftp://"] {
         if let Some(rest) = target.strip_prefix(scheme) {
             if rest.split(['/', '?']).next().is_none_or(str::is_empty) {
                 return Err(CoordinatorError::Invalid(format!("target {target:?} names no bucket or container")));
@@ -36,7 +36,9 @@ pub fn validate_target(target: &str) -> Result<()> {
         }
     }
     let path = target.strip_prefix("file://").ok_or_else(|| {
-        CoordinatorError::Invalid(format!("target {target:?} is neither a file:///absolute/path URL nor an s3://, azure:// or gs:// one"))
+        CoordinatorError::Invalid(format!(
+            "target {target:?} is neither a file:///absolute/path URL nor an s3://, azure://, gs:// or sftp:// one"
+        ))
     })?;
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
         return Err(CoordinatorError::Invalid(format!("target {target:?} must name an absolute path without `..`")));
