@@ -17,6 +17,7 @@ pub mod failover;
 pub mod faults;
 pub mod metrics;
 pub mod ova;
+pub mod ova_stream;
 pub mod parallel;
 pub mod progress;
 pub mod qemu;
@@ -30,6 +31,7 @@ pub mod storage;
 pub mod target;
 pub mod task_progress;
 pub mod verify;
+pub mod vmdk_stream;
 pub mod vsphere;
 
 pub use error::AgentError;

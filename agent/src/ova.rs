@@ -1,9 +1,7 @@
 //! OVA archives: USTAR, the `.ovf` first, then the `.mf`, then the files in References order.
 //! Files of 8 GiB and more get their size in the base-256 form GNU tar and VMware read.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::io::{self, Write};
 
 use crate::error::{AgentError, Result};
 
@@ -43,26 +41,47 @@ pub fn header(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK]> {
     Ok(h)
 }
 
-/// Writes an OVA at `out` holding `files` in the given order, each under its file name.
-pub fn write(out: &Path, files: &[&Path]) -> Result<()> {
-    let file = File::create(out).map_err(AgentError::io("create", out))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    let mtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    for path in files {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let mut src = File::open(path).map_err(AgentError::io("open", *path))?;
-        let size = src.metadata().map_err(AgentError::io("stat", *path))?.len();
-        w.write_all(&header(name, size, mtime)?).map_err(AgentError::io("write", out))?;
-        let copied = io::copy(&mut src, &mut w).map_err(AgentError::io("copy into OVA", *path))?;
-        if copied != size {
-            return Err(AgentError::Invalid(format!("{} changed size while being archived", path.display())));
-        }
-        let pad = (BLOCK - (size as usize % BLOCK)) % BLOCK;
-        w.write_all(&[0u8; BLOCK][..pad]).map_err(AgentError::io("write", out))?;
+/// A USTAR archive being written front to back (see [`crate::ova_stream`]).
+pub struct Archive<W: Write> {
+    out: W,
+    mtime: u64,
+}
+
+fn tar_err(e: io::Error) -> AgentError {
+    AgentError::Invalid(format!("writing the OVA: {e}"))
+}
+
+impl<W: Write> Archive<W> {
+    /// An archive written to `out`; its files are dated now.
+    pub fn new(out: W) -> Self {
+        let mtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Archive { out, mtime }
     }
-    w.write_all(&[0u8; 2 * BLOCK]).map_err(AgentError::io("write", out))?;
-    let file = w.into_inner().map_err(|e| AgentError::io("write", out)(e.into_error()))?;
-    file.sync_all().map_err(AgentError::io("fsync", out))
+
+    /// Adds a file held in memory.
+    pub fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.begin(name, bytes.len() as u64)?.write_all(bytes).map_err(tar_err)?;
+        self.end_file(bytes.len() as u64)
+    }
+
+    /// Starts a file of `size` bytes: its content is then written to the returned writer, and
+    /// [`Archive::end_file`] called with the count written.
+    pub fn begin(&mut self, name: &str, size: u64) -> Result<&mut W> {
+        self.out.write_all(&header(name, size, self.mtime)?).map_err(tar_err)?;
+        Ok(&mut self.out)
+    }
+
+    /// Ends a file whose content was `size` bytes (pads it to the block size).
+    pub fn end_file(&mut self, size: u64) -> Result<()> {
+        let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
+        self.out.write_all(&[0u8; BLOCK][..pad]).map_err(tar_err)
+    }
+
+    /// Writes the end of the archive; returns the writer, flushed.
+    pub fn finish(mut self) -> Result<W> {
+        self.out.write_all(&[0u8; 2 * BLOCK]).and_then(|_| self.out.flush()).map_err(tar_err)?;
+        Ok(self.out)
+    }
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{AgentError, Result};
 use crate::progress::Progress;
+use crate::qemu;
 use crate::read_back::{Depth, read_back};
-use crate::{ova, qemu};
 
 /// Output format of a restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,16 +128,17 @@ pub fn restore(
         }
         RestoreFormat::Ova => {
             check_free(to, opts.force)?;
-            let parent = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let staging = tempfile::Builder::new()
-                .prefix(".hyperexport-ova-")
-                .tempdir_in(parent)
-                .map_err(AgentError::io("create staging folder in", parent))?;
-            let files = write_ovf_folder(repo, point, staging.path(), opts, progress)?;
+            // Streamed into the archive from the repository: no staging folder, no qemu-img.
             let partial = partial_path(to);
-            ova::write(&partial, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>()).inspect_err(|_| {
+            let file = File::create(&partial).map_err(AgentError::io("create", &partial))?;
+            let written =
+                crate::ova_stream::write_ova(repo, point, opts.threads, progress, std::io::BufWriter::with_capacity(1 << 20, file))
+                    .and_then(|w| w.into_inner().map_err(|e| AgentError::io("write", &partial)(e.into_error())))
+                    .and_then(|f| f.sync_all().map_err(AgentError::io("fsync", &partial)));
+            if let Err(e) = written {
                 let _ = fs::remove_file(&partial);
-            })?;
+                return Err(e);
+            }
             rename_durably(&partial, to)?;
             vec![to.to_path_buf()]
         }

@@ -168,9 +168,17 @@ fn a_missing_qemu_img_is_named_for_non_raw_disks() {
     let ok = sb.run_with_env(&export, &[("PATH", empty.to_str().unwrap())]);
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
     let r = sb.run_with_env(
-        &args(&["restore", "latest", "--repo", "r", "--format", "ova", "--to", "x.ova"]),
+        &args(&["restore", "latest", "--repo", "r", "--format", "qcow2", "--to", "x.qcow2"]),
         &[("PATH", empty.to_str().unwrap())],
     );
     r.assert_clean_failure("qemu-img is needed");
-    assert!(!Path::new(&sb.path("x.ova")).exists());
+    assert!(!Path::new(&sb.path("x.qcow2")).exists());
+    // An OVA is written by hyperexport itself (streamOptimized VMDK), without qemu-img.
+    let ova = sb.run_with_env(
+        &args(&["restore", "latest", "--repo", "r", "--format", "ova", "--to", "x.ova"]),
+        &[("PATH", empty.to_str().unwrap())],
+    );
+    assert_eq!(ova.code, Some(0), "{}", ova.stderr);
+    let listing = tool("tar", &["tf", sb.path("x.ova").to_str().unwrap()]);
+    assert_eq!(listing.lines().collect::<Vec<_>>(), ["a.ovf", "a.mf", "a-disk1.vmdk"], "{listing}");
 }
