@@ -107,9 +107,20 @@ pub fn write_vmdk<W: Write + Send>(
     Ok(measured.finish())
 }
 
-/// Writes the OVA of `point` to `out`: descriptor, manifest, one streamOptimized VMDK per disk.
-/// Returns the writer.
-pub fn write_ova<W: Write + Send>(repo: &Repository, point: &RecoveryPoint, threads: usize, progress: &dyn Progress, out: W) -> Result<W> {
+/// The bytes a file of `len` bytes takes in the archive (header and padding).
+fn in_archive(len: u64) -> u64 {
+    512 + len.div_ceil(512) * 512
+}
+
+/// Writes the OVA of `point`: descriptor, manifest, one streamOptimized VMDK per disk, to the
+/// writer `open` returns when given the archive's exact length. Returns the writer.
+pub fn write_ova<W: Write + Send>(
+    repo: &Repository,
+    point: &RecoveryPoint,
+    threads: usize,
+    progress: &dyn Progress,
+    open: impl FnOnce(u64) -> Result<W>,
+) -> Result<W> {
     let stem = file_stem(&point.vm);
     let names: Vec<String> = (1..=point.disks.len()).map(|i| format!("{stem}-disk{i}.vmdk")).collect();
     // Pass 1: what each VMDK will be.
@@ -137,7 +148,11 @@ pub fn write_ova<W: Write + Send>(repo: &Repository, point: &RecoveryPoint, thre
         manifest.push_str(&format!("SHA256({name})= {sha}\n"));
     }
     // Pass 2: the archive.
-    let mut tar = ova::Archive::new(out);
+    let total = in_archive(descriptor.len() as u64)
+        + in_archive(manifest.len() as u64)
+        + measured.iter().map(|(len, _)| in_archive(*len)).sum::<u64>()
+        + 1024;
+    let mut tar = ova::Archive::new(open(total)?);
     tar.file(&ovf_name, descriptor.as_bytes())?;
     tar.file(&mf_name, manifest.as_bytes())?;
     for ((disk, name), (len, sha)) in point.disks.iter().zip(&names).zip(&measured) {

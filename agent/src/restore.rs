@@ -104,6 +104,34 @@ fn check_free(path: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Restores `point` as an OVA to the object store object `target` (`s3://BUCKET/KEY.ova`,
+/// `azure://...`, `gs://...`): streamed from the repository into a multipart upload, with no
+/// temp files; the upload is journaled in the repository until it ends (see
+/// [`crate::storage::upload`]).
+pub fn restore_ova_to_store(
+    repo: &Repository,
+    point: &RecoveryPoint,
+    target: &str,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let _lock = repo.lock(LockMode::Shared, Duration::from_secs(60), "restore")?;
+    let journal = Some(repo.storage().clone());
+    let upload = crate::ova_stream::write_ova(repo, point, threads, progress, |total| {
+        Ok(crate::storage::upload::Upload::start(target, total, journal)?)
+    })?;
+    upload.finish()?;
+    Ok(RestoreReport {
+        point: point.id.clone(),
+        vm: point.vm.clone(),
+        format: RestoreFormat::Ova,
+        outputs: vec![PathBuf::from(target)],
+        bytes: point.disks.iter().map(|d| d.size).sum(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// Restores `point` to `to`.
 pub fn restore(
     repo: &Repository,
@@ -131,10 +159,10 @@ pub fn restore(
             // Streamed into the archive from the repository: no staging folder, no qemu-img.
             let partial = partial_path(to);
             let file = File::create(&partial).map_err(AgentError::io("create", &partial))?;
-            let written =
-                crate::ova_stream::write_ova(repo, point, opts.threads, progress, std::io::BufWriter::with_capacity(1 << 20, file))
-                    .and_then(|w| w.into_inner().map_err(|e| AgentError::io("write", &partial)(e.into_error())))
-                    .and_then(|f| f.sync_all().map_err(AgentError::io("fsync", &partial)));
+            let out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let written = crate::ova_stream::write_ova(repo, point, opts.threads, progress, |_| Ok(out))
+                .and_then(|w| w.into_inner().map_err(|e| AgentError::io("write", &partial)(e.into_error())))
+                .and_then(|f| f.sync_all().map_err(AgentError::io("fsync", &partial)));
             if let Err(e) = written {
                 let _ = fs::remove_file(&partial);
                 return Err(e);

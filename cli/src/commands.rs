@@ -445,7 +445,8 @@ fn print_verify(output: Output, report: &verifier::VerifyReport) {
 /// Where and how a point is restored (`restore`, `dr failover`).
 #[derive(Debug, Args)]
 pub struct RestoreTarget {
-    /// Output file (one disk) or folder (several disks, ovf); the .ova file for ova.
+    /// Output file (one disk) or folder (several disks, ovf); the .ova file for ova, which may
+    /// also be an object: s3://BUCKET/KEY.ova, azure://..., gs://... (streamed, no temp files).
     #[arg(long, value_name = "PATH")]
     pub to: PathBuf,
     /// raw, qcow2, vmdk (through qemu-img), ovf or ova.
@@ -469,7 +470,15 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
     let repo = a.repo.open()?;
     let point = repo.resolve_point(&a.point)?;
     let progress = progress_for(a.output, "restore");
-    let report = restorer::restore(&repo, &point, &a.target.to, &a.target.options(), progress.as_ref())?;
+    let to = a.target.to.to_string_lossy().into_owned();
+    let report = if storage::is_url(&to) {
+        if !matches!(a.target.format, RestoreFormat::Ova) || to.starts_with("sftp://") {
+            bail!("--to {to}: only an OVA (--format ova) can be restored to an object store (s3://, azure://, gs://) so far");
+        }
+        restorer::restore_ova_to_store(&repo, &point, &to, a.target.options().threads, progress.as_ref())?
+    } else {
+        restorer::restore(&repo, &point, &a.target.to, &a.target.options(), progress.as_ref())?
+    };
     drop(progress);
     match a.output {
         Output::Json => print_json(&json!({"event": "result", "operation": "restore", "result": report})),

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use hyperexport_shared::lock::LockMode;
 use hyperexport_shared::prune::{PruneReport, Retention, cleanup, prune};
+use hyperexport_shared::storage::REPO_LOCK;
 use serde_json::json;
 
 use crate::Output;
@@ -86,7 +88,13 @@ pub fn run(a: PruneArgs) -> Result<ExitCode> {
 /// Runs `hyperexport cleanup`.
 pub fn run_cleanup(a: CleanupArgs) -> Result<ExitCode> {
     let storage = hyperexport_agent::storage::open(&a.repo)?;
-    let report = cleanup(storage.as_ref(), a.dry_run, Duration::from_secs(a.lock_wait))?;
+    // Uploads that restores killed mid-way left open: aborted while nothing else runs.
+    let uploads = {
+        let _lock = storage.lock(REPO_LOCK, LockMode::Exclusive, Duration::from_secs(a.lock_wait), "cleanup")?;
+        hyperexport_agent::storage::upload::abort_journaled(storage.as_ref(), a.dry_run)?
+    };
+    let mut report = cleanup(storage.as_ref(), a.dry_run, Duration::from_secs(a.lock_wait))?;
+    report.uploads_aborted = uploads;
     print_report("cleanup", a.output, &report);
     Ok(ExitCode::SUCCESS)
 }
@@ -102,6 +110,9 @@ fn print_report(operation: &str, output: Output, report: &PruneReport) {
             println!("{verb} {} chunks ({} bytes) no kept point refers to", report.chunks_removed, report.bytes_freed);
             if report.locks_removed > 0 {
                 println!("{verb} {} lock objects of holders that are gone", report.locks_removed);
+            }
+            if report.uploads_aborted > 0 {
+                println!("{verb} {} unfinished uploads of restores that were killed (aborted)", report.uploads_aborted);
             }
             if report.temp_files_removed > 0 {
                 println!("{verb} {} temp files of writers that died", report.temp_files_removed);

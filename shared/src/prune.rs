@@ -106,6 +106,9 @@ pub struct PruneReport {
     pub bytes_freed: u64,
     /// Lock objects of holders that are gone, removed (object stores, SFTP).
     pub locks_removed: u64,
+    /// Unfinished multipart uploads of restores that were killed, aborted (set by the CLI's
+    /// `cleanup`, which knows the object stores).
+    pub uploads_aborted: u64,
     /// Temp files of writers that died, removed (SFTP; a folder's `tmp/` is cleared when its
     /// lock is taken exclusively).
     pub temp_files_removed: u64,

@@ -37,6 +37,14 @@ pub fn bin() -> PathBuf {
     bin
 }
 
+/// Runs an outside tool (tar, qemu-img, xmllint...), asserting success; returns its stdout.
+pub fn tool(cmd: &str, a: &[&str]) -> String {
+    let out =
+        Command::new(cmd).args(a).output().unwrap_or_else(|e| panic!("{cmd} is needed by this test (the test command installs it): {e}"));
+    assert!(out.status.success(), "{cmd} {a:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The outcome of one command.
 #[derive(Debug)]
 pub struct Run {

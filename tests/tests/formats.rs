@@ -2,18 +2,10 @@
 //! qemu-img, and OVA archives checked by independent tools (tar, sha256sum, xmllint, qemu-img).
 
 use std::path::Path;
-use std::process::Command;
 
 use hyperexport_tests::*;
 
 const MIB: u64 = 1 << 20;
-
-fn tool(cmd: &str, a: &[&str]) -> String {
-    let out =
-        Command::new(cmd).args(a).output().unwrap_or_else(|e| panic!("{cmd} is needed by this test (the test command installs it): {e}"));
-    assert!(out.status.success(), "{cmd} {a:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn with_repo(sb: &Sandbox, parts: &[&str]) -> Vec<String> {
     let mut a = args(parts);

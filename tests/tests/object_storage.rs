@@ -269,3 +269,86 @@ fn a_repository_on_sftp_exports_verifies_restores_and_prunes_bit_identically() {
     env[0].1 = &stranger;
     sb.run_with_env(&export, &env).assert_clean_failure("refused the SSH credentials");
 }
+
+/// Bytes process `pid` has caused to be written to storage so far (`/proc/PID/io`).
+fn storage_writes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Multipart uploads moto holds open in `bucket`.
+fn open_uploads(s3: &ObjectServer, bucket: &str) -> usize {
+    let (status, body) = http(s3.addr(), "GET", &format!("/{bucket}?uploads"), &[]);
+    assert_eq!(status, 200, "{body}");
+    body.matches("<UploadId>").count()
+}
+
+#[test]
+fn an_ova_of_a_2_gib_vm_streams_to_s3_without_temp_files_and_a_killed_one_is_aborted_by_cleanup() {
+    let sb = Sandbox::new();
+    let s3 = sb.start_s3();
+    create_bucket(&s3, "exports");
+    // A 2 GiB disk with 48 MiB of random data in three places and text in a fourth.
+    let img = sb.path("big.img");
+    let mut writes: Vec<(u64, Vec<u8>)> = (0..3).map(|i| ((i * 700 + 1) << 20, random_bytes(16 << 20, 90 + i))).collect();
+    writes.push((1900 << 20, b"a line of a log file, again and again\n".repeat(200_000)));
+    write_image(&img, 2 << 30, &writes);
+    sb.export(&img, "repo", &[]);
+    let url = format!("s3://exports/ova/big.ova?endpoint={}", s3.endpoint);
+    let tmp = sb.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut env = s3_env();
+    let tmp_str = tmp.display().to_string();
+    env.push(("TMPDIR", &tmp_str));
+    let mut restore = args(&["restore", "latest", "--format", "ova", "--to", &url]);
+    restore.extend(sb.repo_args("repo"));
+
+    // Killed while its upload is open: the parts stay on the server until cleanup aborts them.
+    let mut child = sb.spawn(&restore, &env);
+    wait_until(std::time::Duration::from_secs(120), "the restore to open its upload", || open_uploads(&s3, "exports") > 0);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(open_uploads(&s3, "exports"), 1, "the killed restore's upload is still open");
+    let mut cleanup = args(&["cleanup", "--output", "json", "--repo"]);
+    cleanup.push(sb.path("repo").display().to_string());
+    let cleaned = sb.run_with_env(&cleanup, &env);
+    assert_eq!(cleaned.code, Some(0), "{}", cleaned.stderr);
+    assert_eq!(cleaned.result()["uploads_aborted"], 1, "{}", cleaned.stdout);
+    assert_eq!(open_uploads(&s3, "exports"), 0, "cleanup left parts behind");
+    assert!(s3_keys(&s3, "exports", "ova/").is_empty(), "a killed restore published an object");
+
+    // Run to the end, its disk writes measured all along.
+    let mut child = sb.spawn(&restore, &env);
+    let pid = child.id();
+    let (mut most, mut samples) = (0, 0);
+    while child.try_wait().unwrap().is_none() {
+        if let Some(written) = storage_writes(pid) {
+            most = most.max(written);
+            samples += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(samples > 0, "/proc/{pid}/io was never read: nothing was measured");
+    eprintln!("the restore wrote at most {most} bytes to local storage ({samples} samples)");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(most < 100 << 20, "the restore wrote {most} bytes to local storage");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "temp files were left");
+    assert_eq!(open_uploads(&s3, "exports"), 0);
+
+    // The object, downloaded, passes the OVA checks with outside tools.
+    let ova = sb.path("big.ova");
+    tool("curl", &["-sf", &format!("{}/exports/ova/big.ova", s3.endpoint), "-o", ova.to_str().unwrap()]);
+    let listing = tool("tar", &["tf", ova.to_str().unwrap()]);
+    assert_eq!(listing.lines().collect::<Vec<_>>(), ["big.ovf", "big.mf", "big-disk1.vmdk"], "{listing}");
+    let x = sb.path("x");
+    std::fs::create_dir(&x).unwrap();
+    tool("tar", &["xf", ova.to_str().unwrap(), "-C", x.to_str().unwrap()]);
+    let manifest = std::fs::read_to_string(x.join("big.mf")).unwrap();
+    for line in manifest.lines() {
+        let (name, sha) = line.strip_prefix("SHA256(").and_then(|l| l.split_once(")= ")).expect("a SHA256 line");
+        assert_eq!(sha256_file(&x.join(name)), sha, "{name} does not match the manifest");
+    }
+    tool("xmllint", &["--noout", x.join("big.ovf").to_str().unwrap()]);
+    tool("qemu-img", &["compare", "-f", "vmdk", "-F", "raw", x.join("big-disk1.vmdk").to_str().unwrap(), img.to_str().unwrap()]);
+}

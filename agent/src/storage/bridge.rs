@@ -25,6 +25,12 @@ impl Bridge {
         Ok(Bridge { runtime: Some(runtime) })
     }
 
+    /// Starts `f` on the bridge's runtime without waiting (wait with [`Bridge::run`] on the
+    /// handle).
+    pub fn spawn<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> tokio::task::JoinHandle<T> {
+        self.runtime.as_ref().expect("the runtime is taken only on drop").spawn(f)
+    }
+
     /// Runs `f` on the bridge's runtime and waits for it.
     pub fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);

@@ -14,6 +14,7 @@ pub mod aws_profile;
 mod bridge;
 mod object;
 mod sftp;
+pub mod upload;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::multipart::MultipartStore;
 
 pub use object::ObjectStorage;
 pub use sftp::SftpStorage;
@@ -60,6 +62,16 @@ pub fn open(spec: &str) -> Result<Arc<dyn Storage>> {
     if scheme == "sftp" {
         return open_sftp(spec, rest);
     }
+    let (store, _, prefix, location) = object_store_at(spec, scheme, rest)?;
+    Ok(Arc::new(ObjectStorage::new(store, &prefix, location)?))
+}
+
+/// An object store client, its multipart side, the prefix (or key) in it, and its location.
+pub(crate) type ObjectTarget = (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>, String, String);
+
+/// The client, its multipart side, the prefix (or key) and the location of an `s3://`,
+/// `azure://` or `gs://` URL (`rest` is what follows `scheme://`). Nothing is contacted.
+pub(crate) fn object_store_at(spec: &str, scheme: &str, rest: &str) -> Result<ObjectTarget> {
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
@@ -70,7 +82,7 @@ pub fn open(spec: &str) -> Result<Arc<dyn Storage>> {
     }
     let mut options = Options::parse(spec, query)?;
     let location = format!("{scheme}://{rest}");
-    let store: Arc<dyn ObjectStore> = match scheme {
+    let (store, multipart): (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) = match scheme {
         "s3" => {
             let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
             if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
@@ -93,20 +105,25 @@ pub fn open(spec: &str) -> Result<Arc<dyn Storage>> {
             if let Some(path_style) = options.take("path_style") {
                 b = b.with_virtual_hosted_style_request(!parse_bool(spec, "path_style", &path_style)?);
             }
-            Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?)
+            let s3 = Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?);
+            (s3.clone(), s3)
         }
         "azure" | "az" => {
             let b = MicrosoftAzureBuilder::from_env().with_container_name(bucket);
-            Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?)
+            let az = Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?);
+            (az.clone(), az)
         }
         "gs" => {
             let b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
-            Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?)
+            let gs = Arc::new(b.build().map_err(|e| invalid(format!("{location}: {e}")))?);
+            (gs.clone(), gs)
         }
-        other => return Err(invalid(format!("{spec:?}: unknown scheme {other:?}; use a path, file://, s3://, azure:// or gs://"))),
+        other => {
+            return Err(invalid(format!("{spec:?}: unknown scheme {other:?}; use a path, file://, s3://, azure://, gs:// or sftp://")));
+        }
     };
     options.finish(spec)?;
-    Ok(Arc::new(ObjectStorage::new(store, prefix, location)?))
+    Ok((store, multipart, prefix.to_string(), location))
 }
 
 /// `sftp://USER@HOST[:PORT]/PATH`: connects at once (the host key and credentials are checked).

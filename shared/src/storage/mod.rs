@@ -17,7 +17,7 @@ pub mod object_lock;
 use std::path::Path;
 use std::time::Duration;
 
-pub use local::LocalStorage;
+pub use local::{LocalStorage, REPO_LOCK};
 
 use crate::error::Result;
 use crate::lock::{LockMode, RepoLock};
