@@ -79,6 +79,38 @@ impl Sandbox {
         start(self, "moto", cmd, "Running on ")
     }
 
+    /// Starts moto's S3 server with signatures checked: its first four requests (which moto
+    /// takes unauthenticated) create an IAM user allowed everything, its access key and bucket
+    /// `bucket`; every later request must be signed with that key. Returns the server and the
+    /// key's id and secret.
+    pub fn start_s3_with_keys(&self, bucket: &str) -> (ObjectServer, String, String) {
+        let mut cmd = Command::new(peers().join("moto/bin/moto_server"));
+        cmd.args(["-H", "127.0.0.1", "-p", "0"]).env("INITIAL_NO_AUTH_ACTION_COUNT", "4");
+        let s3 = start(self, "moto-iam", cmd, "Running on ");
+        // moto routes an unsigned IAM call by the credential scope of its Authorization header.
+        let iam = [
+            (
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIASETUP/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0".to_string(),
+            ),
+            ("Content-Type", "application/x-www-form-urlencoded".to_string()),
+        ];
+        let policy = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Action%22%3A%22%2A%22%2C%22Resource%22%3A%22%2A%22%7D%5D%7D";
+        for form in [
+            "Action=CreateUser&UserName=hx&Version=2010-05-08".to_string(),
+            format!("Action=PutUserPolicy&UserName=hx&PolicyName=all&PolicyDocument={policy}&Version=2010-05-08"),
+        ] {
+            let (status, body) = http_with_body(s3.addr(), "POST", "/", &iam, &form);
+            assert_eq!(status, 200, "{form}: {body}");
+        }
+        let (status, body) = http_with_body(s3.addr(), "POST", "/", &iam, "Action=CreateAccessKey&UserName=hx&Version=2010-05-08");
+        assert_eq!(status, 200, "CreateAccessKey: {body}");
+        let field = |tag: &str| body.split(&format!("<{tag}>")).nth(1).and_then(|r| r.split('<').next()).expect(tag).to_string();
+        let (id, secret) = (field("AccessKeyId"), field("SecretAccessKey"));
+        create_bucket(&s3, bucket);
+        (s3, id, secret)
+    }
+
     /// Starts Azurite's Blob service on a free loopback port, its data in the sandbox.
     pub fn start_azurite(&self) -> ObjectServer {
         let mut cmd = Command::new(peers().join("azurite/node_modules/.bin/azurite-blob"));
@@ -105,12 +137,18 @@ pub fn azurite_env(endpoint: &str) -> Vec<(&'static str, String)> {
 
 /// One plain HTTP/1.1 request; returns the status and body.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, String)]) -> (u16, String) {
+    http_with_body(addr, method, path, headers, "")
+}
+
+/// One plain HTTP/1.1 request with a body; returns the status and body.
+pub fn http_with_body(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the store");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(body);
     s.write_all(req.as_bytes()).expect("send");
     let mut answer = String::new();
     s.read_to_string(&mut answer).expect("read answer");

