@@ -2,8 +2,8 @@
 //! the disk's SHA-256 state at the same place, so that a later attempt (on this agent or another)
 //! goes on from there instead of reading the disk from the start.
 
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Condvar, Mutex};
 
 use hyperexport_shared::chunk::ChunkId;
 
@@ -84,22 +84,68 @@ pub fn decode_chunks(bytes: &[u8]) -> Option<Vec<Option<ChunkId>>> {
 /// chunks it has seen stored.
 #[derive(Default)]
 pub(crate) struct SavedStates {
-    states: Mutex<Vec<(u64, [u8; STATE_LEN])>>,
+    hashed: Mutex<Hashed>,
+    moved: Condvar,
+}
+
+/// How far the hashing thread got.
+#[derive(Default)]
+struct Hashed {
+    /// Chunks hashed (exclusive index).
+    upto: u64,
+    /// The hashing thread has ended (its input closed, or it panicked).
+    ended: bool,
+    /// States saved at chunk boundaries, oldest first.
+    states: Vec<(u64, [u8; STATE_LEN])>,
 }
 
 impl SavedStates {
-    /// Records the state after chunk `end` (exclusive index).
-    pub(crate) fn push(&self, end: u64, state: [u8; STATE_LEN]) {
-        self.states.lock().expect("saved states lock").push((end, state));
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hashed> {
+        self.hashed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The latest state at or before chunk `end` (exclusive), dropping older ones.
+    /// Records that chunks up to `end` (exclusive) are hashed, with the state there if it could
+    /// be saved.
+    pub(crate) fn hashed(&self, end: u64, state: Option<[u8; STATE_LEN]>) {
+        let mut hashed = self.lock();
+        hashed.upto = end;
+        if let Some(state) = state {
+            hashed.states.push((end, state));
+        }
+        self.moved.notify_all();
+    }
+
+    /// The hashing thread has ended; nobody waits for it any more.
+    pub(crate) fn ended(&self) {
+        self.lock().ended = true;
+        self.moved.notify_all();
+    }
+
+    /// Marks the hashing thread ended when dropped, so that a panic in it releases the consumer.
+    pub(crate) fn ends_on_drop(&self) -> HasherEnds<'_> {
+        HasherEnds(self)
+    }
+
+    /// The latest state at or before chunk `end` (exclusive), dropping older ones; waits until
+    /// the hashing thread got to `end` (it is fed in order, so it gets there unless it ended).
     pub(crate) fn latest_until(&self, end: u64) -> Option<(u64, [u8; STATE_LEN])> {
-        let mut states = self.states.lock().expect("saved states lock");
-        let usable = states.iter().rposition(|(at, _)| *at <= end)?;
-        let found = states[usable];
-        states.drain(..=usable);
+        let mut hashed = self.lock();
+        while hashed.upto < end && !hashed.ended {
+            hashed = self.moved.wait(hashed).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let usable = hashed.states.iter().rposition(|(at, _)| *at <= end)?;
+        let found = hashed.states[usable];
+        hashed.states.drain(..=usable);
         Some(found)
+    }
+}
+
+/// See [`SavedStates::ends_on_drop`].
+pub(crate) struct HasherEnds<'a>(&'a SavedStates);
+
+impl Drop for HasherEnds<'_> {
+    fn drop(&mut self) {
+        self.0.ended();
     }
 }
 
@@ -125,12 +171,26 @@ mod tests {
     #[test]
     fn the_latest_usable_state_is_taken() {
         let saved = SavedStates::default();
-        assert_eq!(saved.latest_until(10), None);
-        saved.push(5, [1; 32]);
-        saved.push(10, [2; 32]);
-        saved.push(15, [3; 32]);
+        saved.hashed(5, Some([1; 32]));
+        saved.hashed(10, Some([2; 32]));
+        saved.hashed(12, None);
         assert_eq!(saved.latest_until(12), Some((10, [2; 32])));
         assert_eq!(saved.latest_until(12), None, "older states are dropped once used");
-        assert_eq!(saved.latest_until(20), Some((15, [3; 32])));
+        saved.hashed(15, Some([3; 32]));
+        assert_eq!(saved.latest_until(15), Some((15, [3; 32])));
+    }
+
+    #[test]
+    fn the_consumer_waits_for_the_hasher_until_it_ends() {
+        let saved = SavedStates::default();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| saved.latest_until(4));
+            saved.hashed(2, Some([1; 32]));
+            saved.hashed(4, Some([2; 32]));
+            assert_eq!(waiter.join().unwrap(), Some((4, [2; 32])), "the state at 4, not the one at 2");
+            let waiter = s.spawn(|| saved.latest_until(8));
+            saved.ended();
+            assert_eq!(waiter.join().unwrap(), None, "an ended hasher releases the wait");
+        });
     }
 }

@@ -119,7 +119,7 @@ async fn a_cancelled_task_publishes_nothing_and_a_new_attempt_resumes_from_its_c
     let stall = TestFaults { stall_after_new_chunks: Some(1), ..Default::default() };
     let mut task = start(dir.path(), 1, None, stall).await;
     let checkpoint = loop {
-        match task.news.recv().await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(60), task.news.recv()).await.expect("a checkpoint within a minute").unwrap() {
             AgentBody::Checkpoint(c) => break c.disk.unwrap(),
             AgentBody::Finished(f) => panic!("finished early: {f:?}"),
             _ => {}
