@@ -21,4 +21,12 @@ if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi
 if cargo clippy --version >/dev/null 2>&1; then cargo clippy --locked --workspace --all-targets -- -D warnings; fi
 
 cargo build --locked -p hyperexport
-cargo test --locked --workspace
+# Every test bounds its own waits; this bound catches one that does not, so that a hang ends as a
+# failed run (cargo names tests running over 60 s) instead of outliving CI's limit. The suite
+# takes about 16 minutes on 2 cores.
+status=0
+timeout --kill-after=30s "${HYPEREXPORT_TEST_TIMEOUT:-50m}" cargo test --locked --workspace || status=$?
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  echo "test suite stopped after ${HYPEREXPORT_TEST_TIMEOUT:-50m}: a test hung (see 'has been running for over 60 seconds' above)" >&2
+fi
+exit "$status"
