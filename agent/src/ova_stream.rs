@@ -107,6 +107,49 @@ pub fn write_vmdk<W: Write + Send>(
     Ok(measured.finish())
 }
 
+/// The file names of a point's disks in an OVF folder or OVA: `<vm>-disk<N>.vmdk`.
+pub fn disk_names(point: &RecoveryPoint) -> Vec<String> {
+    let stem = file_stem(&point.vm);
+    (1..=point.disks.len()).map(|i| format!("{stem}-disk{i}.vmdk")).collect()
+}
+
+/// The descriptor and manifest of an OVF folder or OVA, with their file names.
+pub struct Described {
+    /// `<vm>.ovf`.
+    pub ovf_name: String,
+    /// The OVF descriptor.
+    pub descriptor: String,
+    /// `<vm>.mf`.
+    pub mf_name: String,
+    /// `SHA256(<file>)= <hex>` for the descriptor and each disk file.
+    pub manifest: String,
+}
+
+/// Describes the disks `names` of `point`, whose VMDK files have the lengths and SHA-256s of
+/// `measured`.
+pub fn describe(point: &RecoveryPoint, names: &[String], measured: &[(u64, String)]) -> Described {
+    let disks: Vec<OutputDisk> = point
+        .disks
+        .iter()
+        .zip(names)
+        .zip(measured)
+        .map(|((disk, name), (len, _))| OutputDisk {
+            file_name: name.clone(),
+            file_size: *len,
+            capacity: disk.size,
+            format: ovf::VMDK_STREAM_OPTIMIZED,
+        })
+        .collect();
+    let descriptor = ovf::generate(&point.vm, &point.vm_info, &disks);
+    let stem = file_stem(&point.vm);
+    let (ovf_name, mf_name) = (format!("{stem}.ovf"), format!("{stem}.mf"));
+    let mut manifest = format!("SHA256({ovf_name})= {}\n", hex::encode(Sha256::digest(descriptor.as_bytes())));
+    for (name, (_, sha)) in names.iter().zip(measured) {
+        manifest.push_str(&format!("SHA256({name})= {sha}\n"));
+    }
+    Described { ovf_name, descriptor, mf_name, manifest }
+}
+
 /// The bytes a file of `len` bytes takes in the archive (header and padding).
 fn in_archive(len: u64) -> u64 {
     512 + len.div_ceil(512) * 512
@@ -121,32 +164,14 @@ pub fn write_ova<W: Write + Send>(
     progress: &dyn Progress,
     open: impl FnOnce(u64) -> Result<W>,
 ) -> Result<W> {
-    let stem = file_stem(&point.vm);
-    let names: Vec<String> = (1..=point.disks.len()).map(|i| format!("{stem}-disk{i}.vmdk")).collect();
+    let names = disk_names(point);
     // Pass 1: what each VMDK will be.
     let mut measured = Vec::new();
     for (disk, name) in point.disks.iter().zip(&names) {
         let (_, len, sha) = write_vmdk(repo, disk, name, threads, progress, io::sink())?;
         measured.push((len, sha));
     }
-    let disks: Vec<OutputDisk> = point
-        .disks
-        .iter()
-        .zip(&names)
-        .zip(&measured)
-        .map(|((disk, name), (len, _))| OutputDisk {
-            file_name: name.clone(),
-            file_size: *len,
-            capacity: disk.size,
-            format: ovf::VMDK_STREAM_OPTIMIZED,
-        })
-        .collect();
-    let descriptor = ovf::generate(&point.vm, &point.vm_info, &disks);
-    let (ovf_name, mf_name) = (format!("{stem}.ovf"), format!("{stem}.mf"));
-    let mut manifest = format!("SHA256({ovf_name})= {}\n", hex::encode(Sha256::digest(descriptor.as_bytes())));
-    for (name, (_, sha)) in names.iter().zip(&measured) {
-        manifest.push_str(&format!("SHA256({name})= {sha}\n"));
-    }
+    let Described { ovf_name, descriptor, mf_name, manifest } = describe(point, &names, &measured);
     // Pass 2: the archive.
     let total = in_archive(descriptor.len() as u64)
         + in_archive(manifest.len() as u64)

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use hyperexport_shared::chunk::ChunkId;
 use hyperexport_shared::direct_io::DirectFile;
 use hyperexport_shared::lock::LockMode;
-use hyperexport_shared::ovf::{self, OutputDisk};
 use hyperexport_shared::point::{DiskRecord, RecoveryPoint};
 use hyperexport_shared::{RepoError, Repository};
 use serde::Serialize;
@@ -299,8 +298,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(sha.finalize()))
 }
 
-/// Writes `<vm>.ovf`, `<vm>.mf` and one streamOptimized VMDK per disk into `dir`; returns the
-/// files in OVA order (descriptor, manifest, disks in References order).
+/// Writes `<vm>.ovf`, `<vm>.mf` and one streamOptimized VMDK per disk into `dir` (the VMDKs by
+/// [`crate::ova_stream::write_vmdk`], each through a partial file); returns the files in OVA
+/// order (descriptor, manifest, disks in References order).
 fn write_ovf_folder(
     repo: &Repository,
     point: &RecoveryPoint,
@@ -308,36 +308,36 @@ fn write_ovf_folder(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<PathBuf>> {
-    qemu::require_qemu_img("write the streamOptimized VMDK disks of an OVF/OVA")?;
-    let stem = file_stem(&point.vm);
-    let ovf_path = dir.join(format!("{stem}.ovf"));
-    let mf_path = dir.join(format!("{stem}.mf"));
-    check_free(&ovf_path, opts.force)?;
-    let mut disks = Vec::new();
+    let names = crate::ova_stream::disk_names(point);
+    check_free(&dir.join(format!("{}.ovf", file_stem(&point.vm))), opts.force)?;
+    let mut measured = Vec::new();
     let mut files = Vec::new();
-    for (i, disk) in point.disks.iter().enumerate() {
-        let vmdk = dir.join(format!("{stem}-disk{}.vmdk", i + 1));
+    for (disk, name) in point.disks.iter().zip(&names) {
+        let vmdk = dir.join(name);
         check_free(&vmdk, opts.force)?;
-        let raw = partial_path(&vmdk).with_extension("raw");
-        write_raw(repo, disk, &raw, opts.threads, progress)?;
-        convert_into_place(&raw, &vmdk, "vmdk", Some("subformat=streamOptimized"))?;
-        let file_size = fs::metadata(&vmdk).map_err(AgentError::io("stat", &vmdk))?.len();
-        disks.push(OutputDisk {
-            file_name: format!("{stem}-disk{}.vmdk", i + 1),
-            file_size,
-            capacity: disk.size,
-            format: ovf::VMDK_STREAM_OPTIMIZED,
-        });
+        let partial = partial_path(&vmdk);
+        let file = File::create(&partial).map_err(AgentError::io("create", &partial))?;
+        let written =
+            crate::ova_stream::write_vmdk(repo, disk, name, opts.threads, progress, std::io::BufWriter::with_capacity(1 << 20, file))
+                .and_then(|(w, len, sha)| {
+                    let file = w.into_inner().map_err(|e| AgentError::io("write", &partial)(e.into_error()))?;
+                    file.sync_all().map_err(AgentError::io("fsync", &partial))?;
+                    Ok((len, sha))
+                });
+        match written {
+            Ok(done) => measured.push(done),
+            Err(e) => {
+                let _ = fs::remove_file(&partial);
+                return Err(e);
+            }
+        }
+        rename_durably(&partial, &vmdk)?;
         files.push(vmdk);
     }
-    let descriptor = ovf::generate(&point.vm, &point.vm_info, &disks);
-    write_file_durably(&ovf_path, descriptor.as_bytes())?;
-    let mut manifest = String::new();
-    for path in std::iter::once(&ovf_path).chain(files.iter()) {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        manifest.push_str(&format!("SHA256({name})= {}\n", sha256_file(path)?));
-    }
-    write_file_durably(&mf_path, manifest.as_bytes())?;
+    let described = crate::ova_stream::describe(point, &names, &measured);
+    let (ovf_path, mf_path) = (dir.join(&described.ovf_name), dir.join(&described.mf_name));
+    write_file_durably(&ovf_path, described.descriptor.as_bytes())?;
+    write_file_durably(&mf_path, described.manifest.as_bytes())?;
     let mut ordered = vec![ovf_path, mf_path];
     ordered.extend(files);
     Ok(ordered)

@@ -102,6 +102,18 @@ fn ovf_folder_with_qcow2_disk_restores_as_images_and_as_an_ova_that_independent_
         tool("qemu-img", &["compare", "-f", "vmdk", "-F", "raw", x.join(vmdk).to_str().unwrap(), source.to_str().unwrap()]);
     }
 
+    // OVF folder: the same files as the OVA's, byte for byte (checked above by other tools).
+    sb.ok(&with_repo(&sb, &["restore", "latest", "--format", "ovf", "--to", "ovf-out"]));
+    let mut written: Vec<String> =
+        std::fs::read_dir(sb.path("ovf-out")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    written.sort();
+    let mut expected = listing.clone();
+    expected.sort();
+    assert_eq!(written, expected, "the folder holds exactly the archive's files");
+    for name in &listing {
+        assert_eq!(sha256_file(&sb.path("ovf-out").join(name)), sha256_file(&x.join(name)), "{name}");
+    }
+
     // The OVA exported again, as an archive and as its extracted folder, gives the same disks.
     for source in [sb.path("web01.ova"), x.clone()] {
         let again = sb.export(&source, "repo", &[]);
