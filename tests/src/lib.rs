@@ -37,6 +37,11 @@ pub fn bin() -> PathBuf {
     bin
 }
 
+/// Environment variables with owned values as the `(&str, &str)` pairs commands take.
+pub fn env_pairs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// Runs an outside tool (tar, qemu-img, xmllint...), asserting success; returns its stdout.
 pub fn tool(cmd: &str, a: &[&str]) -> String {
     let out =

@@ -28,7 +28,7 @@ impl SshServer {
 
     /// The environment as `(&str, &str)` pairs.
     pub fn env(&self) -> Vec<(&str, &str)> {
-        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+        crate::env_pairs(&self.env)
     }
 }
 

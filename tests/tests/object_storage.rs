@@ -68,7 +68,7 @@ fn a_repository_on_azure_blob_exports_verifies_restores_and_prunes_bit_identical
     let azurite = sb.start_azurite();
     create_container(&azurite, "exports");
     let env = azurite_env(&azurite.endpoint);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = env_pairs(&env);
     round_trip(&sb, "azure://exports/repo", &env);
 }
 
@@ -81,7 +81,7 @@ fn wrong_credentials_and_missing_buckets_are_named_and_nothing_is_written() {
     create_container(&azurite, "exports");
     let mut env = azurite_env(&azurite.endpoint);
     env[3].1 = "d3JvbmcgYWNjb3VudCBrZXkgd3JvbmcgYWNjb3VudCBrZXkgd3Jvbmc=".into();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = env_pairs(&env);
     let export = ["export", img.to_str().unwrap(), "--repo", "azure://exports/repo", "--password-file", &pw];
     sb.run_with_env(&args(&export), &env).assert_clean_failure("refused the credentials");
 
@@ -93,11 +93,11 @@ fn wrong_credentials_and_missing_buckets_are_named_and_nothing_is_written() {
     };
     let export = ["export", img.to_str().unwrap(), "--repo", &repo, "--password-file", &pw];
     for env in [keys(&id, "not-the-secret"), keys("AKIANOSUCHKEY", &secret)] {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env = env_pairs(&env);
         sb.run_with_env(&args(&export), &env).assert_clean_failure("refused the credentials");
     }
     let good = keys(&id, &secret);
-    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let good = env_pairs(&good);
     let points = args(&["points", "--repo", &repo, "--password-file", &pw]);
     sb.run_with_env(&points, &good).assert_clean_failure("no repository at s3://exports/repo");
     ok_env(&sb, &export, &good);

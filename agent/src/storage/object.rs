@@ -112,7 +112,7 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
 
 /// The store's error, shortened to the store's own code and message when it sent them (S3 and
 /// Azure answer XML documents), with what to do about the common ones.
-fn describe(e: &object_store::Error) -> String {
+pub(crate) fn describe(e: &object_store::Error) -> String {
     if let object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } = e {
         return format!("the store refused the credentials or their rights ({})", first_line(&e.to_string()));
     }

@@ -70,7 +70,7 @@ fn target(spec: &str) -> Result<(Arc<dyn MultipartStore>, Path, String)> {
 
 fn failed(op: &'static str, location: &str) -> impl FnOnce(object_store::Error) -> RepoError {
     let location = location.to_string();
-    move |e| RepoError::Storage { op, location, reason: e.to_string() }
+    move |e| RepoError::Storage { op, location, reason: super::object::describe(&e) }
 }
 
 impl Upload {
