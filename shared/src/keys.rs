@@ -64,11 +64,13 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// Fresh parameters with a random salt: 64 MiB, 3 passes, 1 lane (OWASP's Argon2id advice).
+    /// Fresh parameters with a random salt: 64 MiB, 3 passes, 4 lanes (RFC 9106's second
+    /// recommended setting); the lanes are computed on parallel threads, so deriving the key
+    /// takes a fraction of one lane's time on a multi-core machine.
     pub fn generate() -> Self {
         let mut salt = [0u8; 16];
         crypto::random_bytes(&mut salt);
-        KdfParams { algorithm: "argon2id".into(), memory_kib: 64 * 1024, iterations: 3, parallelism: 1, salt: B64.encode(salt) }
+        KdfParams { algorithm: "argon2id".into(), memory_kib: 64 * 1024, iterations: 3, parallelism: 4, salt: B64.encode(salt) }
     }
 
     fn derive(&self, password: &[u8]) -> Result<[u8; KEY_LEN], String> {
@@ -176,6 +178,23 @@ mod tests {
         let kslot = KeySlot::create("repo", &kf, &master).unwrap();
         assert_eq!(kslot.open("repo", &kf).unwrap().unwrap().0, master.0);
         assert!(KeySlot::create("repo", &Secret::KeyFile(vec![1; 5]), &master).is_err());
+    }
+
+    #[test]
+    fn a_one_lane_slot_written_by_the_earlier_build_still_opens() {
+        // Written by the build before password slots got 4 lanes (argon2 0.5, one lane), for the
+        // repository id below with the password "old slot password".
+        let slot: KeySlot = serde_json::from_str(
+            r#"{"format": "hyperexport-key", "version": 1, "id": "4e1a1ea908cff210", "created": "2026-11-27T18:01:14Z",
+                "kind": "password",
+                "kdf": {"algorithm": "argon2id", "memory_kib": 65536, "iterations": 3, "parallelism": 1, "salt": "mcFEU1rnp03XFWkU8MXToA=="},
+                "wrapped": "8nc2M44ea57RYvouyLtDtsn2B0PuQeEHVYfbXHbPmBMU1IYvgnR5d0KFs3a5cDt53Dnjco0Gq1AxOwtz"}"#,
+        )
+        .unwrap();
+        let repo = "060c0ece6a7c7de9b3c2cdf41e1e078f";
+        assert!(slot.open(repo, &Secret::Password(b"old slot password".to_vec())).unwrap().is_some());
+        assert!(slot.open(repo, &Secret::Password(b"old slot passwore".to_vec())).unwrap().is_none());
+        assert_eq!(KdfParams::generate().parallelism, 4, "new slots use 4 lanes");
     }
 
     #[test]
