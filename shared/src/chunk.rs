@@ -7,6 +7,7 @@
 //! The AES-GCM associated data is the 6 header bytes followed by the 32-byte chunk id, so a blob
 //! cannot be moved to another id or have its flags altered without failing authentication.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::compress::{self, Compression};
 use crate::crypto::{NONCE_LEN, RepoKeys, TAG_LEN, random_bytes};
+use crate::direct_io::AlignedBuf;
 
 /// First four bytes of every chunk blob.
 pub const MAGIC: [u8; 4] = *b"HXCK";
@@ -87,29 +89,57 @@ impl<'de> Deserialize<'de> for ChunkId {
     }
 }
 
+thread_local! {
+    /// This thread's blob buffer, reused for every chunk it encodes.
+    static BLOB: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
+}
+
 /// Builds the stored blob for a chunk.
 pub fn encode(keys: &RepoKeys, compression: Compression, id: &ChunkId, plaintext: &[u8]) -> Vec<u8> {
-    let compressed = compression.compress(plaintext);
-    let (code, payload) = match &compressed {
-        Some(c) => (compression.code(), c.as_slice()),
-        None => (0, plaintext),
+    encode_with(keys, compression, id, plaintext, <[u8]>::to_vec)
+}
+
+/// Builds the stored blob for a chunk and hands it to `f`. The blob is built in place (compressed
+/// straight after the header, encrypted where it lies) in a buffer kept per thread that starts at
+/// a block-aligned address, so storing a chunk allocates nothing and an `O_DIRECT` write needs
+/// no copy of it.
+pub fn encode_with<T>(keys: &RepoKeys, compression: Compression, id: &ChunkId, plaintext: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    BLOB.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(encode_into(keys, compression, id, plaintext, &mut buf)),
+        // Only if `f` encodes another chunk on this thread.
+        Err(_) => f(encode_into(keys, compression, id, plaintext, &mut AlignedBuf::default())),
+    })
+}
+
+fn encode_into<'a>(keys: &RepoKeys, compression: Compression, id: &ChunkId, plaintext: &[u8], buf: &'a mut AlignedBuf) -> &'a [u8] {
+    let room = HEADER_LEN + compression.max_output(plaintext.len()).max(plaintext.len()) + TAG_LEN;
+    let out = buf.region(room);
+    let body = &mut out[HEADER_LEN..room - TAG_LEN];
+    let (code, payload_len) = match compression.compress_into(plaintext, body) {
+        Some(len) => (compression.code(), len),
+        None => {
+            body[..plaintext.len()].copy_from_slice(plaintext);
+            (0, plaintext.len())
+        }
     };
     let cipher = if keys.encrypts() { CIPHER_AES_256_GCM } else { CIPHER_NONE };
-    let mut blob = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
-    blob.extend_from_slice(&MAGIC);
-    blob.push(BLOB_VERSION);
-    blob.push(code | (cipher << 4));
+    out[..4].copy_from_slice(&MAGIC);
+    out[4] = BLOB_VERSION;
+    out[5] = code | (cipher << 4);
     let mut nonce = [0u8; NONCE_LEN];
     if cipher == CIPHER_AES_256_GCM {
         random_bytes(&mut nonce);
     }
-    blob.extend_from_slice(&nonce);
-    blob.extend_from_slice(payload);
-    let aad = associated_data(&blob[..6], id);
-    if let Some(tag) = keys.seal(&nonce, &aad, &mut blob[HEADER_LEN..]) {
-        blob.extend_from_slice(&tag);
+    out[6..HEADER_LEN].copy_from_slice(&nonce);
+    let aad = associated_data(&out[..6], id);
+    let end = HEADER_LEN + payload_len;
+    match keys.seal(&nonce, &aad, &mut out[HEADER_LEN..end]) {
+        Some(tag) => {
+            out[end..end + TAG_LEN].copy_from_slice(&tag);
+            &out[..end + TAG_LEN]
+        }
+        None => &out[..end],
     }
-    blob
 }
 
 fn associated_data(header: &[u8], id: &ChunkId) -> [u8; 38] {

@@ -1,5 +1,6 @@
 //! Chunk compression: zstd at a chosen level, lz4, or none.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -33,16 +34,64 @@ impl Compression {
     /// Large inputs whose samples do not compress (encrypted or already compressed data) are not
     /// compressed at all: see [`looks_incompressible`].
     pub fn compress(self, data: &[u8]) -> Option<Vec<u8>> {
-        if self != Compression::None && looks_incompressible(data) {
+        let mut out = vec![0; self.max_output(data.len())];
+        let len = self.compress_into(data, &mut out)?;
+        out.truncate(len);
+        Some(out)
+    }
+
+    /// Room [`Compression::compress_into`] needs for an input of `len` bytes.
+    pub fn max_output(self, len: usize) -> usize {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd(_) => zstd::zstd_safe::compress_bound(len),
+            Compression::Lz4 => 4 + lz4_flex::block::get_maximum_output_size(len),
+        }
+    }
+
+    /// [`Compression::compress`] into `out`, which holds at least
+    /// [`Compression::max_output`] bytes; returns the compressed length. zstd runs on a context
+    /// kept per thread, so a chunk costs no context setup or allocation.
+    pub fn compress_into(self, data: &[u8], out: &mut [u8]) -> Option<usize> {
+        if self == Compression::None || looks_incompressible(data) {
             return None;
         }
-        let out = match self {
+        let len = match self {
             Compression::None => return None,
-            Compression::Zstd(level) => zstd::bulk::compress(data, level).ok()?,
-            Compression::Lz4 => lz4_flex::block::compress_prepend_size(data),
+            Compression::Zstd(level) => zstd_into(level, data, out)?,
+            Compression::Lz4 => {
+                let (size, body) = out.split_first_chunk_mut::<4>()?;
+                *size = u32::try_from(data.len()).ok()?.to_le_bytes();
+                4 + lz4_flex::block::compress_into(data, body).ok()?
+            }
         };
-        (out.len() < data.len()).then_some(out)
+        (len < data.len()).then_some(len)
     }
+}
+
+thread_local! {
+    /// This thread's zstd context and the level it is set to.
+    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+/// Compresses `data` at `level` into `out` on this thread's context; `None` on any zstd error
+/// (the caller stores the data uncompressed).
+fn zstd_into(level: i32, data: &[u8], out: &mut [u8]) -> Option<usize> {
+    ZSTD.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return zstd::bulk::Compressor::new(level).ok()?.compress_to_buffer(data, out).ok();
+        };
+        match slot.as_mut() {
+            Some((set, compressor)) if *set == level => {}
+            Some((set, compressor)) => {
+                compressor.set_compression_level(level).ok()?;
+                *set = level;
+            }
+            None => *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?)),
+        }
+        let (_, compressor) = slot.as_mut()?;
+        compressor.compress_to_buffer(data, out).ok()
+    })
 }
 
 /// Inputs below this size are always given to the compressor.
@@ -61,12 +110,13 @@ pub fn looks_incompressible(data: &[u8]) -> bool {
         return false;
     }
     let step = (data.len() - SAMPLE_LEN) / (SAMPLES - 1);
+    let mut out = [0u8; SAMPLE_LEN + 1024];
     let mut packed = 0;
     for i in 0..SAMPLES {
         let window = &data[i * step..i * step + SAMPLE_LEN];
-        match zstd::bulk::compress(window, 1) {
-            Ok(out) => packed += out.len(),
-            Err(_) => return false,
+        match zstd_into(1, window, &mut out) {
+            Some(len) => packed += len,
+            None => return false,
         }
     }
     packed * 100 >= SAMPLES * SAMPLE_LEN * 98

@@ -239,9 +239,9 @@ impl Repository {
     /// Encodes and stores a chunk. Call [`Repository::sync`] before publishing a point that
     /// refers to it. Returns the stored size.
     pub fn store_chunk(&self, compression: Compression, id: &ChunkId, plaintext: &[u8]) -> Result<u64> {
-        let blob = chunk::encode(&self.keys, compression, id, plaintext);
-        self.storage.write(&chunk_key(id), &blob, Durable::AtSync)?;
-        Ok(blob.len() as u64)
+        chunk::encode_with(&self.keys, compression, id, plaintext, |blob| {
+            self.storage.write(&chunk_key(id), blob, Durable::AtSync).map(|()| blob.len() as u64)
+        })
     }
 
     /// The stored blob of chunk `id`, as it is stored (for replication).
