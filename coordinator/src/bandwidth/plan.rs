@@ -7,7 +7,7 @@
 //! so that it can show it wants more; not reported yet (just assigned) is "as much as it gets".
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 use hyperexport_proto::v1::{BandwidthNode, BandwidthTree, Job, JobDemand, JobRate, Rates};
@@ -17,6 +17,11 @@ use super::config::{Compiled, DEFAULT_CLASS};
 
 /// The least demand a job that did not wait for tokens is credited with (bytes per second).
 pub const DEMAND_FLOOR: Rate = 256.0 * 1024.0;
+/// Shortest time between two allocations asked for by work starting or ending: under a burst of
+/// them (a thousand agents finishing tasks within a second) one allocation covers many, instead
+/// of one per scheduler turn (which cost a third of the coordinator's CPU in
+/// `scripts/scale-bench.sh`). Agent-level rates stay in force meanwhile, so no cap is exceeded.
+pub const MIN_SPACING: Duration = Duration::from_millis(50);
 /// Headroom over the achieved rate in the demand of work that did not wait for tokens.
 const HEADROOM: f64 = 1.25;
 /// Test hook: a file holding the time (Unix milliseconds) the timetables are evaluated at.
@@ -88,7 +93,15 @@ impl Plan {
 
     /// Whether the allocation should run now.
     pub fn due(&self) -> bool {
-        self.dirty || self.last_run.is_none_or(|t| t.elapsed() >= self.config.interval)
+        self.next_due().is_none_or(|at| at <= Instant::now())
+    }
+
+    /// When the allocation is next due (`None`: now, it never ran): every interval, and
+    /// [`MIN_SPACING`] after the last run once work started or ended.
+    pub fn next_due(&self) -> Option<Instant> {
+        let last = self.last_run?;
+        let wait = if self.dirty { MIN_SPACING.min(self.config.interval) } else { self.config.interval };
+        Some(last + wait)
     }
 
     /// The last allocation's tree.

@@ -8,7 +8,8 @@ use crate::task_state::is_active;
 
 impl Scheduler {
     /// Runs the bandwidth allocation when it is due (every interval, or after work started or
-    /// ended) and queues `Rates` for the agents whose rates changed.
+    /// ended) and sends `Rates` to the agents whose rates changed. Runs after the turn's commit,
+    /// so that the turn's assignments are not held up by it; rates need no durability.
     pub(super) fn allocate_bandwidth(&mut self) {
         if !self.bandwidth.due() {
             return;
@@ -24,7 +25,7 @@ impl Scheduler {
             .flat_map(|job| job.tasks.iter().filter(|t| is_active(t) && !t.agent.is_empty()).map(move |t| (t.agent.as_str(), job)));
         let sends = self.bandwidth.run(&agents, work);
         for (agent, rates) in sends {
-            self.turn.outbox.push((agent, CoordinatorBody::Rates(rates)));
+            self.send(&agent, CoordinatorBody::Rates(rates));
         }
     }
 }

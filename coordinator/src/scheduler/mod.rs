@@ -180,12 +180,15 @@ pub async fn start(
         tokio::pin!(stop);
         let mut tick = tokio::time::interval((heartbeat / 2).min(MAX_IDLE_TURN));
         loop {
+            // A pending bandwidth allocation wakes the loop when it falls due.
+            let allocation = scheduler.bandwidth.next_due().unwrap_or_else(Instant::now);
             tokio::select! {
                 event = rx.recv() => match event {
                     Some(e) => scheduler.handle(e),
                     None => break,
                 },
                 _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(allocation.into()) => {}
                 () = &mut stop => break,
             }
             let started = Instant::now();
@@ -200,10 +203,10 @@ pub async fn start(
             let handled = started.elapsed();
             scheduler.expire();
             scheduler.place();
-            scheduler.allocate_bandwidth();
             let placed = started.elapsed() - handled;
             let jobs = scheduler.turn.jobs.len();
             scheduler.commit().await?;
+            scheduler.allocate_bandwidth();
             let took = started.elapsed();
             tracing::debug!(
                 events,
