@@ -82,7 +82,7 @@ fn zstd_into(level: i32, data: &[u8], out: &mut [u8]) -> Option<usize> {
             return zstd::bulk::Compressor::new(level).ok()?.compress_to_buffer(data, out).ok();
         };
         match slot.as_mut() {
-            Some((set, compressor)) if *set == level => {}
+            Some((set, _)) if *set == level => {}
             Some((set, compressor)) => {
                 compressor.set_compression_level(level).ok()?;
                 *set = level;

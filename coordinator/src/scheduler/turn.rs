@@ -288,10 +288,6 @@ impl Scheduler {
         }
     }
 
-    /// Writes the turn's changes in one transaction, then tells watchers, sends to agents and
-    /// answers the API. Jobs with nothing left to track leave memory (they stay in the store).
-    /// A failed write is returned: memory then holds changes the store does not, so the
-    /// scheduler stops rather than act on them (a restart reloads the store).
     /// Sends `body` to `agent` now (callers send only what the store already holds).
     pub(super) fn send(&mut self, agent: &str, body: CoordinatorBody) {
         let failed = self.agents.get(agent).is_some_and(|a| a.tx.try_send(Ok(CoordinatorMessage { body: Some(body) })).is_err());
@@ -301,6 +297,10 @@ impl Scheduler {
         }
     }
 
+    /// Writes the turn's changes in one transaction, then tells watchers, sends to agents and
+    /// answers the API. Jobs with nothing left to track leave memory (they stay in the store).
+    /// A failed write is returned: memory then holds changes the store does not, so the
+    /// scheduler stops rather than act on them (a restart reloads the store).
     pub(super) async fn commit(&mut self) -> Result<(), CoordinatorError> {
         let turn = std::mem::take(&mut self.turn);
         let jobs: Vec<_> = turn.jobs.iter().filter_map(|id| self.jobs.get(id).cloned()).collect();
