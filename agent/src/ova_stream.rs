@@ -113,6 +113,12 @@ pub fn disk_names(point: &RecoveryPoint) -> Vec<String> {
     (1..=point.disks.len()).map(|i| format!("{stem}-disk{i}.vmdk")).collect()
 }
 
+/// The file names of a point's descriptor and manifest: `<vm>.ovf` and `<vm>.mf`.
+pub fn descriptor_names(point: &RecoveryPoint) -> (String, String) {
+    let stem = file_stem(&point.vm);
+    (format!("{stem}.ovf"), format!("{stem}.mf"))
+}
+
 /// The descriptor and manifest of an OVF folder or OVA, with their file names.
 pub struct Described {
     /// `<vm>.ovf`.
@@ -141,8 +147,7 @@ pub fn describe(point: &RecoveryPoint, names: &[String], measured: &[(u64, Strin
         })
         .collect();
     let descriptor = ovf::generate(&point.vm, &point.vm_info, &disks);
-    let stem = file_stem(&point.vm);
-    let (ovf_name, mf_name) = (format!("{stem}.ovf"), format!("{stem}.mf"));
+    let (ovf_name, mf_name) = descriptor_names(point);
     let mut manifest = format!("SHA256({ovf_name})= {}\n", hex::encode(Sha256::digest(descriptor.as_bytes())));
     for (name, (_, sha)) in names.iter().zip(measured) {
         manifest.push_str(&format!("SHA256({name})= {sha}\n"));

@@ -8,6 +8,7 @@
 //! a manifest is complete.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -156,17 +157,7 @@ pub fn restore(
         RestoreFormat::Ova => {
             check_free(to, opts.force)?;
             // Streamed into the archive from the repository: no staging folder, no qemu-img.
-            let partial = partial_path(to);
-            let file = File::create(&partial).map_err(AgentError::io("create", &partial))?;
-            let out = std::io::BufWriter::with_capacity(1 << 20, file);
-            let written = crate::ova_stream::write_ova(repo, point, opts.threads, progress, |_| Ok(out))
-                .and_then(|w| w.into_inner().map_err(|e| AgentError::io("write", &partial)(e.into_error())))
-                .and_then(|f| f.sync_all().map_err(AgentError::io("fsync", &partial)));
-            if let Err(e) = written {
-                let _ = fs::remove_file(&partial);
-                return Err(e);
-            }
-            rename_durably(&partial, to)?;
+            stream_into_place(to, |out| Ok((crate::ova_stream::write_ova(repo, point, opts.threads, progress, |_| Ok(out))?, ())))?;
             vec![to.to_path_buf()]
         }
     };
@@ -265,6 +256,26 @@ fn convert_into_place(raw: &Path, target: &Path, fmt: &str, options: Option<&str
     rename_durably(&partial, target)
 }
 
+/// Streams a file into place: `write` fills a buffered partial file next to `target` and hands
+/// the writer back with its result; the file is then fsynced and renamed into place. The partial
+/// file is removed when anything fails.
+fn stream_into_place<T>(target: &Path, write: impl FnOnce(BufWriter<File>) -> Result<(BufWriter<File>, T)>) -> Result<T> {
+    let partial = partial_path(target);
+    let file = File::create(&partial).map_err(AgentError::io("create", &partial))?;
+    let written = write(BufWriter::with_capacity(1 << 20, file)).and_then(|(out, done)| {
+        let file = out.into_inner().map_err(|e| AgentError::io("write", &partial)(e.into_error()))?;
+        file.sync_all().map_err(AgentError::io("fsync", &partial))?;
+        Ok(done)
+    });
+    match written {
+        Ok(done) => rename_durably(&partial, target).map(|()| done),
+        Err(e) => {
+            let _ = fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
 /// Writes a small file next to its final name, then renames it into place.
 fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let partial = partial_path(path);
@@ -309,33 +320,22 @@ fn write_ovf_folder(
     progress: &dyn Progress,
 ) -> Result<Vec<PathBuf>> {
     let names = crate::ova_stream::disk_names(point);
-    check_free(&dir.join(format!("{}.ovf", file_stem(&point.vm))), opts.force)?;
+    let (ovf_name, mf_name) = crate::ova_stream::descriptor_names(point);
+    let (ovf_path, mf_path) = (dir.join(ovf_name), dir.join(mf_name));
+    check_free(&ovf_path, opts.force)?;
     let mut measured = Vec::new();
     let mut files = Vec::new();
     for (disk, name) in point.disks.iter().zip(&names) {
         let vmdk = dir.join(name);
         check_free(&vmdk, opts.force)?;
-        let partial = partial_path(&vmdk);
-        let file = File::create(&partial).map_err(AgentError::io("create", &partial))?;
-        let written =
-            crate::ova_stream::write_vmdk(repo, disk, name, opts.threads, progress, std::io::BufWriter::with_capacity(1 << 20, file))
-                .and_then(|(w, len, sha)| {
-                    let file = w.into_inner().map_err(|e| AgentError::io("write", &partial)(e.into_error()))?;
-                    file.sync_all().map_err(AgentError::io("fsync", &partial))?;
-                    Ok((len, sha))
-                });
-        match written {
-            Ok(done) => measured.push(done),
-            Err(e) => {
-                let _ = fs::remove_file(&partial);
-                return Err(e);
-            }
-        }
-        rename_durably(&partial, &vmdk)?;
+        let done = stream_into_place(&vmdk, |out| {
+            let (out, len, sha) = crate::ova_stream::write_vmdk(repo, disk, name, opts.threads, progress, out)?;
+            Ok((out, (len, sha)))
+        })?;
+        measured.push(done);
         files.push(vmdk);
     }
     let described = crate::ova_stream::describe(point, &names, &measured);
-    let (ovf_path, mf_path) = (dir.join(&described.ovf_name), dir.join(&described.mf_name));
     write_file_durably(&ovf_path, described.descriptor.as_bytes())?;
     write_file_durably(&mf_path, described.manifest.as_bytes())?;
     let mut ordered = vec![ovf_path, mf_path];
