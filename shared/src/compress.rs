@@ -29,17 +29,6 @@ impl Compression {
         }
     }
 
-    /// Compresses `data`. Returns `None` when compression would not make it smaller, so the caller
-    /// stores the chunk uncompressed (random data costs no decompression time on restore).
-    /// Large inputs whose samples do not compress (encrypted or already compressed data) are not
-    /// compressed at all: see [`looks_incompressible`].
-    pub fn compress(self, data: &[u8]) -> Option<Vec<u8>> {
-        let mut out = vec![0; self.max_output(data.len())];
-        let len = self.compress_into(data, &mut out)?;
-        out.truncate(len);
-        Some(out)
-    }
-
     /// Room [`Compression::compress_into`] needs for an input of `len` bytes.
     pub fn max_output(self, len: usize) -> usize {
         match self {
@@ -49,9 +38,12 @@ impl Compression {
         }
     }
 
-    /// [`Compression::compress`] into `out`, which holds at least
-    /// [`Compression::max_output`] bytes; returns the compressed length. zstd runs on a context
-    /// kept per thread, so a chunk costs no context setup or allocation.
+    /// Compresses `data` into `out`, which holds at least [`Compression::max_output`] bytes;
+    /// returns the compressed length. Returns `None` when compression would not make it smaller,
+    /// so the caller stores the chunk uncompressed (random data costs no decompression time on
+    /// restore). Large inputs whose samples do not compress (encrypted or already compressed
+    /// data) are not compressed at all: see [`looks_incompressible`]. zstd runs on a context kept
+    /// per thread, so a chunk costs no context setup or allocation.
     pub fn compress_into(self, data: &[u8], out: &mut [u8]) -> Option<usize> {
         if self == Compression::None || looks_incompressible(data) {
             return None;
@@ -178,6 +170,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `compress_into` with a buffer of its own.
+    fn compress(c: Compression, data: &[u8]) -> Option<Vec<u8>> {
+        let mut out = vec![0; c.max_output(data.len())];
+        let len = c.compress_into(data, &mut out)?;
+        out.truncate(len);
+        Some(out)
+    }
+
     #[test]
     fn parses_and_prints() {
         for s in ["none", "lz4", "zstd:3", "zstd:19", "zstd:-3"] {
@@ -192,9 +192,9 @@ mod tests {
     #[test]
     fn refuses_oversized_output() {
         let data = vec![7u8; 100_000];
-        let z = Compression::Zstd(3).compress(&data).unwrap();
+        let z = compress(Compression::Zstd(3), &data).unwrap();
         assert!(decompress(1, &z, 50_000).is_err());
-        let l = Compression::Lz4.compress(&data).unwrap();
+        let l = compress(Compression::Lz4, &data).unwrap();
         assert!(decompress(2, &l, 50_000).is_err());
         assert!(decompress(9, &l, 500_000).is_err());
     }
@@ -210,7 +210,7 @@ mod tests {
             *b = (x >> 24) as u8;
         }
         assert!(looks_incompressible(&random));
-        assert!(Compression::Zstd(3).compress(&random).is_none());
+        assert!(compress(Compression::Zstd(3), &random).is_none());
         let text = b"GET /index.html 200 ".repeat(60_000);
         assert!(!looks_incompressible(&text));
         let mut mixed = random.clone();
@@ -224,7 +224,7 @@ mod tests {
         fn round_trips(data in proptest::collection::vec(0u8..4, 0..20_000)) {
             for c in [Compression::None, Compression::Zstd(1), Compression::Lz4] {
                 // `None`: stored as is, nothing to decompress.
-                if let Some(out) = c.compress(&data) {
+                if let Some(out) = compress(c, &data) {
                     prop_assert_eq!(decompress(c.code(), &out, data.len()).unwrap(), data.clone());
                 }
             }
