@@ -58,8 +58,8 @@ impl ExportApi {
 impl ExportService for ExportApi {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let job = jobs::new_job(request.into_inner())?;
-        let job = self.scheduler()?.submit(job).await?;
-        Ok(Response::new(SubmitResponse { job_id: job.id }))
+        let job_id = self.scheduler()?.submit(job).await?;
+        Ok(Response::new(SubmitResponse { job_id }))
     }
 
     async fn get(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {

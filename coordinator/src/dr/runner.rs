@@ -127,9 +127,9 @@ async fn evaluation(store: &Store, scheduler: &SchedulerHandle, memory: &mut Mem
         job.retention = policy.retention;
         memory.submitted.insert(vm.clone(), now);
         match scheduler.submit(job).await {
-            Ok(job) => {
-                tracing::info!(vm = %vm, policy = %policy.name, job = %job.id, "policy run submitted");
-                memory.in_flight.insert(vm.clone(), job.id);
+            Ok(job_id) => {
+                tracing::info!(vm = %vm, policy = %policy.name, job = %job_id, "policy run submitted");
+                memory.in_flight.insert(vm.clone(), job_id);
             }
             Err(e) => tracing::warn!(vm = %vm, policy = %policy.name, error = %e, "policy run not submitted"),
         }

@@ -16,8 +16,9 @@ pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
 /// What the scheduler acts on.
 pub enum Event {
-    /// A validated new job, received by the API at the instant given.
-    Submit(Job, Instant, oneshot::Sender<Result<Job>>),
+    /// A validated new job, received by the API at the instant given; answered with its id
+    /// once it is stored.
+    Submit(Job, Instant, oneshot::Sender<Result<String>>),
     /// Cancel a job.
     Cancel(String, oneshot::Sender<Result<Job>>),
     /// An agent registered on a new stream (`Registered` already sent).
@@ -62,8 +63,8 @@ impl SchedulerHandle {
         rx.await.map_err(|_| CoordinatorError::Stopping)
     }
 
-    /// Accepts a job once it is stored.
-    pub async fn submit(&self, job: Job) -> Result<Job> {
+    /// Accepts a job once it is stored; returns its id.
+    pub async fn submit(&self, job: Job) -> Result<String> {
         let received = Instant::now();
         self.ask(|tx| Event::Submit(job, received, tx)).await?
     }

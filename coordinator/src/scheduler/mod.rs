@@ -69,6 +69,8 @@ struct Turn {
     durable: bool,
     outbox: Vec<(String, CoordinatorBody)>,
     replies: Vec<(oneshot::Sender<Result<Job>>, Result<String>)>,
+    /// Submissions to answer with the job's id (or why it was refused).
+    accepted: Vec<(oneshot::Sender<Result<String>>, Result<String>)>,
     /// Since when each task assigned this turn could have been placed.
     placed: Vec<Instant>,
     /// Cancels of jobs no longer in memory: answered from the store after the commit.
@@ -340,7 +342,7 @@ impl Scheduler {
                     self.changed(&job.id, true);
                     self.jobs.insert(job.id.clone(), job);
                 }
-                self.turn.replies.push((reply, result));
+                self.turn.accepted.push((reply, result));
             }
             Event::Cancel(id, reply) => {
                 if self.jobs.contains_key(&id) {

@@ -52,7 +52,8 @@ async fn submit(s: &mut Scheduler, vms: &[&str], priority: i32, max_parallel: u3
     let (tx, rx) = oneshot::channel();
     s.handle(Event::Submit(jobs::new_job(req).unwrap(), Instant::now(), tx));
     turn(s).await;
-    rx.await.unwrap().unwrap()
+    let id = rx.await.unwrap().unwrap();
+    s.jobs.get(&id).cloned().expect("a new job stays in memory")
 }
 
 async fn turn(s: &mut Scheduler) {
@@ -135,4 +136,47 @@ async fn a_lost_agent_s_task_resumes_elsewhere_with_its_checkpoint_and_stale_new
     turn(&mut s).await;
     let stored = s.store.get(&job.id).await.unwrap().unwrap();
     assert_eq!((stored.tasks[0].state(), stored.tasks[0].attempt), (JobState::Scheduled, 2));
+}
+
+#[tokio::test]
+async fn a_job_whose_agents_are_full_does_not_hold_up_later_jobs_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path());
+    let mut eu = attach(&mut s, "eu-1", "eu", 1, &["web", "db"]);
+    let mut us = attach(&mut s, "us-1", "us", 1, &["app"]);
+    let mut replies = Vec::new();
+    for (vms, region) in [(&["web", "db"][..], "eu"), (&["app"][..], "us")] {
+        let req = SubmitRequest {
+            vms: vms.iter().map(|v| v.to_string()).collect(),
+            region: region.into(),
+            target: "file:///r".into(),
+            ..Default::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        s.handle(Event::Submit(jobs::new_job(req).unwrap(), Instant::now(), tx));
+        replies.push(rx);
+    }
+    // Both jobs are placed in one turn: the first fills the only eu slot, then the second still
+    // gets the us agent.
+    turn(&mut s).await;
+    let first = replies.remove(0).await.unwrap().unwrap();
+    let second = replies.remove(0).await.unwrap().unwrap();
+    let on_eu = assigned(&mut eu);
+    assert_eq!(on_eu.iter().map(|a| (a.job_id.as_str(), a.vm.as_str())).collect::<Vec<_>>(), [(first.as_str(), "web")]);
+    assert_eq!(assigned(&mut us).iter().map(|a| a.job_id.as_str()).collect::<Vec<_>>(), [second.as_str()]);
+    let states = |s: &Scheduler| s.jobs[&first].tasks.iter().map(|t| t.state()).collect::<Vec<_>>();
+    assert_eq!(states(&s), [JobState::Scheduled, JobState::Pending]);
+
+    // The eu slot frees: the first job's second task goes there.
+    let done = TaskFinished {
+        task_id: on_eu[0].task_id.clone(),
+        attempt: 1,
+        outcome: TaskOutcome::Succeeded as i32,
+        point: "p".into(),
+        ..Default::default()
+    };
+    s.handle(Event::FromAgent { agent: "eu-1".into(), connection: 1, body: AgentBody::Finished(done), received: Instant::now() });
+    turn(&mut s).await;
+    assert_eq!(assigned(&mut eu).iter().map(|a| a.vm.as_str()).collect::<Vec<_>>(), ["db"]);
+    assert_eq!(states(&s), [JobState::Succeeded, JobState::Scheduled]);
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
 use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
-use hyperexport_proto::v1::{Assign, CoordinatorMessage, JobState, ReleaseTask, Task, TaskOutcome};
+use hyperexport_proto::v1::{Assign, CoordinatorMessage, Job, JobState, ReleaseTask, Task, TaskOutcome};
 
 use super::{MISSED_HEARTBEATS, Scheduler};
 use crate::error::CoordinatorError;
@@ -208,7 +208,14 @@ impl Scheduler {
         // VMs (with a region, for jobs without labels) no agent can take this turn: later tasks
         // for the same VM need not look again.
         let mut full: HashSet<(&str, &str)> = HashSet::new();
+        let agents = &self.agents;
+        // Whether an agent with a free slot may take tasks of `job` at all (VMs aside): when
+        // none may, none of its tasks can be placed this turn (slots only fill up in a turn).
+        let takers = |job: &Job, open: &BTreeSet<&str>| open.iter().any(|id| agents.get(*id).is_some_and(|a| eligible(job, &a.register)));
         'jobs: for job in waiting {
+            if !takers(job, &open) {
+                continue;
+            }
             let mut busy = job_running.get(job.id.as_str()).copied().unwrap_or(0);
             for (index, t) in job.tasks.iter().enumerate().filter(|(_, t)| due(t)) {
                 if free == 0 {
@@ -223,7 +230,6 @@ impl Scheduler {
                 }
                 let serving = self.serving.get(&t.vm).map(Vec::as_slice).unwrap_or_default();
                 let chosen = if open.len() < serving.len() {
-                    let agents = &self.agents;
                     choose(
                         job,
                         &candidates,
@@ -240,16 +246,24 @@ impl Scheduler {
                 };
                 let c = candidates.get_mut(agent).expect("chosen among candidates");
                 c.running += 1;
-                if c.running >= c.register.capacity.max(1) {
-                    open.remove(agent);
-                }
                 busy += 1;
                 free -= 1;
                 placed.push((job.id.clone(), index, agent.to_string()));
+                if c.running >= c.register.capacity.max(1) {
+                    open.remove(agent);
+                    if !takers(job, &open) {
+                        continue 'jobs;
+                    }
+                }
             }
         }
         drop(candidates);
+        // Placements come job by job: each job's state is derived once, after its last one.
+        let mut touched: Vec<String> = Vec::new();
         for (job_id, index, agent) in placed {
+            if touched.last() != Some(&job_id) {
+                touched.push(job_id.clone());
+            }
             let replicate_to = self.jobs.get(&job_id).map(|j| self.replica_targets(&j.replicate_to)).unwrap_or_default();
             let job = self.jobs.get_mut(&job_id).expect("queued job");
             let t = &mut job.tasks[index];
@@ -280,9 +294,12 @@ impl Scheduler {
             if let Some(start) = ready.into_iter().chain(slot).max() {
                 self.turn.placed.push(start);
             }
+            self.turn.outbox.push((agent, CoordinatorBody::Assign(assign)));
+        }
+        for job_id in touched {
+            let job = self.jobs.get_mut(&job_id).expect("queued job");
             job.set_state(jobs::derive_state(&job.tasks));
             job.updated_unix_ms = now;
-            self.turn.outbox.push((agent, CoordinatorBody::Assign(assign)));
             self.changed(&job_id, true);
             self.bandwidth.touch();
         }
@@ -322,8 +339,12 @@ impl Scheduler {
             Err(e) => {
                 // Nothing of this turn is announced; API callers get the error.
                 tracing::error!(error = %e, "store write failed; the scheduler stops");
+                let failed = || CoordinatorError::Store { op: "write", detail: e.to_string() };
                 for (reply, _) in turn.replies {
-                    let _ = reply.send(Err(CoordinatorError::Store { op: "write", detail: e.to_string() }));
+                    let _ = reply.send(Err(failed()));
+                }
+                for (reply, _) in turn.accepted {
+                    let _ = reply.send(Err(failed()));
                 }
                 return Err(e);
             }
@@ -339,6 +360,9 @@ impl Scheduler {
         let now = Instant::now();
         for start in turn.placed {
             crate::metrics::placed(now.saturating_duration_since(start));
+        }
+        for (reply, result) in turn.accepted {
+            let _ = reply.send(result);
         }
         for (reply, result) in turn.replies {
             let answer = match result {
