@@ -6,6 +6,7 @@
 //! then fewer running, then the agent id, so that placement is deterministic).
 
 use foldhash::HashMap;
+use std::collections::BTreeSet;
 
 use hyperexport_proto::v1::{Job, Register};
 
@@ -57,6 +58,42 @@ pub fn choose<'a, 'i>(job: &Job, agents: &HashMap<&'a str, Candidate<'a>>, ids: 
     best.map(|(id, _)| id)
 }
 
+/// The live agents with a free slot during one placement turn, in ascending id order, overall
+/// and by region: a task of a job bound to a region looks only at that region's.
+pub struct OpenSlots<'a> {
+    all: BTreeSet<&'a str>,
+    by_region: HashMap<&'a str, BTreeSet<&'a str>>,
+    none: BTreeSet<&'a str>,
+}
+
+impl<'a> OpenSlots<'a> {
+    /// The agents among `agents` with a free slot.
+    pub fn new(agents: &HashMap<&'a str, Candidate<'a>>) -> Self {
+        let mut open = OpenSlots { all: BTreeSet::new(), by_region: HashMap::default(), none: BTreeSet::new() };
+        for (id, c) in agents.iter().filter(|(_, c)| c.free()) {
+            open.all.insert(id);
+            open.by_region.entry(c.register.region.as_str()).or_default().insert(id);
+        }
+        open
+    }
+
+    /// The agents with a free slot that tasks of `job` may run on as far as its region goes.
+    pub fn for_job(&self, job: &Job) -> &BTreeSet<&'a str> {
+        match job.region.as_str() {
+            "" => &self.all,
+            region => self.by_region.get(region).unwrap_or(&self.none),
+        }
+    }
+
+    /// `id`, of region `region`, has no free slot left.
+    pub fn fill(&mut self, id: &str, region: &str) {
+        self.all.remove(id);
+        if let Some(set) = self.by_region.get_mut(region) {
+            set.remove(id);
+        }
+    }
+}
+
 /// Queue order of jobs: higher priority first, then older, then by id (a job's tasks go in the
 /// order the job names them).
 pub fn queue_order(job: &Job) -> (i32, i64, &str) {
@@ -99,6 +136,25 @@ mod tests {
         agents.get_mut("a").unwrap().running = 0;
         agents.get_mut("b").unwrap().running = 0;
         assert_eq!(choose(&Job::default(), &agents, serving()), Some("a"), "of idle agents, the smallest id");
+    }
+
+    #[test]
+    fn open_slots_are_kept_overall_and_by_region() {
+        let (a, b, c) = (agent("a", "eu", 1, &["web"]), agent("b", "eu", 1, &["web"]), agent("c", "us", 1, &["web"]));
+        let mut agents = HashMap::default();
+        agents.insert("a", Candidate { register: &a, running: 0 });
+        agents.insert("b", Candidate { register: &b, running: 1 });
+        agents.insert("c", Candidate { register: &c, running: 0 });
+        let mut open = OpenSlots::new(&agents);
+        let ids = |set: &BTreeSet<&str>| set.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+        let (eu, anywhere, mars) =
+            (Job { region: "eu".into(), ..Default::default() }, Job::default(), Job { region: "mars".into(), ..Default::default() });
+        assert_eq!(ids(open.for_job(&anywhere)), ["a", "c"], "b is full");
+        assert_eq!(ids(open.for_job(&eu)), ["a"]);
+        assert!(open.for_job(&mars).is_empty(), "a region without agents");
+        open.fill("a", "eu");
+        assert!(open.for_job(&eu).is_empty());
+        assert_eq!(ids(open.for_job(&anywhere)), ["c"]);
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! that makes a turn's changes durable before anyone hears of them.
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
@@ -12,7 +11,7 @@ use hyperexport_proto::v1::{Assign, CoordinatorMessage, Job, JobState, ReleaseTa
 use super::{MISSED_HEARTBEATS, Scheduler};
 use crate::error::CoordinatorError;
 use crate::jobs::{self, is_final, now_ms};
-use crate::placement::{Candidate, choose, eligible, queue_order};
+use crate::placement::{Candidate, OpenSlots, choose, eligible, queue_order};
 use crate::store::Batch;
 use crate::task_state::{self, holds_agent, is_active};
 
@@ -200,8 +199,7 @@ impl Scheduler {
         }
         // Agents with a free slot: under load few, so a task looks at them rather than at every
         // agent that serves its VM (in ascending order, as placement wants them).
-        let mut open: BTreeSet<&str> =
-            candidates.iter().filter(|(_, c)| c.running < c.register.capacity.max(1)).map(|(id, _)| *id).collect();
+        let mut open = OpenSlots::new(&candidates);
         // Jobs in queue order; within a job, tasks in the order they were named.
         waiting.sort_by(|a, b| queue_order(a).cmp(&queue_order(b)));
         let mut placed = Vec::new();
@@ -211,7 +209,8 @@ impl Scheduler {
         let agents = &self.agents;
         // Whether an agent with a free slot may take tasks of `job` at all (VMs aside): when
         // none may, none of its tasks can be placed this turn (slots only fill up in a turn).
-        let takers = |job: &Job, open: &BTreeSet<&str>| open.iter().any(|id| agents.get(*id).is_some_and(|a| eligible(job, &a.register)));
+        let takers =
+            |job: &Job, open: &OpenSlots| open.for_job(job).iter().any(|id| agents.get(*id).is_some_and(|a| eligible(job, &a.register)));
         'jobs: for job in waiting {
             if !takers(job, &open) {
                 continue;
@@ -229,11 +228,13 @@ impl Scheduler {
                     continue;
                 }
                 let serving = self.serving.get(&t.vm).map(Vec::as_slice).unwrap_or_default();
-                let chosen = if open.len() < serving.len() {
+                let slots = open.for_job(job);
+                let chosen = if slots.len() < serving.len() {
                     choose(
                         job,
                         &candidates,
-                        open.iter()
+                        slots
+                            .iter()
                             .copied()
                             .filter(|id| agents.get(*id).is_some_and(|a| eligible(job, &a.register) && a.vms.contains(&t.vm))),
                     )
@@ -250,7 +251,7 @@ impl Scheduler {
                 free -= 1;
                 placed.push((job.id.clone(), index, agent.to_string()));
                 if c.running >= c.register.capacity.max(1) {
-                    open.remove(agent);
+                    open.fill(agent, &c.register.region);
                     if !takers(job, &open) {
                         continue 'jobs;
                     }
