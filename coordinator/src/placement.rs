@@ -19,7 +19,8 @@ pub struct Candidate<'a> {
 }
 
 impl Candidate<'_> {
-    fn free(&self) -> bool {
+    /// Whether it has a free slot.
+    pub fn free(&self) -> bool {
         self.running < self.register.capacity.max(1)
     }
 

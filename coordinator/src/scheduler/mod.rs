@@ -27,6 +27,7 @@ mod agents;
 mod api;
 mod bandwidth;
 mod drills;
+mod loads;
 #[cfg(test)]
 mod tests;
 mod turn;
@@ -114,6 +115,8 @@ pub struct Scheduler {
     /// On etcd, the agents' leases (`None` on the embedded store, whose leases are the
     /// instants in `detached`).
     leases: Option<AgentLeases>,
+    /// Tasks occupying each agent and queued in each job, counted again only for changed jobs.
+    loads: loads::Loads,
 }
 
 /// Loads the unfinished jobs and checkpoints from `store` and starts the scheduler; it runs until
@@ -170,6 +173,7 @@ pub async fn start(
         bandwidth,
         detached,
         leases,
+        loads: loads::Loads::default(),
     };
     // The loop has an OS thread of its own: under load the runtime's workers are busy with a
     // thousand agent streams, and the one task every placement waits for must not queue behind

@@ -29,6 +29,7 @@ fn scheduler(dir: &std::path::Path) -> Scheduler {
         bandwidth: crate::bandwidth::plan::Plan::new(crate::bandwidth::config::Compiled::default_config()),
         detached: HashMap::new(),
         leases: None,
+        loads: Default::default(),
     }
 }
 

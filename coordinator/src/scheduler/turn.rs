@@ -1,7 +1,7 @@
 //! The scheduler's turn: news from agents, expiry of silent agents, placement, and the commit
 //! that makes a turn's changes durable before anyone hears of them.
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::time::Instant;
 
 use hyperexport_proto::v1::agent_message::Body as AgentBody;
@@ -127,11 +127,16 @@ impl Scheduler {
     /// tasks whose agent never came back.
     pub(super) fn expire(&mut self) {
         let deadline = self.heartbeat * MISSED_HEARTBEATS;
-        let silent: Vec<String> = self.agents.iter().filter(|(_, a)| a.last_seen.elapsed() > deadline).map(|(id, _)| id.clone()).collect();
+        let now_instant = Instant::now();
+        let silent: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| now_instant.saturating_duration_since(a.last_seen) > deadline)
+            .map(|(id, _)| id.clone())
+            .collect();
         for agent in silent {
             self.unreachable(&agent, "missed heartbeats");
         }
-        let now_instant = Instant::now();
         // On etcd, the watch of the agents' leases says when a detached agent is lost.
         let expired: Vec<String> = match self.leases {
             Some(_) => Vec::new(),
@@ -147,7 +152,9 @@ impl Scheduler {
         let mut orphans = Vec::new();
         for job in self.jobs.values_mut() {
             let known = |id: &str| self.agents.contains_key(id) || self.detached.contains_key(id);
-            for t in job.tasks.iter_mut().filter(|t| !t.agent.is_empty() && !known(&t.agent)) {
+            // Only a task that occupies its agent needs its agent looked up.
+            let occupies = |t: &Task| is_active(t) || holds_agent(t);
+            for t in job.tasks.iter_mut().filter(|t| !t.agent.is_empty() && occupies(t) && !known(&t.agent)) {
                 if is_active(t) {
                     orphans.push((t.id.clone(), t.agent.clone()));
                 } else if holds_agent(t) {
@@ -171,27 +178,18 @@ impl Scheduler {
         }
         let now = now_ms();
         let due = |t: &Task| t.state() == JobState::Pending && t.not_before_unix_ms <= now;
-        let mut running: HashMap<&str, u32> = HashMap::new();
-        let mut job_running: HashMap<&str, u32> = HashMap::new();
-        let mut waiting = Vec::new();
-        for job in self.jobs.values() {
-            let mut queued = false;
-            for t in &job.tasks {
-                if holds_agent(t) {
-                    *running.entry(t.agent.as_str()).or_default() += 1;
-                    *job_running.entry(job.id.as_str()).or_default() += 1;
-                } else {
-                    queued |= due(t);
-                }
-            }
-            if queued {
-                waiting.push(job);
-            }
+        self.loads.sync(&self.jobs, &self.turn.jobs);
+        if cfg!(debug_assertions) {
+            self.loads.check(&self.jobs);
         }
+        let loads = &self.loads;
+        let mut waiting: Vec<&Job> = self.jobs.values().filter(|j| loads.waiting(&j.id, now)).collect();
+        // Only agents with a free slot can be chosen.
         let mut candidates: HashMap<&str, Candidate> = self
             .agents
             .iter()
-            .map(|(id, a)| (id.as_str(), Candidate { register: &a.register, running: running.get(id.as_str()).copied().unwrap_or(0) }))
+            .map(|(id, a)| (id.as_str(), Candidate { register: &a.register, running: loads.running(id) }))
+            .filter(|(_, c)| c.free())
             .collect();
         let mut free: u32 = candidates.values().map(|c| c.register.capacity.max(1).saturating_sub(c.running)).sum();
         if waiting.is_empty() || free == 0 {
@@ -215,7 +213,7 @@ impl Scheduler {
             if !takers(job, &open) {
                 continue;
             }
-            let mut busy = job_running.get(job.id.as_str()).copied().unwrap_or(0);
+            let mut busy = loads.job_running(&job.id);
             for (index, t) in job.tasks.iter().enumerate().filter(|(_, t)| due(t)) {
                 if free == 0 {
                     break 'jobs;
@@ -301,6 +299,7 @@ impl Scheduler {
             let job = self.jobs.get_mut(&job_id).expect("queued job");
             job.set_state(jobs::derive_state(&job.tasks));
             job.updated_unix_ms = now;
+            self.loads.refresh(job);
             self.changed(&job_id, true);
             self.bandwidth.touch();
         }
