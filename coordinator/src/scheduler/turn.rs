@@ -12,7 +12,7 @@ use super::{MISSED_HEARTBEATS, Scheduler};
 use crate::error::CoordinatorError;
 use crate::jobs::{self, is_final, now_ms};
 use crate::placement::{Candidate, OpenSlots, choose, eligible, queue_order};
-use crate::store::Batch;
+use crate::store::{Batch, EncodedJob};
 use crate::task_state::{self, holds_agent, is_active};
 
 impl Scheduler {
@@ -320,23 +320,17 @@ impl Scheduler {
     /// scheduler stops rather than act on them (a restart reloads the store).
     pub(super) async fn commit(&mut self) -> Result<(), CoordinatorError> {
         let turn = std::mem::take(&mut self.turn);
-        let jobs: Vec<_> = turn.jobs.iter().filter_map(|id| self.jobs.get(id).cloned()).collect();
+        let jobs: Vec<EncodedJob> = turn.jobs.iter().filter_map(|id| self.jobs.get(id).map(EncodedJob::from)).collect();
         let checkpoints = turn.checkpoints.iter().filter_map(|id| self.checkpoints.get(id).map(|c| (id.clone(), c.clone()))).collect();
         let durable = turn.durable || !turn.replicas.is_empty();
         let batch = Batch { jobs, checkpoints, forget: turn.forget, replicas: turn.replicas, durable };
-        let written = if batch.is_empty() {
-            Ok(batch)
-        } else {
+        if !batch.is_empty() {
             // The scheduler has a thread of its own (see `start`): the write blocks only it, and
             // nothing else could go on in the meantime anyway.
             let started = Instant::now();
-            let written = self.store.write(&batch).await.map(|()| batch);
+            let written = self.store.write(&batch).await;
             crate::metrics::committed(started.elapsed());
-            written
-        };
-        let batch = match written {
-            Ok(batch) => batch,
-            Err(e) => {
+            if let Err(e) = written {
                 // Nothing of this turn is announced; API callers get the error.
                 tracing::error!(error = %e, "store write failed; the scheduler stops");
                 let failed = || CoordinatorError::Store { op: "write", detail: e.to_string() };
@@ -348,10 +342,10 @@ impl Scheduler {
                 }
                 return Err(e);
             }
-        };
+        }
         if self.changes.receiver_count() > 0 {
-            for job in batch.jobs {
-                let _ = self.changes.send(job);
+            for job in turn.jobs.iter().filter_map(|id| self.jobs.get(id)) {
+                let _ = self.changes.send(job.clone());
             }
         }
         for (agent, body) in turn.outbox {

@@ -56,7 +56,7 @@ impl JobStore {
         {
             let mut jobs = txn.open_table(JOBS).map_err(fail("open table"))?;
             for job in &batch.jobs {
-                jobs.insert(job.id.as_str(), job.encode_to_vec().as_slice()).map_err(fail("insert"))?;
+                jobs.insert(job.id.as_str(), job.bytes.as_slice()).map_err(fail("insert"))?;
             }
             let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(fail("open table"))?;
             for (task, state) in &batch.checkpoints {
@@ -118,7 +118,7 @@ mod tests {
         {
             let store = JobStore::open(dir.path()).unwrap();
             let j2 = Job { id: "j2".into(), created_unix_ms: 9, ..Default::default() };
-            store.write(&Batch { jobs: vec![job.clone(), j2], durable: true, ..Default::default() }).unwrap();
+            store.write(&Batch { jobs: vec![(&job).into(), (&j2).into()], durable: true, ..Default::default() }).unwrap();
         }
         let store = JobStore::open(dir.path()).unwrap();
         assert_eq!(store.get("j1").unwrap(), Some(job));

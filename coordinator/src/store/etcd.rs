@@ -271,7 +271,7 @@ impl EtcdStore {
         let mut writes = Vec::new();
         let mut put = |key: String, value: Vec<u8>| writes.push(Write { key, value: Some(value) });
         for job in &batch.jobs {
-            put(self.key(JOBS, &job.id), job.encode_to_vec());
+            put(self.key(JOBS, &job.id), job.bytes.clone());
         }
         for (task, state) in &batch.checkpoints {
             put(self.key(CHECKPOINTS, task), state.encode_to_vec());

@@ -24,8 +24,8 @@ pub use embedded::{DB_FILE, JobStore};
 /// Changes written together in one transaction.
 #[derive(Default)]
 pub struct Batch {
-    /// Jobs to write.
-    pub jobs: Vec<Job>,
+    /// Jobs to write, encoded.
+    pub jobs: Vec<EncodedJob>,
     /// Checkpoints to write, by task id.
     pub checkpoints: Vec<(String, TaskCheckpointState)>,
     /// Checkpoints to delete (their tasks are finished).
@@ -41,6 +41,21 @@ impl Batch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty() && self.checkpoints.is_empty() && self.forget.is_empty() && self.replicas.is_empty()
+    }
+}
+
+/// A job as the store keeps it: its id and its protobuf encoding (encoded straight from the
+/// scheduler's copy, which is not cloned for the write).
+pub struct EncodedJob {
+    /// The job's id, its key.
+    pub id: String,
+    /// `Job` in protobuf.
+    pub bytes: Vec<u8>,
+}
+
+impl From<&Job> for EncodedJob {
+    fn from(job: &Job) -> Self {
+        EncodedJob { id: job.id.clone(), bytes: prost::Message::encode_to_vec(job) }
     }
 }
 
