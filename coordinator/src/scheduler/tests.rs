@@ -181,3 +181,19 @@ async fn a_job_whose_agents_are_full_does_not_hold_up_later_jobs_elsewhere() {
     assert_eq!(assigned(&mut eu).iter().map(|a| a.vm.as_str()).collect::<Vec<_>>(), ["db"]);
     assert_eq!(states(&s), [JobState::Succeeded, JobState::Scheduled]);
 }
+
+#[tokio::test]
+async fn a_task_requeued_while_no_agent_is_attached_goes_to_the_next_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path());
+    let mut first = attach(&mut s, "a", "eu", 1, &["web"]);
+    submit(&mut s, &["web"], 0, 0).await;
+    assert_eq!(assigned(&mut first).len(), 1);
+    // The only agent is lost: its task is requeued in a turn with no agent to place it on.
+    s.lost("a", "test");
+    turn(&mut s).await;
+    let mut second = attach(&mut s, "b", "eu", 1, &["web"]);
+    turn(&mut s).await;
+    let again = assigned(&mut second);
+    assert_eq!(again.iter().map(|a| a.attempt).collect::<Vec<_>>(), [2], "the requeued task runs on the new agent");
+}

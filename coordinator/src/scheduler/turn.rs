@@ -173,15 +173,16 @@ impl Scheduler {
 
     /// Assigns queued tasks to agents, most urgent first, while agents have free slots.
     pub(super) fn place(&mut self) {
+        // Every turn, agents or not: the counts follow the changes of each turn.
+        self.loads.sync(&self.jobs, &self.turn.jobs);
+        if cfg!(debug_assertions) {
+            self.loads.check(&self.jobs);
+        }
         if self.agents.is_empty() {
             return;
         }
         let now = now_ms();
         let due = |t: &Task| t.state() == JobState::Pending && t.not_before_unix_ms <= now;
-        self.loads.sync(&self.jobs, &self.turn.jobs);
-        if cfg!(debug_assertions) {
-            self.loads.check(&self.jobs);
-        }
         let loads = &self.loads;
         let mut waiting: Vec<&Job> = self.jobs.values().filter(|j| loads.waiting(&j.id, now)).collect();
         // Only agents with a free slot can be chosen.
