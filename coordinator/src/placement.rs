@@ -117,13 +117,15 @@ mod tests {
         }
     }
 
+    /// Candidates keyed by agent id, each with the tasks it runs.
+    fn candidates<'a>(agents: &[(&'a Register, u32)]) -> HashMap<&'a str, Candidate<'a>> {
+        agents.iter().map(|&(register, running)| (register.agent_id.as_str(), Candidate { register, running })).collect()
+    }
+
     #[test]
     fn least_loaded_eligible_agent_with_a_free_slot_wins() {
         let (a, b, c) = (agent("a", "eu", 2, &["web"]), agent("b", "eu", 4, &["web"]), agent("c", "us", 4, &["web"]));
-        let mut agents = HashMap::default();
-        agents.insert("a", Candidate { register: &a, running: 1 });
-        agents.insert("b", Candidate { register: &b, running: 1 });
-        agents.insert("c", Candidate { register: &c, running: 0 });
+        let mut agents = candidates(&[(&a, 1), (&b, 1), (&c, 0)]);
         let serving = || ["a", "b", "c"].into_iter();
         let eu = Job { region: "eu".into(), ..Default::default() };
         assert_eq!(choose(&eu, &agents, serving()), Some("b"), "b is a quarter full, a half");
@@ -142,11 +144,7 @@ mod tests {
     #[test]
     fn open_slots_are_kept_overall_and_by_region() {
         let (a, b, c) = (agent("a", "eu", 1, &["web"]), agent("b", "eu", 1, &["web"]), agent("c", "us", 1, &["web"]));
-        let mut agents = HashMap::default();
-        agents.insert("a", Candidate { register: &a, running: 0 });
-        agents.insert("b", Candidate { register: &b, running: 1 });
-        agents.insert("c", Candidate { register: &c, running: 0 });
-        let mut open = OpenSlots::new(&agents);
+        let mut open = OpenSlots::new(&candidates(&[(&a, 0), (&b, 1), (&c, 0)]));
         let ids = |set: &BTreeSet<&str>| set.iter().map(|id| id.to_string()).collect::<Vec<_>>();
         let (eu, anywhere, mars) =
             (Job { region: "eu".into(), ..Default::default() }, Job::default(), Job { region: "mars".into(), ..Default::default() });
