@@ -19,9 +19,15 @@ pub fn now_ms() -> i64 {
 
 /// A new random id (16 hex digits).
 pub fn new_id() -> String {
-    let mut id = [0u8; 8];
-    hyperexport_shared::crypto::random_bytes(&mut id);
-    hex::encode(id)
+    new_ids(1).pop().expect("one id asked for")
+}
+
+/// `n` new random ids (16 hex digits each), from one read of the OS random number generator
+/// (a job of a thousand VMs asks for a thousand and one).
+pub fn new_ids(n: usize) -> Vec<String> {
+    let mut bytes = vec![0u8; 8 * n];
+    hyperexport_shared::crypto::random_bytes(&mut bytes);
+    bytes.chunks_exact(8).map(hex::encode).collect()
 }
 
 /// Checks a target: `file:///absolute/path` on the agent's host, or an object store or SFTP URL
@@ -68,7 +74,10 @@ pub fn new_job(req: SubmitRequest) -> Result<Job> {
         return Err(CoordinatorError::Invalid(format!("priority {} is outside 0-{MAX_PRIORITY}", req.priority)));
     }
     let now = now_ms();
-    let tasks = req.vms.into_iter().map(|vm| Task { id: new_id(), vm, state: JobState::Pending as i32, ..Default::default() }).collect();
+    let mut ids = new_ids(req.vms.len() + 1);
+    let job_id = ids.pop().expect("one more id than VMs");
+    let tasks =
+        req.vms.into_iter().zip(ids).map(|(vm, id)| Task { id, vm, state: JobState::Pending as i32, ..Default::default() }).collect();
     for (k, v) in &req.labels {
         if k.is_empty() || k.len() > 128 || v.len() > 128 || k.chars().chain(v.chars()).any(char::is_control) {
             return Err(CoordinatorError::Invalid(format!("label {k:?}={v:?}: keys 1-128 and values 0-128 printable characters")));
@@ -83,7 +92,7 @@ pub fn new_job(req: SubmitRequest) -> Result<Job> {
         return Err(CoordinatorError::Invalid("replicate_to: 1-16 non-empty region names".into()));
     }
     let mut job = Job {
-        id: new_id(),
+        id: job_id,
         state: 0,
         tasks,
         target: req.target,
@@ -153,7 +162,11 @@ mod tests {
         new_job(req(&["web"], "s3://bucket/prefix?endpoint=http://127.0.0.1:9000", 0)).expect("object store targets are accepted");
         assert_eq!(job.tasks.len(), 2);
         assert_eq!(job.state, JobState::Pending as i32);
-        assert_ne!(job.tasks[0].id, job.tasks[1].id);
+        let mut ids: Vec<&str> = job.tasks.iter().map(|t| t.id.as_str()).chain([job.id.as_str()]).collect();
+        assert!(ids.iter().all(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())), "{ids:?}");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "the job and each task have ids of their own");
         for (bad, needle) in [
             (req(&[], "file:///r", 0), "vms is empty"),
             (req(&["a", "a"], "file:///r", 0), "named twice"),

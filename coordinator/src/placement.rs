@@ -82,8 +82,13 @@ impl<'a> OpenSlots<'a> {
     pub fn for_job(&self, job: &Job) -> &BTreeSet<&'a str> {
         match job.region.as_str() {
             "" => &self.all,
-            region => self.by_region.get(region).unwrap_or(&self.none),
+            region => self.in_region(region),
         }
+    }
+
+    /// The agents with a free slot in `region`.
+    pub fn in_region(&self, region: &str) -> &BTreeSet<&'a str> {
+        self.by_region.get(region).unwrap_or(&self.none)
     }
 
     /// `id`, of region `region`, has no free slot left.
@@ -151,6 +156,7 @@ mod tests {
         assert_eq!(ids(open.for_job(&anywhere)), ["a", "c"], "b is full");
         assert_eq!(ids(open.for_job(&eu)), ["a"]);
         assert!(open.for_job(&mars).is_empty(), "a region without agents");
+        assert_eq!((ids(open.in_region("us")), ids(open.in_region("eu"))), (vec!["c".to_string()], vec!["a".to_string()]));
         open.fill("a", "eu");
         assert!(open.for_job(&eu).is_empty());
         assert_eq!(ids(open.for_job(&anywhere)), ["c"]);

@@ -18,11 +18,12 @@ impl Scheduler {
         tracing::info!(agent = %id, region = %register.region, vms = register.vms.len(), holds = register.running.len(), "agent attached");
         let held: HashMap<String, u32> = register.running.iter().map(|r| (r.task_id.clone(), r.attempt)).collect();
         if let Some(old) = self.agents.remove(&id) {
-            self.index(&old.register, false);
+            self.serving.index(&old.register, false);
         }
-        self.index(&register, true);
+        self.serving.index(&register, true);
         let vms = register.vms.iter().map(|v| v.name.clone()).collect();
         self.slot_free.insert(id.clone(), vec![Instant::now(); register.capacity.max(1) as usize]);
+        self.loads.attach(&id, register.capacity);
         self.agents.insert(id.clone(), AgentConn { register, vms, connection, tx, last_seen: Instant::now() });
         self.detached.remove(&id);
         self.bandwidth.forget(&id);
@@ -88,7 +89,8 @@ impl Scheduler {
         self.drills_lost(agent);
         self.bandwidth.forget(agent);
         if let Some(conn) = self.agents.remove(agent) {
-            self.index(&conn.register, false);
+            self.serving.index(&conn.register, false);
+            self.loads.detach(agent);
             self.slot_free.remove(agent);
             // Ends its stream if it is still open (silent, not gone): it attaches again and is
             // told which of its tasks now run elsewhere.

@@ -4,7 +4,6 @@ use hyperexport_proto::v1::coordinator_message::Body as CoordinatorBody;
 
 use super::Scheduler;
 use crate::bandwidth::plan::AgentPlace;
-use crate::task_state::is_active;
 
 impl Scheduler {
     /// Runs the bandwidth allocation when it is due (every interval, or after work started or
@@ -19,10 +18,8 @@ impl Scheduler {
             .values()
             .map(|a| AgentPlace { id: &a.register.agent_id, region: &a.register.region, site: &a.register.site })
             .collect();
-        let work = self
-            .jobs
-            .values()
-            .flat_map(|job| job.tasks.iter().filter(|t| is_active(t) && !t.agent.is_empty()).map(move |t| (t.agent.as_str(), job)));
+        let jobs = &self.jobs;
+        let work = self.loads.active().filter_map(|(agent, job)| jobs.get(job).map(|job| (agent, job)));
         let sends = self.bandwidth.run(&agents, work);
         for (agent, rates) in sends {
             self.send(&agent, CoordinatorBody::Rates(rates));

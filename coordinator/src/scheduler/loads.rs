@@ -1,61 +1,83 @@
 //! What the tasks of each job in memory occupy and wait for, kept per job and summed per agent,
-//! so that placement does not recount every task of every job each turn: a job is counted again
-//! only in a turn that changed it (every change of a task marks its job changed, which is also
-//! what gets it written to the store).
+//! so that placement does not recount every task of every job each turn: a job is looked at
+//! again only in a turn that changed it (every change of a task marks its job changed, which is
+//! also what gets it written to the store), and then only its tasks that changed move a count.
 
 use foldhash::{HashMap, HashSet};
 
-use hyperexport_proto::v1::{Job, JobState};
+use hyperexport_proto::v1::{Job, JobState, Task};
 
-use crate::task_state::holds_agent;
+use crate::task_state::{holds_agent, is_active};
 
-/// The counts of every job in memory, and their sums per agent.
+/// The counts of every job in memory, and their sums per agent and overall.
 #[derive(Default)]
 pub(super) struct Loads {
     jobs: HashMap<String, JobLoad>,
+    /// Tasks occupying each agent.
     agents: HashMap<String, u32>,
+    /// The slots of each attached agent.
+    capacity: HashMap<String, u32>,
+    /// The attached agents with a free slot.
+    free: HashSet<String>,
+    /// Tasks queued, in all jobs.
+    queued: usize,
+    /// Tasks occupying an agent, in all jobs.
+    held: usize,
+}
+
+/// One task as last counted.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct TaskLoad {
+    /// The agent it occupies or runs on (empty when neither).
+    agent: String,
+    /// It occupies its agent (`holds_agent`).
+    holds: bool,
+    /// It runs on its agent (active, with an agent).
+    active: bool,
+}
+
+impl TaskLoad {
+    fn of(t: &Task) -> (bool, bool) {
+        (holds_agent(t), is_active(t) && !t.agent.is_empty())
+    }
 }
 
 /// One job's counts.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct JobLoad {
-    /// Tasks occupying each agent, by agent id in ascending order.
-    held: Vec<(String, u32)>,
-    /// Tasks occupying an agent, in all.
+    /// Its tasks, in the job's order.
+    tasks: Vec<TaskLoad>,
+    /// Tasks occupying an agent.
     running: u32,
+    /// Per agent running one of its tasks (not only occupied by one), how many.
+    active: Vec<(String, u32)>,
+    /// Tasks queued (whether due or not).
+    queued: u32,
     /// The earliest time (Unix ms) one of its queued tasks may start; `None` when none is queued.
     next_due: Option<i64>,
 }
 
-fn load_of(job: &Job) -> JobLoad {
-    let mut holders = Vec::new();
-    let mut next_due: Option<i64> = None;
-    for t in &job.tasks {
-        if holds_agent(t) {
-            holders.push(t.agent.as_str());
-        } else if t.state() == JobState::Pending {
-            next_due = Some(next_due.map_or(t.not_before_unix_ms, |d| d.min(t.not_before_unix_ms)));
-        }
+/// Equal counts for jobs in the same state, whatever order the changes came in.
+impl PartialEq for JobLoad {
+    fn eq(&self, other: &Self) -> bool {
+        let sorted = |l: &JobLoad| {
+            let mut active = l.active.clone();
+            active.sort();
+            active
+        };
+        (&self.tasks, self.running, self.queued, self.next_due) == (&other.tasks, other.running, other.queued, other.next_due)
+            && sorted(self) == sorted(other)
     }
-    holders.sort_unstable();
-    let mut held: Vec<(String, u32)> = Vec::new();
-    for agent in &holders {
-        match held.last_mut() {
-            Some((last, n)) if last == agent => *n += 1,
-            _ => held.push((agent.to_string(), 1)),
-        }
-    }
-    JobLoad { held, running: holders.len() as u32, next_due }
 }
 
 impl Loads {
-    /// Brings the counts up to date with `jobs`: counts again the jobs in `changed` and those not
-    /// counted yet, and drops those no longer in memory.
+    /// Brings the counts up to date with `jobs`: looks again at the jobs in `changed` and those
+    /// not counted yet, and drops those no longer in memory.
     pub fn sync(&mut self, jobs: &HashMap<String, Job>, changed: &HashSet<String>) {
         let gone: Vec<String> = self.jobs.keys().filter(|id| !jobs.contains_key(*id)).cloned().collect();
         for id in gone {
-            if let Some(old) = self.jobs.remove(&id) {
-                self.add(&old, false);
+            if let Some(mut old) = self.jobs.remove(&id) {
+                self.update(&mut old, &[]);
             }
         }
         for job in jobs.values() {
@@ -65,24 +87,111 @@ impl Loads {
         }
     }
 
-    /// Counts `job` again.
+    /// Looks at `job` again.
     pub fn refresh(&mut self, job: &Job) {
-        let load = load_of(job);
-        if let Some(old) = self.jobs.remove(&job.id) {
-            self.add(&old, false);
-        }
-        self.add(&load, true);
-        self.jobs.insert(job.id.clone(), load);
-    }
-
-    fn add(&mut self, load: &JobLoad, add: bool) {
-        for (agent, n) in &load.held {
-            let total = self.agents.entry(agent.clone()).or_default();
-            *total = if add { *total + n } else { total.saturating_sub(*n) };
-            if *total == 0 {
-                self.agents.remove(agent);
+        match self.jobs.get_mut(&job.id) {
+            Some(load) => {
+                let mut load = std::mem::take(load);
+                self.update(&mut load, &job.tasks);
+                *self.jobs.get_mut(&job.id).expect("just found") = load;
+            }
+            None => {
+                let mut load = JobLoad::default();
+                self.update(&mut load, &job.tasks);
+                self.jobs.insert(job.id.clone(), load);
             }
         }
+    }
+
+    /// Moves the counts of `load` (and the sums) to `tasks`.
+    fn update(&mut self, load: &mut JobLoad, tasks: &[Task]) {
+        if load.tasks.len() != tasks.len() {
+            // A job's tasks are fixed when it is submitted; a job gone has none.
+            for was in std::mem::take(&mut load.tasks) {
+                self.task_moved(load, &was, false);
+            }
+            load.tasks = vec![TaskLoad::default(); tasks.len()];
+        }
+        let (mut queued, mut next_due) = (0, None::<i64>);
+        for (i, t) in tasks.iter().enumerate() {
+            if t.state() == JobState::Pending {
+                queued += 1;
+                next_due = Some(next_due.map_or(t.not_before_unix_ms, |d| d.min(t.not_before_unix_ms)));
+            }
+            let (holds, active) = TaskLoad::of(t);
+            let was = &load.tasks[i];
+            let same_agent = !(holds || active) || was.agent == t.agent;
+            if (was.holds, was.active) == (holds, active) && same_agent {
+                continue;
+            }
+            let was = std::mem::take(&mut load.tasks[i]);
+            self.task_moved(load, &was, false);
+            let now = TaskLoad { agent: if holds || active { t.agent.clone() } else { String::new() }, holds, active };
+            self.task_moved(load, &now, true);
+            load.tasks[i] = now;
+        }
+        self.queued = self.queued + queued as usize - load.queued as usize;
+        (load.queued, load.next_due) = (queued, next_due);
+    }
+
+    /// Counts a task in (`add`) or out of `load` and the sums.
+    fn task_moved(&mut self, load: &mut JobLoad, task: &TaskLoad, add: bool) {
+        if task.holds {
+            load.running = if add { load.running + 1 } else { load.running.saturating_sub(1) };
+            self.held = if add { self.held + 1 } else { self.held.saturating_sub(1) };
+            match self.agents.get_mut(task.agent.as_str()) {
+                Some(n) if add => *n += 1,
+                Some(n) => {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.agents.remove(task.agent.as_str());
+                    }
+                }
+                // An agent's id is copied only when it gets its first task.
+                None if add => drop(self.agents.insert(task.agent.clone(), 1)),
+                None => {}
+            }
+            self.check_free(&task.agent);
+        }
+        if task.active {
+            match load.active.iter().position(|(agent, _)| *agent == task.agent) {
+                Some(at) if add => load.active[at].1 += 1,
+                Some(at) => {
+                    load.active[at].1 -= 1;
+                    if load.active[at].1 == 0 {
+                        load.active.swap_remove(at);
+                    }
+                }
+                None if add => load.active.push((task.agent.clone(), 1)),
+                None => {}
+            }
+        }
+    }
+
+    /// Agent `id` attached with `capacity` slots.
+    pub fn attach(&mut self, id: &str, capacity: u32) {
+        self.capacity.insert(id.to_string(), capacity.max(1));
+        self.check_free(id);
+    }
+
+    /// Agent `id` is no longer attached (its tasks are still counted until they move).
+    pub fn detach(&mut self, id: &str) {
+        self.capacity.remove(id);
+        self.free.remove(id);
+    }
+
+    fn check_free(&mut self, id: &str) {
+        let free = self.capacity.get(id).is_some_and(|&slots| self.running(id) < slots);
+        if free && !self.free.contains(id) {
+            self.free.insert(id.to_string());
+        } else if !free {
+            self.free.remove(id);
+        }
+    }
+
+    /// The attached agents with a free slot.
+    pub fn free(&self) -> impl Iterator<Item = &str> {
+        self.free.iter().map(String::as_str)
     }
 
     /// Tasks occupying `agent`.
@@ -95,6 +204,16 @@ impl Loads {
         self.jobs.get(id).map_or(0, |l| l.running)
     }
 
+    /// Tasks queued and tasks occupying an agent, over all jobs.
+    pub fn totals(&self) -> (usize, usize) {
+        (self.queued, self.held)
+    }
+
+    /// Each (agent, job id) pair where the agent runs a task of the job.
+    pub fn active(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.jobs.iter().flat_map(|(job, l)| l.active.iter().map(move |(agent, _)| (agent.as_str(), job.as_str())))
+    }
+
     /// Whether job `id` has a queued task that may start at `now` (Unix ms).
     pub fn waiting(&self, id: &str, now: i64) -> bool {
         self.jobs.get(id).and_then(|l| l.next_due).is_some_and(|due| due <= now)
@@ -104,6 +223,9 @@ impl Loads {
     /// every turn, so a change of a task that does not mark its job changed fails the tests).
     pub fn check(&self, jobs: &HashMap<String, Job>) {
         let mut fresh = Loads::default();
+        for (id, &slots) in &self.capacity {
+            fresh.attach(id, slots);
+        }
         fresh.sync(jobs, &HashSet::default());
         let sorted = |m: &HashMap<String, u32>| {
             let mut v: Vec<(String, u32)> = m.iter().map(|(k, n)| (k.clone(), *n)).collect();
@@ -111,6 +233,11 @@ impl Loads {
             v
         };
         assert_eq!(sorted(&self.agents), sorted(&fresh.agents), "running tasks per agent drifted from the jobs");
+        assert_eq!(self.totals(), fresh.totals(), "the queued and running totals drifted from the jobs");
+        let mut free = (self.free().collect::<Vec<_>>(), fresh.free().collect::<Vec<_>>());
+        free.0.sort();
+        free.1.sort();
+        assert_eq!(free.0, free.1, "the agents with a free slot drifted from the jobs");
         for (id, load) in &fresh.jobs {
             assert_eq!(self.jobs.get(id), Some(load), "the counts of job {id} drifted from its tasks");
         }
@@ -148,6 +275,8 @@ mod tests {
         assert!(!loads.waiting("j1", 49), "its queued task may start at 50");
         assert!(loads.waiting("j1", 50));
         assert!(!loads.waiting("j2", 100), "nothing queued");
+        assert_eq!(loads.totals(), (1, 3));
+        assert_eq!(pairs(&loads), [("a", "j1"), ("a", "j2"), ("b", "j1")]);
         loads.check(&jobs);
 
         // j2's task on a ends and j1's pending one starts on c; only j1 is marked changed.
@@ -160,11 +289,54 @@ mod tests {
         loads.sync(&jobs, &["j2".to_string()].into_iter().collect());
         loads.check(&jobs);
         assert_eq!((loads.running("a"), loads.running("c")), (1, 1));
+        assert_eq!(loads.totals(), (0, 3));
+        assert_eq!(pairs(&loads), [("a", "j1"), ("b", "j1"), ("c", "j1")]);
 
         // A job leaving memory takes its counts with it.
         jobs.remove("j1");
         loads.sync(&jobs, &HashSet::default());
         assert_eq!((loads.running("a"), loads.running("b"), loads.running("c")), (0, 0, 0));
+        assert_eq!((loads.totals(), pairs(&loads).len()), ((0, 0), 0));
         loads.check(&jobs);
+    }
+
+    #[test]
+    fn a_cancelled_task_not_yet_confirmed_occupies_its_agent_without_running_there() {
+        let mut jobs = HashMap::default();
+        jobs.insert("j".to_string(), job("j", vec![task(JobState::Cancelled, "a", 0), task(JobState::Running, "b", 0)]));
+        let mut loads = Loads::default();
+        loads.sync(&jobs, &HashSet::default());
+        assert_eq!((loads.running("a"), loads.totals()), (1, (0, 2)));
+        assert_eq!(pairs(&loads), [("b", "j")], "bandwidth goes only where a task runs");
+    }
+
+    #[test]
+    fn agents_with_a_free_slot_follow_their_tasks_and_attachment() {
+        let free = |l: &Loads| {
+            let mut v: Vec<&str> = l.free().collect();
+            v.sort();
+            v.into_iter().map(str::to_string).collect::<Vec<_>>()
+        };
+        let mut jobs = HashMap::default();
+        jobs.insert("j".to_string(), job("j", vec![task(JobState::Running, "a", 0), task(JobState::Running, "b", 0)]));
+        let mut loads = Loads::default();
+        loads.attach("a", 2);
+        loads.attach("b", 1);
+        loads.attach("c", 0);
+        assert_eq!(free(&loads), ["a", "b", "c"], "capacity 0 counts as 1");
+        loads.sync(&jobs, &HashSet::default());
+        assert_eq!(free(&loads), ["a", "c"], "b's one slot is taken");
+        jobs.get_mut("j").unwrap().tasks[1].set_state(JobState::Succeeded);
+        loads.sync(&jobs, &["j".to_string()].into_iter().collect());
+        assert_eq!(free(&loads), ["a", "b", "c"]);
+        loads.detach("a");
+        assert_eq!(free(&loads), ["b", "c"], "a detached agent is never free");
+        loads.check(&jobs);
+    }
+
+    fn pairs(loads: &Loads) -> Vec<(&str, &str)> {
+        let mut pairs: Vec<(&str, &str)> = loads.active().collect();
+        pairs.sort();
+        pairs
     }
 }

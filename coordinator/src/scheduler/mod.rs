@@ -28,6 +28,7 @@ mod api;
 mod bandwidth;
 mod drills;
 mod loads;
+mod serving;
 #[cfg(test)]
 mod tests;
 mod turn;
@@ -95,8 +96,8 @@ pub struct Scheduler {
     turn: Turn,
     /// Since when each queued task could be placed (for the placement latency metric).
     ready_since: HashMap<String, Instant>,
-    /// VM name → the live agents serving it, in ascending order.
-    serving: HashMap<String, Vec<String>>,
+    /// The live agents serving each VM, and their regions.
+    serving: serving::Serving,
     /// Per agent, since when each of its free slots has been free (for the placement latency).
     slot_free: HashMap<String, Vec<Instant>>,
     /// Where each VM stands at each region it replicates to, by `store::replica_key`.
@@ -165,7 +166,7 @@ pub async fn start(
         changes: changes.clone(),
         turn: Turn::default(),
         ready_since: HashMap::new(),
-        serving: HashMap::new(),
+        serving: Default::default(),
         slot_free: HashMap::new(),
         replica_states,
         replicas_recorded: HashSet::default(),
@@ -237,7 +238,7 @@ pub async fn start(
 impl Scheduler {
     /// The provider of `vm` as an agent serving it reports it.
     fn provider_of(&self, vm: &str) -> String {
-        let agent = self.serving.get(vm).and_then(|ids| ids.first()).and_then(|id| self.agents.get(id));
+        let agent = self.serving.agents(vm).first().and_then(|id| self.agents.get(id));
         agent.and_then(|a| a.register.vms.iter().find(|v| v.name == vm)).map(|v| v.provider.clone()).unwrap_or_default()
     }
 
@@ -299,27 +300,8 @@ impl Scheduler {
     }
 
     /// The live agents serving `vm`.
-    fn serving(&self, vm: &str) -> impl Iterator<Item = &Register> {
-        self.serving.get(vm).into_iter().flatten().filter_map(|id| self.agents.get(id)).map(|a| &a.register)
-    }
-
-    /// Adds (`add`) or removes an agent's VMs from the index of who serves what, which keeps
-    /// each VM's agents in ascending order (placement relies on it).
-    fn index(&mut self, register: &Register, add: bool) {
-        let id = &register.agent_id;
-        for vm in &register.vms {
-            let ids = self.serving.entry(vm.name.clone()).or_default();
-            match (ids.binary_search(id), add) {
-                (Err(at), true) => ids.insert(at, id.clone()),
-                (Ok(at), false) => {
-                    ids.remove(at);
-                }
-                _ => {}
-            }
-            if ids.is_empty() {
-                self.serving.remove(&vm.name);
-            }
-        }
+    fn registers_serving(&self, vm: &str) -> impl Iterator<Item = &Register> {
+        self.serving.agents(vm).iter().filter_map(|id| self.agents.get(id)).map(|a| &a.register)
     }
 
     fn task_mut(&mut self, task_id: &str) -> Option<(&mut Job, usize)> {
@@ -413,10 +395,10 @@ impl Scheduler {
             return Err(CoordinatorError::NoAgent(format!("no live agent in region {:?}", job.region)));
         }
         for task in &job.tasks {
-            if self.serving(&task.vm).any(|r| eligible(job, r)) {
+            if self.registers_serving(&task.vm).any(|r| eligible(job, r)) {
                 continue;
             }
-            let serving: Vec<&Register> = self.serving(&task.vm).collect();
+            let serving: Vec<&Register> = self.registers_serving(&task.vm).collect();
             if serving.is_empty() {
                 return Err(CoordinatorError::UnknownVm(task.vm.clone()));
             }

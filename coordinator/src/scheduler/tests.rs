@@ -21,7 +21,7 @@ fn scheduler(dir: &std::path::Path) -> Scheduler {
         changes: broadcast::channel(16).0,
         turn: Turn::default(),
         ready_since: HashMap::new(),
-        serving: HashMap::new(),
+        serving: Default::default(),
         slot_free: HashMap::new(),
         replica_states: HashMap::new(),
         replicas_recorded: HashSet::default(),
@@ -196,4 +196,22 @@ async fn a_task_requeued_while_no_agent_is_attached_goes_to_the_next_agent() {
     turn(&mut s).await;
     let again = assigned(&mut second);
     assert_eq!(again.iter().map(|a| a.attempt).collect::<Vec<_>>(), [2], "the requeued task runs on the new agent");
+}
+
+#[tokio::test]
+async fn a_vm_served_in_one_region_goes_there_and_one_served_in_several_goes_to_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path());
+    // A free eu agent that does not serve the db VMs must not take them; their own region is
+    // full after the first.
+    let mut eu = attach(&mut s, "a-eu", "eu", 2, &["web", "app"]);
+    let mut us = attach(&mut s, "b-us", "us", 1, &["db1", "db2", "app"]);
+    submit(&mut s, &["db1", "db2", "web"], 0, 0).await;
+    let vms = |rx: &mut mpsc::Receiver<_>| assigned(rx).into_iter().map(|a| a.vm).collect::<Vec<_>>();
+    assert_eq!(vms(&mut us), ["db1"]);
+    assert_eq!(vms(&mut eu), ["web"]);
+    // app is served in both regions: with us full, it goes to eu.
+    submit(&mut s, &["app"], 0, 0).await;
+    assert_eq!(vms(&mut eu), ["app"]);
+    assert!(vms(&mut us).is_empty());
 }

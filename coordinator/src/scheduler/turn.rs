@@ -185,15 +185,17 @@ impl Scheduler {
         let due = |t: &Task| t.state() == JobState::Pending && t.not_before_unix_ms <= now;
         let loads = &self.loads;
         let mut waiting: Vec<&Job> = self.jobs.values().filter(|j| loads.waiting(&j.id, now)).collect();
+        if waiting.is_empty() {
+            return;
+        }
         // Only agents with a free slot can be chosen.
-        let mut candidates: HashMap<&str, Candidate> = self
-            .agents
-            .iter()
+        let mut candidates: HashMap<&str, Candidate> = loads
+            .free()
+            .filter_map(|id| self.agents.get_key_value(id))
             .map(|(id, a)| (id.as_str(), Candidate { register: &a.register, running: loads.running(id) }))
-            .filter(|(_, c)| c.free())
             .collect();
         let mut free: u32 = candidates.values().map(|c| c.register.capacity.max(1).saturating_sub(c.running)).sum();
-        if waiting.is_empty() || free == 0 {
+        if free == 0 {
             return;
         }
         // Agents with a free slot: under load few, so a task looks at them rather than at every
@@ -226,8 +228,13 @@ impl Scheduler {
                 if job.labels.is_empty() && full.contains(&key) {
                     continue;
                 }
-                let serving = self.serving.get(&t.vm).map(Vec::as_slice).unwrap_or_default();
-                let slots = open.for_job(job);
+                let serving = self.serving.agents(&t.vm);
+                // A VM served in one region only can run only there, whatever the job names:
+                // the free agents elsewhere need not be looked at (with none free there, none is).
+                let slots = match self.serving.only_region(&t.vm) {
+                    Some(region) if job.region.is_empty() => open.in_region(region),
+                    _ => open.for_job(job),
+                };
                 let chosen = if slots.len() < serving.len() {
                     choose(
                         job,
@@ -388,13 +395,13 @@ impl Scheduler {
         }
         let before = self.jobs.len();
         let mut settled = Vec::new();
-        self.jobs.retain(|_, j| {
-            let keep = j.tasks.iter().any(|t| !is_final(t.state()) || holds_agent(t));
-            if !keep {
-                settled.extend(j.tasks.iter().map(|t| t.id.clone()));
+        // Only a job this turn changed can have just settled.
+        for id in &turn.jobs {
+            let done = self.jobs.get(id).is_some_and(|j| j.tasks.iter().all(|t| is_final(t.state()) && !holds_agent(t)));
+            if let Some(job) = done.then(|| self.jobs.remove(id)).flatten() {
+                settled.extend(job.tasks.into_iter().map(|t| t.id));
             }
-            keep
-        });
+        }
         // Checkpoints of tasks that ended without a result (cancelled while queued, or whose
         // agent was lost after a cancel) go with their job, in the next turn's commit.
         for task in settled {
@@ -408,11 +415,9 @@ impl Scheduler {
             let tasks = &self.tasks;
             self.ready_since.retain(|id, _| tasks.contains_key(id));
         }
-        let (mut queued, mut active) = (0, 0);
-        for t in self.jobs.values().flat_map(|j| j.tasks.iter()) {
-            queued += (t.state() == JobState::Pending) as usize;
-            active += holds_agent(t) as usize;
-        }
+        // The counts were brought up to date by this turn's placement (jobs that just left
+        // memory had nothing queued or running).
+        let (queued, active) = self.loads.totals();
         crate::metrics::turn(queued, active, self.agents.len());
         Ok(())
     }
