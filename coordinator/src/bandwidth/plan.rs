@@ -96,6 +96,11 @@ impl Plan {
         self.next_due().is_none_or(|at| at <= Instant::now())
     }
 
+    /// Whether the allocation has been due for `by` or more.
+    pub fn overdue(&self, by: Duration) -> bool {
+        self.next_due().is_none_or(|at| at + by <= Instant::now())
+    }
+
     /// When the allocation is next due (`None`: now, it never ran): every interval, and
     /// [`MIN_SPACING`] after the last run once work started or ended.
     pub fn next_due(&self) -> Option<Instant> {
@@ -252,6 +257,18 @@ mod tests {
         let tree = plan.tree();
         assert_eq!(tree.nodes[0].level, "global");
         assert_eq!(tree.nodes[0].cap_bps, (60 << 20) as f64);
+    }
+
+    #[test]
+    fn an_allocation_is_overdue_only_past_its_time_and_the_grace_given() {
+        let mut plan = Plan::new(Compiled::default_config());
+        assert!(plan.overdue(Duration::from_secs(3600)), "one that never ran is overdue");
+        plan.run(&[], std::iter::empty());
+        assert!(!plan.due() && !plan.overdue(Duration::ZERO));
+        plan.last_run = Some(Instant::now() - MIN_SPACING - Duration::from_millis(100));
+        plan.touch();
+        assert!(plan.due() && plan.overdue(Duration::from_millis(50)));
+        assert!(!plan.overdue(Duration::from_secs(10)));
     }
 
     #[test]

@@ -49,6 +49,8 @@ const MAX_EVENTS_PER_TURN: usize = 4096;
 /// Time spent taking events in one turn at most: a burst of submissions (each admitting all its
 /// tasks) is placed and committed in slices, so that the first jobs are not held up by the last.
 const HANDLE_BUDGET: Duration = Duration::from_millis(2);
+/// How long past its time the bandwidth allocation may wait for queued events to be handled.
+const ALLOCATION_MAX_DEFER: Duration = Duration::from_millis(200);
 /// Longest time between two turns when no event comes (bandwidth allocation runs on turns).
 const MAX_IDLE_TURN: Duration = Duration::from_millis(250);
 
@@ -213,7 +215,12 @@ pub async fn start(
             let placed = started.elapsed() - handled;
             let jobs = scheduler.turn.jobs.len();
             scheduler.commit().await?;
-            scheduler.allocate_bandwidth();
+            // While events wait (a burst of results and the placements they free), the
+            // allocation waits for them, up to `ALLOCATION_MAX_DEFER` past its time: they are
+            // what placement latency is made of, and the agents' rates stay in force meanwhile.
+            if rx.is_empty() || scheduler.bandwidth.overdue(ALLOCATION_MAX_DEFER) {
+                scheduler.allocate_bandwidth();
+            }
             let took = started.elapsed();
             tracing::debug!(
                 events,
