@@ -19,6 +19,8 @@ pub(super) struct Loads {
     capacity: HashMap<String, u32>,
     /// The attached agents with a free slot.
     free: HashSet<String>,
+    /// Free slots over all attached agents.
+    open_slots: usize,
     /// Tasks queued, in all jobs.
     queued: usize,
     /// Tasks occupying an agent, in all jobs.
@@ -137,6 +139,7 @@ impl Loads {
     /// Counts a task in (`add`) or out of `load` and the sums.
     fn task_moved(&mut self, load: &mut JobLoad, task: &TaskLoad, add: bool) {
         if task.holds {
+            let open = self.open_of(&task.agent);
             load.running = if add { load.running + 1 } else { load.running.saturating_sub(1) };
             self.held = if add { self.held + 1 } else { self.held.saturating_sub(1) };
             match self.agents.get_mut(task.agent.as_str()) {
@@ -151,7 +154,7 @@ impl Loads {
                 None if add => drop(self.agents.insert(task.agent.clone(), 1)),
                 None => {}
             }
-            self.check_free(&task.agent);
+            self.agent_changed(&task.agent, open);
         }
         if task.active {
             match load.active.iter().position(|(agent, _)| *agent == task.agent) {
@@ -170,23 +173,37 @@ impl Loads {
 
     /// Agent `id` attached with `capacity` slots.
     pub fn attach(&mut self, id: &str, capacity: u32) {
+        let open = self.open_of(id);
         self.capacity.insert(id.to_string(), capacity.max(1));
-        self.check_free(id);
+        self.agent_changed(id, open);
     }
 
     /// Agent `id` is no longer attached (its tasks are still counted until they move).
     pub fn detach(&mut self, id: &str) {
+        let open = self.open_of(id);
         self.capacity.remove(id);
-        self.free.remove(id);
+        self.agent_changed(id, open);
     }
 
-    fn check_free(&mut self, id: &str) {
-        let free = self.capacity.get(id).is_some_and(|&slots| self.running(id) < slots);
-        if free && !self.free.contains(id) {
+    /// Free slots of agent `id` (none unless attached).
+    fn open_of(&self, id: &str) -> usize {
+        self.capacity.get(id).map_or(0, |&slots| slots.saturating_sub(self.running(id)) as usize)
+    }
+
+    /// Agent `id`, which had `before` free slots, changed: updates the free agents and slots.
+    fn agent_changed(&mut self, id: &str, before: usize) {
+        let now = self.open_of(id);
+        self.open_slots = self.open_slots + now - before;
+        if now > 0 && !self.free.contains(id) {
             self.free.insert(id.to_string());
-        } else if !free {
+        } else if now == 0 {
             self.free.remove(id);
         }
+    }
+
+    /// Free slots over all attached agents.
+    pub fn open_slots(&self) -> usize {
+        self.open_slots
     }
 
     /// The attached agents with a free slot.
@@ -238,6 +255,7 @@ impl Loads {
         free.0.sort();
         free.1.sort();
         assert_eq!(free.0, free.1, "the agents with a free slot drifted from the jobs");
+        assert_eq!(self.open_slots, fresh.open_slots, "the free slots drifted from the jobs");
         for (id, load) in &fresh.jobs {
             assert_eq!(self.jobs.get(id), Some(load), "the counts of job {id} drifted from its tasks");
         }
@@ -323,14 +341,16 @@ mod tests {
         loads.attach("a", 2);
         loads.attach("b", 1);
         loads.attach("c", 0);
-        assert_eq!(free(&loads), ["a", "b", "c"], "capacity 0 counts as 1");
+        assert_eq!((free(&loads), loads.open_slots()), (vec!["a".to_string(), "b".into(), "c".into()], 4), "capacity 0 counts as 1");
         loads.sync(&jobs, &HashSet::default());
-        assert_eq!(free(&loads), ["a", "c"], "b's one slot is taken");
+        assert_eq!((free(&loads), loads.open_slots()), (vec!["a".to_string(), "c".into()], 2), "b's one slot is taken");
         jobs.get_mut("j").unwrap().tasks[1].set_state(JobState::Succeeded);
         loads.sync(&jobs, &["j".to_string()].into_iter().collect());
         assert_eq!(free(&loads), ["a", "b", "c"]);
         loads.detach("a");
-        assert_eq!(free(&loads), ["b", "c"], "a detached agent is never free");
+        assert_eq!((free(&loads), loads.open_slots()), (vec!["b".to_string(), "c".into()], 2), "a detached agent is never free");
+        loads.attach("b", 3);
+        assert_eq!(loads.open_slots(), 4, "attaching again with more slots");
         loads.check(&jobs);
     }
 

@@ -75,6 +75,8 @@ struct Turn {
     replies: Vec<(oneshot::Sender<Result<Job>>, Result<String>)>,
     /// Submissions to answer with the job's id (or why it was refused).
     accepted: Vec<(oneshot::Sender<Result<String>>, Result<String>)>,
+    /// Tasks of the jobs accepted in this turn.
+    admitted: usize,
     /// Since when each task assigned this turn could have been placed.
     placed: Vec<Instant>,
     /// Cancels of jobs no longer in memory: answered from the store after the commit.
@@ -202,7 +204,14 @@ pub async fn start(
             }
             let started = Instant::now();
             let mut events = 1;
-            while events < MAX_EVENTS_PER_TURN && started.elapsed() < HANDLE_BUDGET {
+            // Once the jobs submitted in this turn have more tasks than agents have free slots,
+            // later submissions could not be placed in it anyway: the turn places what it can
+            // and commits, and they come in the next one.
+            let open = scheduler.loads.open_slots();
+            while events < MAX_EVENTS_PER_TURN
+                && started.elapsed() < HANDLE_BUDGET
+                && (scheduler.turn.admitted == 0 || scheduler.turn.admitted < open)
+            {
                 match rx.try_recv() {
                     Ok(e) => scheduler.handle(e),
                     Err(_) => break,
@@ -332,6 +341,7 @@ impl Scheduler {
                         self.ready_since.insert(t.id.clone(), received);
                     }
                     tracing::info!(job = %job.id, tasks = job.tasks.len(), target = %job.target, "job accepted");
+                    self.turn.admitted += job.tasks.len();
                     self.changed(&job.id, true);
                     self.jobs.insert(job.id.clone(), job);
                 }
