@@ -161,7 +161,7 @@ impl Remote {
             // A server that ignores the range answers the whole file: refused, not read.
             // (Small error pages pass.)
             let expected = usize::try_from(end - start + 1).unwrap_or(usize::MAX).max(4096);
-            match client.request("GET", &self.path, &headers, b"", expected) {
+            match client.request("GET", &self.path, &headers, b"", expected, false) {
                 Ok(r) if r.status == 206 => {
                     let total = r
                         .header("content-range")

@@ -106,8 +106,9 @@ impl HttpClient {
 
     /// Sends a request and reads the answer (of `max_body` bytes at most). A kept-alive
     /// connection the server had closed (the request could not be sent, or the connection
-    /// ended before any answer) is opened again once; nothing else is sent twice, so a call
-    /// that starts a task is never repeated.
+    /// ended before any answer) is opened again once; a request that is `idempotent` (it only
+    /// reads) is also sent again once on a new connection when its answer broke off. Nothing
+    /// else is sent twice, so a call that starts a task is never repeated.
     pub fn request(
         &mut self,
         method: &str,
@@ -115,6 +116,7 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: &[u8],
         max_body: usize,
+        idempotent: bool,
     ) -> Result<Response, VsphereError> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.addr, body.len());
         for (name, value) in headers {
@@ -123,16 +125,19 @@ impl HttpClient {
         head.push_str("\r\n");
         let reused = self.conn.is_some();
         match self.exchange(head.as_bytes(), body, max_body) {
-            Err((_, true)) if reused => self.exchange(head.as_bytes(), body, max_body).map_err(|(e, _)| e),
+            Err((e, failure)) if (failure == Failure::Stale && reused) || (failure == Failure::Answer && idempotent) => {
+                tracing::debug!(addr = %self.addr, error = %e, "vsphere request sent again on a new connection");
+                self.exchange(head.as_bytes(), body, max_body).map_err(|(e, _)| e)
+            }
             other => other.map_err(|(e, _)| e),
         }
     }
 
-    /// One request on the open connection (or a new one); on failure, the error and whether
-    /// the connection was found closed before the server saw the request.
-    fn exchange(&mut self, head: &[u8], body: &[u8], max_body: usize) -> Result<Response, (VsphereError, bool)> {
+    /// One request on the open connection (or a new one); on failure, the error and where it
+    /// failed.
+    fn exchange(&mut self, head: &[u8], body: &[u8], max_body: usize) -> Result<Response, (VsphereError, Failure)> {
         if self.conn.is_none() {
-            self.conn = Some(self.connect().map_err(|e| (e, false))?);
+            self.conn = Some(self.connect().map_err(|e| (e, Failure::Connect))?);
         }
         let addr = self.addr.clone();
         let conn = self.conn.as_mut().expect("just connected");
@@ -144,9 +149,9 @@ impl HttpClient {
         let result = match sent {
             Ok(()) => read_response(conn, max_body).map_err(|e| {
                 let stale = matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset);
-                (e, stale)
+                (e, if stale { Failure::Stale } else { Failure::Answer })
             }),
-            Err(e) => Err((e, true)),
+            Err(e) => Err((e, Failure::Stale)),
         };
         match result {
             Ok((response, keep)) => {
@@ -155,7 +160,7 @@ impl HttpClient {
                 }
                 Ok(response)
             }
-            Err((e, stale)) => {
+            Err((e, failure)) => {
                 self.conn = None;
                 let error = match e.kind() {
                     std::io::ErrorKind::InvalidData if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
@@ -163,10 +168,21 @@ impl HttpClient {
                     }
                     _ => VsphereError::Unreachable { addr, detail: e.to_string() },
                 };
-                Err((error, stale))
+                Err((error, failure))
             }
         }
     }
+}
+
+/// Where an exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection could be opened.
+    Connect,
+    /// A kept-alive connection was found closed before the server saw the request.
+    Stale,
+    /// The request was sent; its answer failed or broke off.
+    Answer,
 }
 
 /// Longest status or header line accepted.
@@ -176,6 +192,15 @@ const MAX_HEADERS: usize = 200;
 
 fn bad(what: impl Into<String>) -> std::io::Error {
     std::io::Error::other(what.into())
+}
+
+fn cut_off() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection in the middle of its answer")
+}
+
+/// Fills `buf` from the answer; an early end says the answer broke off.
+fn read_body(conn: &mut impl BufRead, buf: &mut [u8]) -> std::io::Result<()> {
+    conn.read_exact(buf).map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { cut_off() } else { e })
 }
 
 /// Reads one line of at most [`MAX_LINE`] bytes.
@@ -219,7 +244,7 @@ fn read_response(conn: &mut impl BufRead, max_body: usize) -> std::io::Result<(R
             return Err(too_big(len.into()));
         }
         let mut body = vec![0; len as usize];
-        conn.read_exact(&mut body)?;
+        read_body(conn, &mut body)?;
         body
     } else {
         let mut body = Vec::new();
@@ -236,13 +261,17 @@ fn read_chunked(conn: &mut impl BufRead, max_body: usize) -> std::io::Result<Vec
     let mut body = Vec::new();
     let mut line = String::new();
     loop {
-        read_line(conn, &mut line)?;
+        if read_line(conn, &mut line)? == 0 {
+            return Err(cut_off());
+        }
         let size = line.trim().split(';').next().unwrap_or("");
         let size = usize::from_str_radix(size, 16).map_err(|_| bad(format!("bad chunk size {line:?}")))?;
         if size == 0 {
             // Trailers, then the blank line.
             loop {
-                read_line(conn, &mut line)?;
+                if read_line(conn, &mut line)? == 0 {
+                    return Err(cut_off());
+                }
                 if line.trim().is_empty() {
                     return Ok(body);
                 }
@@ -254,7 +283,7 @@ fn read_chunked(conn: &mut impl BufRead, max_body: usize) -> std::io::Result<Vec
             .filter(|e| *e <= max_body)
             .ok_or_else(|| bad(format!("a chunked answer longer than the {max_body} bytes expected")))?;
         body.resize(end, 0);
-        conn.read_exact(&mut body[start..])?;
+        read_body(conn, &mut body[start..])?;
         read_line(conn, &mut line)?;
     }
 }
@@ -362,6 +391,60 @@ mod tests {
         ] {
             assert!(read_response(&mut &raw[..], 100).is_err(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn a_chunked_answer_cut_off_says_so() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
+        ] {
+            let e = read_response(&mut &raw[..], 100).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{raw:?}");
+            assert!(e.to_string().contains("in the middle of its answer"), "{e}");
+        }
+    }
+
+    /// A server on loopback that cuts its first answer off after the headers and answers
+    /// `hello` on later connections; returns its port and how many requests it saw.
+    fn flaky_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(2) {
+                let mut stream = stream.unwrap();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                let answer: &[u8] = if first {
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                };
+                stream.write_all(answer).unwrap();
+            }
+        });
+        (port, seen)
+    }
+
+    #[test]
+    fn a_read_only_request_whose_answer_broke_off_is_sent_once_more_and_others_are_not() {
+        let (port, seen) = flaky_server();
+        let mut client = HttpClient::new("127.0.0.1", port, None, Duration::from_secs(5)).unwrap();
+        let r = client.request("POST", "/sdk", &[], b"", 100, true).unwrap();
+        assert_eq!((r.body.as_slice(), seen.load(std::sync::atomic::Ordering::SeqCst)), (&b"hello"[..], 2));
+
+        let (port, seen) = flaky_server();
+        let mut client = HttpClient::new("127.0.0.1", port, None, Duration::from_secs(5)).unwrap();
+        let e = client.request("POST", "/sdk", &[], b"", 100, false).unwrap_err();
+        assert!(e.to_string().contains("in the middle of its answer"), "{e}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1, "a call that may change something is not repeated");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub fn text_of<'a>(node: Node<'a, '_>, name: &str) -> Option<&'a str> {
 
 /// The largest SOAP answer read (an inventory of many thousand VMs stays far below it).
 const MAX_ANSWER: usize = 256 << 20;
+/// Calls that only read, sent again once on a new connection if their answer breaks off.
+const READ_ONLY: [&str; 3] = ["RetrieveServiceContent", "RetrievePropertiesEx", "QueryChangedDiskAreas"];
 
 /// What the service instance offers (the part the agent uses).
 #[derive(Debug, Clone)]
@@ -119,7 +121,7 @@ impl Session {
         if let Some(c) = &cookie {
             headers.push(("Cookie", c.as_str()));
         }
-        let response = self.http.request("POST", "/sdk", &headers, envelope.as_bytes(), MAX_ANSWER)?;
+        let response = self.http.request("POST", "/sdk", &headers, envelope.as_bytes(), MAX_ANSWER, READ_ONLY.contains(&method))?;
         if let Some(set) = response.header("set-cookie") {
             // `vmware_soap_session="..."; Path=/; ...`: the first pair is the session.
             self.cookie = set.split(';').next().map(|c| c.trim().to_string());
