@@ -8,66 +8,61 @@ use hyperexport_proto::v1::Register;
 /// The index of live agents by the VMs they serve.
 #[derive(Default)]
 pub(super) struct Serving {
-    agents: HashMap<String, Vec<String>>,
-    /// Per VM, each region with agents serving it and how many there.
-    regions: HashMap<String, Vec<(String, u32)>>,
+    vms: HashMap<String, Servers>,
+}
+
+/// Who serves one VM.
+#[derive(Default)]
+struct Servers {
+    /// Agent ids, in ascending order.
+    agents: Vec<String>,
+    /// Each region with agents serving it, and how many there.
+    regions: Vec<(String, u32)>,
 }
 
 impl Serving {
     /// Adds (`add`) or removes an agent's VMs.
     pub fn index(&mut self, register: &Register, add: bool) {
-        let id = &register.agent_id;
+        let (id, region) = (&register.agent_id, &register.region);
         for vm in &register.vms {
-            let ids = self.agents.entry(vm.name.clone()).or_default();
-            let changed = match (ids.binary_search(id), add) {
+            let servers = self.vms.entry(vm.name.clone()).or_default();
+            let at_region = servers.regions.iter().position(|(r, _)| r == region);
+            match (servers.agents.binary_search(id), add) {
                 (Err(at), true) => {
-                    ids.insert(at, id.clone());
-                    true
+                    servers.agents.insert(at, id.clone());
+                    match at_region {
+                        Some(i) => servers.regions[i].1 += 1,
+                        None => servers.regions.push((region.clone(), 1)),
+                    }
                 }
                 (Ok(at), false) => {
-                    ids.remove(at);
-                    true
+                    servers.agents.remove(at);
+                    if let Some(i) = at_region {
+                        servers.regions[i].1 -= 1;
+                        if servers.regions[i].1 == 0 {
+                            servers.regions.swap_remove(i);
+                        }
+                    }
                 }
-                _ => false,
-            };
-            if ids.is_empty() {
-                self.agents.remove(&vm.name);
+                _ => {}
             }
-            if changed {
-                self.count_region(&vm.name, &register.region, add);
+            if servers.agents.is_empty() {
+                self.vms.remove(&vm.name);
             }
-        }
-    }
-
-    fn count_region(&mut self, vm: &str, region: &str, add: bool) {
-        let regions = self.regions.entry(vm.to_string()).or_default();
-        match (regions.iter().position(|(r, _)| r == region), add) {
-            (Some(at), true) => regions[at].1 += 1,
-            (None, true) => regions.push((region.to_string(), 1)),
-            (Some(at), false) => {
-                regions[at].1 -= 1;
-                if regions[at].1 == 0 {
-                    regions.swap_remove(at);
-                }
-            }
-            (None, false) => {}
-        }
-        if regions.is_empty() {
-            self.regions.remove(vm);
         }
     }
 
     /// The ids of the live agents serving `vm`, in ascending order.
     pub fn agents(&self, vm: &str) -> &[String] {
-        self.agents.get(vm).map(Vec::as_slice).unwrap_or_default()
+        self.vms.get(vm).map(|s| s.agents.as_slice()).unwrap_or_default()
     }
 
-    /// The one region all agents serving `vm` are in; `None` when none serves it or they are in
-    /// several.
-    pub fn only_region(&self, vm: &str) -> Option<&str> {
-        match self.regions.get(vm).map(Vec::as_slice) {
-            Some([(region, _)]) => Some(region),
-            _ => None,
+    /// The ids of the live agents serving `vm` (ascending), and the one region they are all in
+    /// (`None` when they are in several, or none serves it).
+    pub fn agents_and_region(&self, vm: &str) -> (&[String], Option<&str>) {
+        match self.vms.get(vm) {
+            Some(s) => (&s.agents, if let [(region, _)] = s.regions.as_slice() { Some(region.as_str()) } else { None }),
+            None => (&[], None),
         }
     }
 }
@@ -82,6 +77,10 @@ mod tests {
         Register { agent_id: id.into(), region: region.into(), vms, ..Default::default() }
     }
 
+    fn region<'a>(s: &'a Serving, vm: &str) -> Option<&'a str> {
+        s.agents_and_region(vm).1
+    }
+
     #[test]
     fn follows_agents_and_their_regions_as_they_come_and_go() {
         let mut s = Serving::default();
@@ -90,16 +89,16 @@ mod tests {
         s.index(&a, true);
         s.index(&a, true);
         assert_eq!(s.agents("vm1"), ["a", "b"], "ascending ids, each once");
-        assert_eq!((s.only_region("vm1"), s.only_region("vm2")), (Some("eu"), Some("eu")));
+        assert_eq!((region(&s, "vm1"), region(&s, "vm2")), (Some("eu"), Some("eu")));
         s.index(&c, true);
-        assert_eq!((s.agents("vm2"), s.only_region("vm2")), (&["b".to_string(), "c".to_string()][..], None));
+        assert_eq!(s.agents_and_region("vm2"), (&["b".to_string(), "c".to_string()][..], None));
         s.index(&b, false);
         s.index(&b, false);
-        assert_eq!((s.agents("vm1"), s.only_region("vm1")), (&["a".to_string()][..], Some("eu")), "a still serves vm1 in eu");
-        assert_eq!(s.only_region("vm2"), Some("us"));
+        assert_eq!(s.agents_and_region("vm1"), (&["a".to_string()][..], Some("eu")), "a still serves vm1 in eu");
+        assert_eq!(region(&s, "vm2"), Some("us"));
         s.index(&a, false);
         s.index(&c, false);
-        assert!(s.agents("vm1").is_empty() && s.only_region("vm1").is_none() && s.only_region("vm2").is_none());
-        assert!(s.agents.is_empty() && s.regions.is_empty(), "nothing left behind");
+        assert!(s.agents("vm1").is_empty() && region(&s, "vm1").is_none() && region(&s, "vm2").is_none());
+        assert!(s.vms.is_empty(), "nothing left behind");
     }
 }

@@ -228,10 +228,10 @@ impl Scheduler {
                 if job.labels.is_empty() && full.contains(&key) {
                     continue;
                 }
-                let serving = self.serving.agents(&t.vm);
                 // A VM served in one region only can run only there, whatever the job names:
                 // the free agents elsewhere need not be looked at (with none free there, none is).
-                let slots = match self.serving.only_region(&t.vm) {
+                let (serving, only_region) = self.serving.agents_and_region(&t.vm);
+                let slots = match only_region {
                     Some(region) if job.region.is_empty() => open.in_region(region),
                     _ => open.for_job(job),
                 };
