@@ -6,7 +6,7 @@ bench_setup() {
   local name=$1
   shift
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
-  bash scripts/ensure-packages.sh protoc:protobuf-compiler "$@"
+  bash scripts/ensure-packages.sh protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev "$@"
   cargo build --release --locked -p hyperexport >/dev/null 2>&1 || cargo build --release --locked -p hyperexport
   hx="$PWD/target/release/hyperexport"
   work=$(mktemp -d "${TMPDIR:-/var/tmp}/hx-$name.XXXXXX")
