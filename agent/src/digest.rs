@@ -6,6 +6,7 @@
 
 use sha2::compress256;
 use sha2::digest::generic_array::GenericArray;
+use sha2::digest::generic_array::typenum::U64;
 
 const BLOCK: usize = 64;
 const INITIAL: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
@@ -74,11 +75,10 @@ impl ResumableSha256 {
             compress256(&mut self.state, &[GenericArray::clone_from_slice(&self.buf)]);
             self.buffered = 0;
         }
-        let whole = data.len() / BLOCK * BLOCK;
-        for block in data[..whole].chunks_exact(BLOCK) {
-            compress256(&mut self.state, std::slice::from_ref(GenericArray::from_slice(block)));
-        }
-        let rest = &data[whole..];
+        // All whole blocks in one call: the SHA-NI code keeps the state in registers across
+        // them (one call per block cost ~8% of the throughput in shuffling it in and out).
+        let (blocks, rest) = data.as_chunks::<BLOCK>();
+        compress256(&mut self.state, as_generic(blocks));
         self.buf[..rest.len()].copy_from_slice(rest);
         self.buffered = rest.len();
     }
@@ -100,6 +100,15 @@ impl ResumableSha256 {
         }
         out
     }
+}
+
+const _: () = assert!(size_of::<GenericArray<u8, U64>>() == BLOCK && align_of::<GenericArray<u8, U64>>() == 1);
+
+/// The same blocks as the type `compress256` takes.
+fn as_generic(blocks: &[[u8; BLOCK]]) -> &[GenericArray<u8, U64>] {
+    // SAFETY: `GenericArray<u8, U64>` is `repr(transparent)` over a 64-byte array of `u8`
+    // (size 64, alignment 1), so a slice of `[u8; 64]` is a valid slice of it, of the same length.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), blocks.len()) }
 }
 
 #[cfg(test)]
