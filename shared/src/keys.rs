@@ -83,9 +83,18 @@ impl KdfParams {
         let salt = B64.decode(&self.salt).map_err(|e| format!("salt is not base64: {e}"))?;
         let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(KEY_LEN))
             .map_err(|e| format!("invalid Argon2 parameters: {e}"))?;
+        let count = params.block_count();
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        // The memory comes zeroed from `calloc` (fresh pages), so the lanes' threads fault it in
+        // during the first pass, in parallel. The crate's own allocation (64-byte aligned, which
+        // the system allocator zeroes with a memset) has one thread clear all of it first.
+        let mut words = vec![0u64; (count + 1) * (argon2::Block::SIZE / 8)];
+        // SAFETY: a `Block` is 128 `u64` words aligned to 64 bytes, and every bit pattern is a
+        // valid value of it; `align_to_mut` hands out only the aligned middle of the words.
+        let (_, blocks, _) = unsafe { words.align_to_mut::<argon2::Block>() };
+        let blocks = blocks.get_mut(..count).ok_or("Argon2id memory could not be aligned")?;
         let mut key = [0u8; KEY_LEN];
-        argon.hash_password_into(password, &salt, &mut key).map_err(|e| format!("Argon2id failed: {e}"))?;
+        argon.hash_password_into_with_memory(password, &salt, &mut key, blocks).map_err(|e| format!("Argon2id failed: {e}"))?;
         Ok(key)
     }
 }

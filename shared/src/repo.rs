@@ -116,15 +116,21 @@ impl Repository {
             return Err(RepoError::Invalid(format!("{at} is not empty and holds no repository; choose an empty folder or prefix")));
         }
         chunk::validate_chunk_size(opts.chunk_size as u64).map_err(RepoError::Invalid)?;
-        storage.prepare()?;
         let mut id = [0u8; 16];
         crypto::random_bytes(&mut id);
         let id = hex::encode(id);
         let master = MasterKey::generate();
         let encrypted = opts.secret.is_some();
+        // The folders are made while the password's key is derived: a local repository's 261
+        // folders take one core tens of milliseconds, the key derivation's threads the others.
+        let (prepared, slot) = std::thread::scope(|s| {
+            let prepare = s.spawn(|| storage.prepare());
+            let slot = opts.secret.as_ref().map(|secret| KeySlot::create(&id, secret, &master)).transpose();
+            (prepare.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), slot)
+        });
+        prepared?;
         let mut slot_id = None;
-        if let Some(secret) = &opts.secret {
-            let slot = KeySlot::create(&id, secret, &master).map_err(RepoError::Invalid)?;
+        if let Some(slot) = slot.map_err(RepoError::Invalid)? {
             write_slot(storage.as_ref(), &slot)?;
             slot_id = Some(slot.id);
         }
