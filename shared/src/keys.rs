@@ -85,17 +85,50 @@ impl KdfParams {
             .map_err(|e| format!("invalid Argon2 parameters: {e}"))?;
         let count = params.block_count();
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        // The memory comes zeroed from `calloc` (fresh pages), so the lanes' threads fault it in
-        // during the first pass, in parallel. The crate's own allocation (64-byte aligned, which
-        // the system allocator zeroes with a memset) has one thread clear all of it first.
-        let mut words = vec![0u64; (count + 1) * (argon2::Block::SIZE / 8)];
-        // SAFETY: a `Block` is 128 `u64` words aligned to 64 bytes, and every bit pattern is a
-        // valid value of it; `align_to_mut` hands out only the aligned middle of the words.
-        let (_, blocks, _) = unsafe { words.align_to_mut::<argon2::Block>() };
-        let blocks = blocks.get_mut(..count).ok_or("Argon2id memory could not be aligned")?;
+        let mut memory =
+            KdfMemory::new(count).ok_or_else(|| format!("Argon2id needs {} KiB of memory, which could not be had", self.memory_kib))?;
         let mut key = [0u8; KEY_LEN];
-        argon.hash_password_into_with_memory(password, &salt, &mut key, blocks).map_err(|e| format!("Argon2id failed: {e}"))?;
+        argon.hash_password_into_with_memory(password, &salt, &mut key, memory.blocks()).map_err(|e| format!("Argon2id failed: {e}"))?;
         Ok(key)
+    }
+}
+
+/// Argon2id's memory, zeroed by `calloc` (fresh pages from the kernel), so that the lanes'
+/// threads fault it in during the first pass, in parallel. The crate's own allocation is 64-byte
+/// aligned, which the system allocator serves with an aligned malloc and a memset: one thread
+/// clears all of it before the lanes start.
+struct KdfMemory {
+    base: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+    count: usize,
+}
+
+impl KdfMemory {
+    /// Room for `count` blocks; `None` if the allocator has none.
+    fn new(count: usize) -> Option<Self> {
+        // One block more than needed, so the 64-byte aligned blocks fit at any 8-byte start; an
+        // alignment of 8 (not 64) is what lets the allocator use `calloc`.
+        let layout = std::alloc::Layout::from_size_align(count.checked_add(1)?.checked_mul(argon2::Block::SIZE)?, 8).ok()?;
+        // SAFETY: the layout's size is not zero (at least one block).
+        let base = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(KdfMemory { base, layout, count })
+    }
+
+    /// The blocks, all zero to begin with.
+    fn blocks(&mut self) -> &mut [argon2::Block] {
+        let offset = self.base.as_ptr().align_offset(align_of::<argon2::Block>());
+        // SAFETY: `offset` < 64 and the allocation holds `count` + 1 blocks, so `count` blocks
+        // start at an aligned address inside it; the memory is zeroed, and every bit pattern
+        // (zeros included) is a valid `Block` (128 `u64` words); `&mut self` makes the borrow
+        // unique.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset).cast(), self.count) }
+    }
+}
+
+impl Drop for KdfMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
     }
 }
 
@@ -173,6 +206,16 @@ fn wrapping_key(secret: &Secret, kdf: Option<&KdfParams>) -> Result<[u8; KEY_LEN
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kdf_memory_is_aligned_zeroed_blocks_or_none() {
+        let mut memory = KdfMemory::new(3).unwrap();
+        let blocks = memory.blocks();
+        assert_eq!(blocks.len(), 3);
+        assert_eq!(blocks.as_ptr() as usize % 64, 0);
+        assert!(blocks.iter().all(|b| b.as_ref().iter().all(|&w| w == 0)));
+        assert!(KdfMemory::new(usize::MAX / 2).is_none());
+    }
 
     #[test]
     fn password_and_key_file_slots() {
