@@ -85,8 +85,8 @@ impl KdfParams {
             .map_err(|e| format!("invalid Argon2 parameters: {e}"))?;
         let count = params.block_count();
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let mut memory =
-            KdfMemory::new(count).ok_or_else(|| format!("Argon2id needs {} KiB of memory, which could not be had", self.memory_kib))?;
+        let mut memory = KdfMemory::new(count)
+            .ok_or_else(|| format!("Argon2id needs {} KiB of memory, which could not be allocated", self.memory_kib))?;
         let mut key = [0u8; KEY_LEN];
         argon.hash_password_into_with_memory(password, &salt, &mut key, memory.blocks()).map_err(|e| format!("Argon2id failed: {e}"))?;
         Ok(key)
@@ -116,7 +116,8 @@ impl KdfMemory {
 
     /// The blocks, all zero to begin with.
     fn blocks(&mut self) -> &mut [argon2::Block] {
-        let offset = self.base.as_ptr().align_offset(align_of::<argon2::Block>());
+        let align = align_of::<argon2::Block>();
+        let offset = (align - self.base.as_ptr().addr() % align) % align;
         // SAFETY: `offset` < 64 and the allocation holds `count` + 1 blocks, so `count` blocks
         // start at an aligned address inside it; the memory is zeroed, and every bit pattern
         // (zeros included) is a valid `Block` (128 `u64` words); `&mut self` makes the borrow
