@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # (Debian etcd-server, 3.4) holds the state of coordinators started with --store etcd://; the
 # vSphere API simulator (govmomi's, Debian golang-github-vmware-govmomi-dev) is built with Go by
 # the test harness from tests/vcsim/main.go; OpenSSH's sshd serves SFTP repositories.
-bash scripts/ensure-packages.sh protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev qemu-img:qemu-utils xmllint:libxml2-utils tar:tar promtool:prometheus etcd:etcd-server \
+bash scripts/ensure-packages.sh build qemu-img:qemu-utils xmllint:libxml2-utils tar:tar promtool:prometheus etcd:etcd-server \
   go:golang-go /usr/share/gocode/src/github.com/vmware/govmomi/simulator:golang-github-vmware-govmomi-dev curl:curl \
   /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client
 # S3 (moto) and Azure Blob (Azurite) servers for the object store tests, under target/peers.
