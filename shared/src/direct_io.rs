@@ -4,10 +4,10 @@
 //! A repository's chunks are written once and rarely read soon after, so copying them through
 //! the page cache only costs CPU (on our VMs, more than compressing them) and evicts the source
 //! disk's pages. `O_DIRECT` needs block-aligned buffers and lengths: the blob's whole blocks are
-//! written from where it is when it starts at an aligned address, the rest is copied into an
-//! aligned scratch buffer, padded with zeros to the block size, written, and the file is cut
-//! back to the blob's length. Durability still comes from `Repository::sync` (`syncfs` flushes
-//! the device cache and the file sizes) before a point refers to the chunk.
+//! written from where it is when it starts at an aligned address (from an aligned scratch copy
+//! otherwise), and the last partial block through the page cache. Durability still comes from
+//! `Repository::sync` (`syncfs` flushes that tail, the device cache and the file sizes) before a
+//! point refers to the chunk.
 
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
@@ -77,19 +77,38 @@ impl ChunkWriter {
     }
 }
 
-/// Writes `blob` with `O_DIRECT`: a blob at an aligned address (as `chunk::encode_with` makes
-/// them) is written in place up to its last whole block, and only the tail goes through the
-/// scratch buffer; any other blob is copied there whole.
+/// Writes `blob` with `O_DIRECT` up to its last whole block (in place when the blob starts at an
+/// aligned address, as `chunk::encode_with` makes them; through the scratch buffer otherwise),
+/// then the rest, less than a block, through the page cache on the same descriptor. The file never
+/// holds more than the blob, so nothing is cut back: truncating a file to inside a block makes the
+/// kernel read that block back from the disk to zero its end.
 fn write_direct(path: &Path, blob: &[u8]) -> io::Result<()> {
     let file = OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_DIRECT).open(path)?;
-    let whole = if blob.as_ptr().align_offset(ALIGN) == 0 { blob.len() / ALIGN * ALIGN } else { 0 };
+    let whole = blob.len() / ALIGN * ALIGN;
     if whole > 0 {
-        file.write_all_at(&blob[..whole], 0)?;
+        if blob.as_ptr().align_offset(ALIGN) == 0 {
+            file.write_all_at(&blob[..whole], 0)?;
+        } else {
+            with_aligned(&blob[..whole], |region| file.write_all_at(region, 0))?;
+        }
     }
     if whole < blob.len() {
-        with_aligned(&blob[whole..], |region| file.write_all_at(region, whole as u64))?;
+        stop_direct(&file)?;
+        file.write_all_at(&blob[whole..], whole as u64)?;
     }
-    file.set_len(blob.len() as u64)
+    Ok(())
+}
+
+/// Turns `O_DIRECT` off on `file`'s descriptor, so that writes of any length go through.
+fn stop_direct(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL and F_SETFL read and set the status flags of a descriptor `file` keeps open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs `f` on a copy of `data` in an aligned, zero-padded scratch buffer of whole blocks.
