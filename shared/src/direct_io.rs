@@ -111,14 +111,12 @@ fn stop_direct(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a copy of `data` in an aligned, zero-padded scratch buffer of whole blocks.
+/// Runs `f` on a copy of `data` (whole blocks) in an aligned scratch buffer.
 fn with_aligned<T>(data: &[u8], f: impl FnOnce(&[u8]) -> io::Result<T>) -> io::Result<T> {
-    let padded = data.len().next_multiple_of(ALIGN);
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let region = scratch.region(padded);
-        region[..data.len()].copy_from_slice(data);
-        region[data.len()..].fill(0);
+        let region = scratch.region(data.len());
+        region.copy_from_slice(data);
         f(region)
     })
 }
